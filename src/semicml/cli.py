@@ -1,0 +1,180 @@
+"""``semicml`` console command: one verb per stage.
+
+Every user error (bad data, bad config) is printed as ONE line on stderr with exit status 2;
+no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import ConfigError, SemicmlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Semi-supervised multi-modal segmentation: train with paired modalities (Semi-CML + PReL), "
+                       "segment each modality alone.")
+
+
+def _split_list(value: Optional[str]) -> Optional[list[str]]:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command()
+def phantom(out: Path = typer.Argument(..., help="output folder (nnU-Net raw layout)"),
+            cases: int = typer.Option(12, min=1, help="number of cases"),
+            seed: int = typer.Option(0, help="random seed (deterministic output)"),
+            shape: str = typer.Option("128,128,48", help="volume shape X,Y,Z (Z axial)"),
+            modalities: str = typer.Option("T2,T1ce", help="comma-separated: T2, T1ce, FLAIR, T1")) -> None:
+    """Write a synthetic BraTS-like paired multi-modal dataset (nnU-Net raw layout)."""
+    from .data.phantom import write_phantom
+
+    dims = tuple(int(s) for s in shape.split(","))
+    if len(dims) != 3 or min(dims) < 8:
+        raise ConfigError(f"--shape must be three integers >= 8, got {shape!r}")
+    path = write_phantom(out, cases=cases, seed=seed, shape=dims, modalities=tuple(_split_list(modalities)))
+    typer.echo(f"wrote {cases} phantom cases to {path}")
+
+
+@app.command()
+def prepare(input: Path = typer.Argument(..., help="dataset root (BraTS, nnU-Net raw or MSD layout)"),
+            out: Path = typer.Argument(..., help="slice store to create"),
+            format: Optional[str] = typer.Option(None, "--format", help="brats | nnunet | msd (default: detect)"),
+            modalities: str = typer.Option(..., help="comma-separated modality names, e.g. t2,t1ce"),
+            target: str = typer.Option("wt", help="wt | tc | et | raw | label name(s) joined by + | values 1,4"),
+            size: int = typer.Option(160, help="in-plane size of the stored slices (multiple of 16)"),
+            in_plane: str = typer.Option("crop", help="crop (paper) | resize"),
+            normalisation: str = typer.Option("zscore_nonzero", help="zscore_nonzero | zscore | none"),
+            workers: int = typer.Option(2, min=1, help="cases processed in parallel"),
+            overwrite: bool = typer.Option(False, help="replace an existing store")) -> None:
+    """Turn a NIfTI dataset into a memory-mapped store of 2D axial slices."""
+    from .data.store import PrepareOptions, prepare_store
+
+    if in_plane not in ("crop", "resize"):
+        raise ConfigError(f"--in-plane must be 'crop' or 'resize', not {in_plane!r}")
+    if normalisation not in ("zscore_nonzero", "zscore", "none"):
+        raise ConfigError(f"--normalisation must be zscore_nonzero, zscore or none, not {normalisation!r}")
+    opts = PrepareOptions(modalities=tuple(_split_list(modalities) or []), target=target, size=size,
+                          in_plane=in_plane, normalisation=normalisation, workers=workers)
+    path = prepare_store(input, out, opts, fmt=format, overwrite=overwrite)
+    typer.echo(f"slice store ready: {path}")
+
+
+@app.command()
+def train(store: Path = typer.Argument(..., help="slice store made by `semicml prepare`"),
+          out: Path = typer.Option(..., "--out", help="run directory"),
+          method: Optional[str] = typer.Option(None, help="semicml-prel (default) | semicml | prel | supervised | ..."),
+          config: Optional[Path] = typer.Option(None, help="YAML config file"),
+          profile: Optional[str] = typer.Option(None, help="paper | cpu | tiny (named overrides)"),
+          iterations: Optional[int] = typer.Option(None, help="iteration budget (overrides epochs)"),
+          epochs: Optional[float] = typer.Option(None, help="budget in passes over the labelled slices"),
+          labeled_fraction: Optional[float] = typer.Option(None, help="fraction of training slices labelled"),
+          label_level: Optional[str] = typer.Option(None, help="slice | case"),
+          splits: Optional[Path] = typer.Option(None, help="splits.json with train/val/test case lists"),
+          modalities: Optional[str] = typer.Option(None, help="subset of the store's modalities"),
+          teacher: Optional[str] = typer.Option(None, help="PReL teacher modality (default: best val Dice)"),
+          init: Optional[Path] = typer.Option(None, help="start from this run (method prel after semicml)"),
+          seed: Optional[int] = typer.Option(None),
+          width: Optional[int] = typer.Option(None, help="base width of the U-Net"),
+          precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32"),
+          device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
+          val_every: Optional[int] = typer.Option(None, help="validate every N iterations"),
+          num_workers: Optional[int] = typer.Option(None, help="DataLoader workers"),
+          augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="paired augmentation"),
+          resume: bool = typer.Option(False, help="continue an interrupted run in --out")) -> None:
+    """Train a method (default: Semi-CML + PReL); writes one weights file per modality."""
+    from .config import build_config
+    from .engine.trainer import Trainer
+
+    if resume:
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError("nothing to resume (no config.yaml)", out)
+        cfg = build_config(saved)
+    else:
+        overrides = {"method": method, "iterations": iterations, "epochs": epochs, "labeled_fraction": labeled_fraction,
+                     "label_level": label_level, "splits": str(splits) if splits else None,
+                     "modalities": _split_list(modalities), "seed": seed, "precision": precision, "device": device,
+                     "val_every": val_every, "num_workers": num_workers, "augment": augment,
+                     "init": str(init) if init else None}
+        if width is not None:
+            overrides["model"] = {"base_width": width}
+        if teacher is not None:
+            overrides["prel"] = {"teacher": teacher}
+        cfg = build_config(config, profile, overrides)
+    info = Trainer(cfg, store, out, resume=resume).fit()
+    best = ", ".join(f"{m} {v['dice']:.4f} (it {v['iteration']})" for m, v in info["best_val"].items())
+    typer.echo(f"done: {out} | best val Dice: {best or 'n/a (no val split)'}")
+    if "teacher" in info:
+        typer.echo(f"PReL teacher: {info['teacher']['modality']} (chosen by {info['teacher']['chosen_by']})")
+
+
+@app.command()
+def predict(run: Path = typer.Option(..., help="run directory (or a weights/<modality>.pt file)"),
+            modality: str = typer.Option(..., help="the one modality available"),
+            input: Path = typer.Option(..., "--input", help="BraTS / nnU-Net / MSD folder, NIfTI folder or file"),
+            out: Path = typer.Option(..., "--out", help="output folder for <case>.nii.gz masks"),
+            probabilities: bool = typer.Option(False, help="also write <case>_prob.nii.gz"),
+            cases: Optional[str] = typer.Option(None, help="only these case ids (comma-separated)"),
+            device: str = typer.Option("auto"), precision: str = typer.Option("auto")) -> None:
+    """Segment cases from ONE modality with that modality's network."""
+    from .inference.predict import predict_cases
+
+    written = predict_cases(run, modality, input, out, device=device, precision=precision,
+                            save_probabilities=probabilities, cases=_split_list(cases))
+    typer.echo(f"wrote {len(written)} masks to {out}")
+
+
+@app.command()
+def evaluate(pred: Path = typer.Option(..., help="folder of predicted <case>.nii.gz masks"),
+             ref: Path = typer.Option(..., help="dataset root with reference labels"),
+             out: Path = typer.Option(..., help="report folder (metrics.csv, summary.json, summary.md)"),
+             target: str = typer.Option("wt", help="target of the reference labels"),
+             format: Optional[str] = typer.Option(None, "--format", help="brats | nnunet | msd"),
+             cases: Optional[str] = typer.Option(None, help="cases that must be evaluated (comma-separated)")) -> None:
+    """3D metrics per case (Dice, Jaccard, HD95, ASD, precision, sensitivity) and mean +- std."""
+    from .evaluation.evaluate import evaluate_predictions
+
+    summary = evaluate_predictions(pred, ref, target, out, fmt=format, cases=_split_list(cases))
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"{summary['n_cases']} cases evaluated -> {out}")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("demo_out"), help="output folder"),
+         cases: int = typer.Option(16, help="phantom cases"),
+         iterations: Optional[int] = typer.Option(None, help="training iterations (default: demo profile)"),
+         seed: int = typer.Option(0)) -> None:
+    """The main job on built-in phantom data: generate, prepare, train Semi-CML + PReL, evaluate, plot."""
+    from .pipeline import run_demo
+
+    run_demo(out, cases=cases, iterations=iterations, seed=seed)
+
+
+@app.command()
+def methods() -> None:
+    """List the registered training methods."""
+    from .methods import METHODS, get_method
+
+    get_method("semicml")  # import all
+    for name, cls in sorted(METHODS.items()):
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        typer.echo(f"{name:22s} {doc}")
+
+
+def main() -> None:
+    try:
+        app()
+    except SemicmlError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted (resume training with --resume)", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Typed, validated training configuration (pydantic), YAML in, resolved YAML out.
+
+Defaults follow the reference recipe of the paper (see docs/method.md) unless noted. Profiles
+are named sets of overrides for common hardware budgets; explicit options win over a profile.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    base_width: int = Field(32, ge=2, description="channels of the first level; doubled per level (32-64-128-256-512)")
+    levels: int = Field(4, ge=1, le=6, description="number of 2x down-sampling levels")
+    dropout: Optional[list[float]] = Field(None, description="encoder dropout per level; default 0.05,0.1,0.2,0.3,0.5")
+
+    def widths(self) -> tuple[int, ...]:
+        return tuple(self.base_width * 2**i for i in range(self.levels + 1))
+
+    def dropout_per_level(self) -> tuple[float, ...]:
+        if self.dropout is not None:
+            if len(self.dropout) != self.levels + 1:
+                raise ConfigError(f"model.dropout needs {self.levels + 1} values, got {len(self.dropout)}")
+            return tuple(self.dropout)
+        reference = (0.05, 0.1, 0.2, 0.3, 0.5)
+        n = self.levels + 1
+        return reference[:n] if n <= len(reference) else reference + (0.5,) * (n - len(reference))
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(6e-3, gt=0)
+    weight_decay: float = Field(4e-4, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="linear warm-up over this fraction of iterations")
+    milestones: list[float] = Field([0.15, 0.35, 0.55, 0.70], description="fractions of training where lr *= gamma")
+    gamma: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _sorted_fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v) or v != sorted(v):
+            raise ValueError("milestones must be increasing fractions in (0, 1)")
+        return v
+
+
+class SemiCMLConfig(_Strict):
+    asc_weight: float = Field(3.5, ge=0, description="lambda of the area-similarity contrastive loss")
+    mse_weight: float = Field(1.0, ge=0, description="scale of the ramped MSE mutual term")
+    mse_rampup_epochs: float = Field(200, ge=0, description="w(t)=exp(-5(1-t/T)^2), T in epochs (reference 200)")
+    similarity: Literal["dice", "cosine"] = "dice"
+    temperature: float = Field(1.0, gt=0)
+    bce_weight: float = Field(10.0, ge=0)
+    dice_weight: float = Field(7.0, ge=0)
+
+
+class PReLConfig(_Strict):
+    start_fraction: float = Field(0.63, gt=0, lt=1, description="semicml-prel: PReL starts here (epoch 51 of 81)")
+    teacher: Optional[str] = Field(None, description="teacher modality; default: best validation Dice after stage 1")
+    pool_size: int = Field(6, ge=1, description="BMA: number of best validation scores kept")
+    max_alpha: float = Field(0.99, gt=0, le=1)
+    mc_samples: int = Field(4, ge=1, description="MC-dropout passes for the soft labels")
+    noise_std: float = Field(0.1, ge=0)
+    noise_clip: float = Field(0.2, ge=0)
+    alpha: float = Field(0.1, ge=0, le=1, description="weight of ASC(soft labels, weak prediction)")
+    refine_teacher_modality: bool = Field(True, description="also refine the stronger network on its teacher's labels")
+    keep_supervised: bool = Field(False, description="keep the labelled loss in stage 2 (the reference drops it)")
+
+
+class MeanTeacherConfig(_Strict):
+    ema_decay: float = Field(0.99, gt=0, lt=1)
+    consistency: float = Field(0.1, ge=0, description="max weight of the consistency term (SSL4MIS default 0.1)")
+    rampup_fraction: float = Field(0.4, ge=0, le=1, description="sigmoid ramp-up over this fraction of iterations")
+    noise_std: float = Field(0.1, ge=0)
+    noise_clip: float = Field(0.2, ge=0)
+    uncertainty_samples: int = Field(8, ge=1, description="UA-MT: MC-dropout passes (T = 8)")
+
+
+class CPSConfig(_Strict):
+    weight: float = Field(1.0, ge=0, description="max weight of the cross pseudo supervision term")
+    rampup_fraction: float = Field(0.4, ge=0, le=1)
+
+
+class TrainConfig(_Strict):
+    method: str = "semicml-prel"
+    modalities: Optional[list[str]] = Field(None, description="modalities to train (default: all in the store)")
+    seed: int = 0
+    # Budget: an epoch is one pass over the labelled slices, as in the reference.
+    epochs: float = Field(81, gt=0)
+    iterations: Optional[int] = Field(None, ge=1, description="overrides epochs when set")
+    labeled_batch: int = Field(20, ge=1)
+    unlabeled_batch: int = Field(4, ge=0)
+    labeled_fraction: float = Field(0.1, gt=0, le=1)
+    label_level: Literal["slice", "case"] = "slice"
+    min_labeled: int = Field(0, ge=0, description="at least this many labelled slices (paper: 60)")
+    slice_filter: Literal["foreground", "nonempty"] = "foreground"
+    splits: Optional[str] = Field(None, description="splits.json; default: a seeded split saved in the run")
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.25, ge=0, lt=1)
+    val_every: Optional[int] = Field(None, ge=1, description="validate every N iterations (default: ~20 per run)")
+    log_every: int = Field(10, ge=1)
+    device: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    channels_last: bool = True
+    num_workers: int = Field(0, ge=0)
+    augment: bool = False
+    init: Optional[str] = Field(None, description="start from this run's final checkpoint (prel after semicml)")
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    semicml: SemiCMLConfig = SemiCMLConfig()
+    prel: PReLConfig = PReLConfig()
+    mean_teacher: MeanTeacherConfig = MeanTeacherConfig()
+    cps: CPSConfig = CPSConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.modalities is not None and len(set(m.lower() for m in self.modalities)) != len(self.modalities):
+            raise ValueError("modalities must be distinct")
+        return self
+
+
+# Named overrides. "paper" is the reference recipe; "cpu" fits a laptop / 2-core CI budget;
+# "tiny" exists for tests and smoke runs only.
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "cpu": {"model": {"base_width": 16}, "iterations": 600, "labeled_batch": 8, "unlabeled_batch": 8,
+            "optim": {"lr": 2e-3, "milestones": [0.6, 0.85]}},
+    "tiny": {"model": {"base_width": 4, "levels": 2}, "iterations": 8, "labeled_batch": 2, "unlabeled_batch": 2,
+             "val_every": 4, "log_every": 2},
+}
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    return f"{source}: invalid config field {where!r}: {first['msg']}"
+
+
+def build_config(config_file: str | Path | None = None, profile: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- profile <- YAML file <- explicit overrides (CLI options)."""
+    data: dict[str, Any] = {}
+    if profile is not None:
+        if profile not in PROFILES:
+            raise ConfigError(f"unknown profile {profile!r} (choose from {', '.join(PROFILES)})")
+        data = _deep_merge(data, PROFILES[profile])
+    source = "options"
+    if config_file is not None:
+        path = Path(config_file)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError("config file not found", path) from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"not valid YAML ({str(err).splitlines()[0]})", path) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("config must be a YAML mapping", path)
+        data = _deep_merge(data, loaded)
+    data = _deep_merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data: readers for each on-disk layout -> :class:`Case`; phantom; slice store; splits; sampling."""

@@ -1,0 +1,156 @@
+"""Paired two-stream batches: L labelled + U unlabelled slices, every modality of each slice.
+
+Determinism: the content of batch ``k`` (which slices, which augmentation) is a pure function
+of (seed, k). Nothing depends on worker count or on how many batches were drawn before, so a
+resumed run sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .splits import SliceKey
+from .store import SliceStore
+
+
+def _stream_element(n: int, position: int, seed: int, stream: int) -> int:
+    """Element ``position`` of an endless sequence of seeded permutations of range(n)."""
+    epoch, offset = divmod(position, n)
+    perm = np.random.default_rng([seed, stream, epoch]).permutation(n)
+    return int(perm[offset])
+
+
+class TwoStreamBatchSampler(Sampler[list[tuple[int, int, int]]]):
+    """Yields, for iterations ``start .. stop-1``, lists of (slice index, iteration, position).
+
+    Indices ``< n_labeled`` address the labelled pool, the rest the unlabelled pool (offset by
+    ``n_labeled``). Each pool is walked through seeded permutations, epoch after epoch.
+    """
+
+    def __init__(self, n_labeled: int, n_unlabeled: int, labeled_batch: int, unlabeled_batch: int,
+                 seed: int, start: int, stop: int):
+        if labeled_batch > 0 and n_labeled == 0:
+            raise ValueError("labelled batch requested but the labelled pool is empty")
+        if unlabeled_batch > 0 and n_unlabeled == 0:
+            raise ValueError("unlabelled batch requested but the unlabelled pool is empty")
+        self.n_labeled, self.n_unlabeled = n_labeled, n_unlabeled
+        self.labeled_batch, self.unlabeled_batch = labeled_batch, unlabeled_batch
+        self.seed, self.start, self.stop = seed, start, stop
+
+    def batch(self, k: int) -> list[tuple[int, int, int]]:
+        out = []
+        for j in range(self.labeled_batch):
+            out.append((_stream_element(self.n_labeled, k * self.labeled_batch + j, self.seed, 0), k, j))
+        for j in range(self.unlabeled_batch):
+            idx = _stream_element(self.n_unlabeled, k * self.unlabeled_batch + j, self.seed, 1)
+            out.append((self.n_labeled + idx, k, self.labeled_batch + j))
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for k in range(self.start, self.stop):
+            yield self.batch(k)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+@dataclass(frozen=True)
+class AugmentOptions:
+    """Paired spatial transforms (same for all modalities and the label), per-modality intensity."""
+
+    enabled: bool = False  # off by default, as in the paper
+    flip: bool = True
+    rotate_degrees: float = 15.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    noise_std: float = 0.05
+
+
+def augment_pair(images: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
+                 opts: AugmentOptions) -> tuple[np.ndarray, np.ndarray | None]:
+    """images: (M, H, W) float32; label: (H, W) uint8 or None."""
+    if opts.flip:
+        for axis in (1, 2):
+            if rng.random() < 0.5:
+                images = np.flip(images, axis=axis)
+                label = None if label is None else np.flip(label, axis=axis - 1)
+    angle = np.deg2rad(rng.uniform(-opts.rotate_degrees, opts.rotate_degrees))
+    zoom = rng.uniform(*opts.scale)
+    if angle != 0 or zoom != 1:
+        c, s = np.cos(angle) / zoom, np.sin(angle) / zoom
+        matrix = np.array([[c, -s], [s, c]])
+        centre = (np.array(images.shape[1:]) - 1) / 2
+        offset = centre - matrix @ centre
+        images = np.stack([ndimage.affine_transform(im, matrix, offset, order=1, mode="constant") for im in images])
+        if label is not None:
+            label = ndimage.affine_transform(label, matrix, offset, order=0, mode="constant")
+    images = np.array(images, dtype=np.float32)
+    for m in range(images.shape[0]):  # intensity changes differ per modality, like real scanners
+        gain = 1 + rng.uniform(-opts.intensity_scale, opts.intensity_scale)
+        shift = rng.uniform(-opts.intensity_shift, opts.intensity_shift)
+        images[m] = images[m] * gain + shift + rng.normal(0, opts.noise_std, images[m].shape)
+    return images, None if label is None else np.ascontiguousarray(label)
+
+
+class PairedSliceDataset(Dataset):
+    """Item = one co-registered slice of every selected modality (+ its label if labelled).
+
+    ``keys`` lists (case, z); the first ``n_labeled`` are the labelled pool. Index items are
+    (index, iteration, position) triples from :class:`TwoStreamBatchSampler`, or plain ints.
+    """
+
+    def __init__(self, store: SliceStore, labeled: Sequence[SliceKey], unlabeled: Sequence[SliceKey],
+                 modalities: Sequence[str] | None = None, augment: AugmentOptions = AugmentOptions(), seed: int = 0):
+        self.store = store
+        self.keys = list(labeled) + list(unlabeled)
+        self.n_labeled = len(labeled)
+        names = list(modalities) if modalities else store.modalities
+        self.channels = [store.modality_index(m) for m in names]
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, item) -> dict:
+        index, iteration, position = item if isinstance(item, tuple) else (item, 0, 0)
+        case, z = self.keys[index]
+        images = np.asarray(self.store.images(case)[z, self.channels], dtype=np.float32)
+        is_labeled = index < self.n_labeled
+        label = None
+        if is_labeled:
+            label = np.asarray(self.store.label(case)[z])
+        if self.augment.enabled:
+            rng = np.random.default_rng([self.seed, 7, iteration, position])
+            images, label = augment_pair(images, label, rng, self.augment)
+        out = {"images": torch.from_numpy(np.ascontiguousarray(images)), "labeled": is_labeled}
+        if label is not None:
+            out["label"] = torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
+        return out
+
+
+def collate_two_stream(items: list[dict]) -> dict:
+    """-> {"images_l": (L,M,H,W), "label_l": (L,H,W) int64, "images_u": (U,M,H,W)}."""
+    lab = [it for it in items if it["labeled"]]
+    unl = [it for it in items if not it["labeled"]]
+    empty = items[0]["images"][:0].unsqueeze(0)[:0]  # (0, M, H, W) with the right dtype
+    batch = {
+        "images_l": torch.stack([it["images"] for it in lab]) if lab else empty,
+        "images_u": torch.stack([it["images"] for it in unl]) if unl else empty,
+    }
+    h, w = items[0]["images"].shape[-2:]
+    batch["label_l"] = torch.stack([it["label"] for it in lab]) if lab else torch.zeros(0, h, w, dtype=torch.int64)
+    return batch
+
+
+def make_loader(dataset: PairedSliceDataset, sampler: TwoStreamBatchSampler, num_workers: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_two_stream, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=False)

@@ -1,0 +1,342 @@
+"""The one training loop shared by every method.
+
+Hooks, in order, per iteration: ``method.train_step`` (losses) -> backward -> optimiser step ->
+``on_iteration_end`` (logging; every ``val_every``: ``validate`` -> ``method.on_validation`` ->
+best-model bookkeeping -> ``save_checkpoint``). Model selection uses the VAL split only.
+
+Run directory::
+
+    config.yaml            resolved configuration
+    run.json               modalities, preprocessing, target, splits, teacher choice, metrics
+    splits.json            patient-level split used
+    labeled_subset.json    which training slices were labelled
+    log.jsonl              one JSON record per logged iteration / validation
+    tensorboard/           the same scalars for TensorBoard
+    checkpoint.pt          full state for --resume (atomic)
+    weights/<modality>.pt  best-validation network of each modality; ``predict`` needs only this
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import TrainConfig, dump_config
+from ..data.sampler import AugmentOptions, PairedSliceDataset, TwoStreamBatchSampler, make_loader
+from ..data.splits import Splits, load_or_make_subset, load_splits, make_splits, check_splits
+from ..data.store import SliceStore
+from ..errors import ConfigError, DataError
+from ..evaluation.metrics import dice_score
+from ..inference.predictor import predict_planes
+from ..io_utils import atomic_save_torch, atomic_write_json, atomic_write_text
+from ..methods.base import Method, MethodContext, get_method
+from ..models import UNet2D
+from .checkpoint import load_checkpoint, save_checkpoint
+from .hardware import resolve_device, resolve_precision
+from .schedule import lr_factor
+
+# Test hook: simulate a crash (hard exit, no cleanup) right after this iteration.
+FAULT_ENV = "SEMICML_FAULT_AFTER_ITERATION"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def network_spec(cfg: TrainConfig, out_channels: int) -> dict[str, Any]:
+    return {"in_channels": 1, "out_channels": out_channels, "widths": list(cfg.model.widths()),
+            "dropout": list(cfg.model.dropout_per_level())}
+
+
+def build_network(spec: dict[str, Any]) -> UNet2D:
+    return UNet2D(in_channels=spec["in_channels"], out_channels=spec["out_channels"], widths=tuple(spec["widths"]),
+                  dropout=tuple(spec["dropout"]))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, store: SliceStore | str | Path, run_dir: str | Path,
+                 resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.store = store if isinstance(store, SliceStore) else SliceStore(store)
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.resume = resume
+        self._check_run_dir()
+        if self.store.n_classes != 1:
+            raise ConfigError("multi-class targets are not supported by the training methods yet; "
+                              "prepare a binary target (e.g. --target wt)")
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.modalities = [self.store.modalities[self.store.modality_index(m)] for m in (cfg.modalities or
+                                                                                          self.store.modalities)]
+        self.method_cls = get_method(cfg.method)
+        seed_everything(cfg.seed)
+
+        self.splits = self._splits()
+        self.subset, self.subset_path = load_or_make_subset(
+            self.store, self.splits, cfg.labeled_fraction, cfg.label_level, cfg.seed, cfg.min_labeled,
+            cfg.slice_filter)
+        if self.method_cls.needs_unlabeled and not self.subset.unlabeled:
+            raise ConfigError(f"method {cfg.method!r} needs unlabelled slices but labeled_fraction="
+                              f"{cfg.labeled_fraction} leaves none")
+        self.unlabeled_batch = cfg.unlabeled_batch if self.method_cls.needs_unlabeled else 0
+        self.iterations_per_epoch = max(1.0, len(self.subset.labeled) / cfg.labeled_batch)
+        self.total = cfg.iterations or max(1, int(round(cfg.epochs * self.iterations_per_epoch)))
+        self.val_every = cfg.val_every or max(1, self.total // 20)
+
+        spec = network_spec(cfg, self.store.n_classes)
+        self.network_spec = spec
+
+        def new_network() -> torch.nn.Module:
+            net = build_network(spec).to(self.device)
+            return net.to(memory_format=torch.channels_last) if cfg.channels_last else net
+
+        self.ctx = MethodContext(cfg=cfg, modalities=self.modalities, out_channels=self.store.n_classes,
+                                 total_iterations=self.total, iterations_per_epoch=self.iterations_per_epoch,
+                                 device=self.device, new_network=new_network)
+        try:
+            self.method: Method = self.method_cls(self.ctx).to(self.device)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        self.optimizer = torch.optim.Adam(self.method.trainable_parameters(), lr=cfg.optim.lr,
+                                          weight_decay=cfg.optim.weight_decay)
+        self.iteration = 0
+        self.best: dict[str, dict[str, float]] = {}
+        self.history: list[dict] = []
+        if resume:
+            self._load_resume()
+        elif cfg.init:
+            self._load_init(cfg.init)
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _check_run_dir(self) -> None:
+        ckpt = self.run_dir / "checkpoint.pt"
+        if self.resume:
+            if not ckpt.is_file():
+                raise DataError("nothing to resume (no checkpoint.pt)", self.run_dir)
+        elif self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise DataError("run directory exists and is not empty; use --resume to continue it or choose another "
+                            "--out", self.run_dir)
+
+    def _splits(self) -> Splits:
+        if self.cfg.splits:
+            return load_splits(self.cfg.splits, self.store)
+        saved = self.run_dir / "splits.json"
+        if self.resume and saved.is_file():
+            return load_splits(saved, self.store)
+        splits = make_splits(self.store, self.cfg.seed, self.cfg.val_fraction, self.cfg.test_fraction)
+        check_splits(splits, self.store)
+        return splits
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "method": self.cfg.method,
+            "networks": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method_state": self.method.extra_state(),
+            "best": self.best,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def _load_resume(self) -> None:
+        state = load_checkpoint(self.run_dir / "checkpoint.pt", self.device)
+        if state.get("method") != self.cfg.method:
+            raise ConfigError(f"checkpoint was written by method {state.get('method')!r}, not {self.cfg.method!r}")
+        self.method.load_state_dict(state["networks"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_extra_state(state["method_state"])
+        self.best = state["best"]
+        self.iteration = int(state["iteration"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        log = self.run_dir / "log.jsonl"
+        if log.is_file():  # drop records written after the checkpoint we resume from
+            rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            self.history = [r for r in rows if r["iteration"] <= self.iteration]
+            atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def _load_init(self, init: str) -> None:
+        path = Path(init)
+        path = path / "checkpoint.pt" if path.is_dir() else path
+        state = load_checkpoint(path, self.device)
+        missing, unexpected = self.method.load_state_dict(state["networks"], strict=False)
+        if unexpected or any(k.startswith("students.") for k in missing):
+            raise DataError("checkpoint networks do not match this method/model configuration", path)
+        self.method.load_extra_state(state.get("method_state", {}))
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean 3D Dice over the val cases, per modality (in the stored slice frame)."""
+        if not self.splits.val:
+            return {}
+        scores: dict[str, list[float]] = {m: [] for m in self.modalities}
+        for case in self.splits.val:
+            images = self.store.images(case)
+            label = np.asarray(self.store.label(case)) > 0
+            for m, net in self.method.predictors().items():
+                planes = images[:, self.store.modality_index(m)]
+                probs = predict_planes(net, planes, self.device, self.precision,
+                                       channels_last=self.cfg.channels_last)
+                scores[m].append(dice_score(probs > 0.5, label))
+        return {m: float(np.mean(v)) for m, v in scores.items()}
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_static_files()
+        cfg = self.cfg
+        dataset = PairedSliceDataset(self.store, self.subset.labeled, self.subset.unlabeled, self.modalities,
+                                     AugmentOptions(enabled=cfg.augment), seed=cfg.seed)
+        sampler = TwoStreamBatchSampler(len(self.subset.labeled), len(self.subset.unlabeled), cfg.labeled_batch,
+                                        self.unlabeled_batch, cfg.seed, self.iteration, self.total)
+        loader = make_loader(dataset, sampler, cfg.num_workers, pin_memory=self.device.type == "cuda")
+        writer = self._tensorboard()
+        fault_at = int(os.environ.get(FAULT_ENV, "-1"))
+        bar = tqdm(total=self.total, initial=self.iteration, desc=cfg.method, unit="it", disable=not self.progress,
+                   dynamic_ncols=True)
+        last_val: dict[str, float] = {}
+        t0 = time.time()
+        self.method.train()
+        for batch in loader:
+            it = self.iteration
+            batch = {k: self._to_device(v) for k, v in batch.items()}
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.optim.lr * lr_factor(it, self.total, cfg.optim)
+            with self.precision.autocast():
+                losses = self.method.train_step(batch, it)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise DataError(f"training diverged: loss is {loss.item()} at iteration {it} "
+                                "(lower optim.lr or use --precision fp32)")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.method.after_step(it)
+            self.iteration = it + 1
+            record: dict[str, Any] | None = None
+            if self.iteration % cfg.log_every == 0 or self.iteration == self.total:
+                record = {"iteration": self.iteration, "phase": self.method.phase(it),
+                          "lr": self.optimizer.param_groups[0]["lr"],
+                          **{k: float(v.detach()) for k, v in losses.items()}}
+            if self.iteration % self.val_every == 0 or self.iteration == self.total:
+                last_val = self.validate()
+                self.method.on_validation(self.iteration, last_val)
+                self._update_best(last_val)
+                record = record or {"iteration": self.iteration, "phase": self.method.phase(it)}
+                record.update({f"val_dice/{m}": d for m, d in last_val.items()})
+                self._log(record, writer)
+                save_checkpoint(self._state(), self.run_dir / "checkpoint.pt")
+            elif record is not None:
+                self._log(record, writer)
+            bar.update()
+            bar.set_postfix({"loss": f"{loss.item():.3f}", **{f"val_{m}": f"{d:.3f}" for m, d in last_val.items()}})
+            if self.iteration == fault_at:
+                os._exit(17)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        return self._finish(time.time() - t0)
+
+    def _to_device(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.to(self.device, non_blocking=True)
+        if v.dim() == 4 and self.cfg.channels_last:
+            v = v.contiguous(memory_format=torch.channels_last)
+        return v
+
+    def _update_best(self, val: dict[str, float]) -> None:
+        nets = self.method.predictors()
+        for m, d in val.items():
+            if m not in self.best or d > self.best[m]["dice"]:
+                self.best[m] = {"dice": d, "iteration": self.iteration}
+                self._save_weights(m, nets[m])
+
+    def _save_weights(self, modality: str, net: torch.nn.Module) -> None:
+        payload = {
+            "format": "semicml-weights-v1",
+            "modality": modality,
+            "network": self.network_spec,
+            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "preprocessing": self._preprocessing(),
+            "target": self.store.target,
+            "iteration": self.iteration,
+        }
+        (self.run_dir / "weights").mkdir(exist_ok=True)
+        atomic_save_torch(payload, self.run_dir / "weights" / f"{modality}.pt")
+
+    def _preprocessing(self) -> dict[str, Any]:
+        m = self.store.manifest
+        return {"size": m["size"], "in_plane": m["in_plane"], "normalisation": m["normalisation"],
+                "box_from": "the predicted modality's non-zero region", "slice_axis": "axial (from affine)"}
+
+    def _log(self, record: dict, writer) -> None:
+        self.history.append(record)
+        with open(self.run_dir / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "iteration":
+                    writer.add_scalar(k, v, record["iteration"])
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional at run time
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.iteration or None)
+
+    def _write_static_files(self) -> None:
+        atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+        atomic_write_json(self.run_dir / "splits.json", self.splits.to_json())
+        atomic_write_json(self.run_dir / "labeled_subset.json", self.subset.to_json())
+
+    def _finish(self, seconds: float) -> dict[str, Any]:
+        nets = self.method.predictors()
+        for m in self.modalities:  # no val split: keep the last weights
+            if m not in self.best:
+                self._save_weights(m, nets[m])
+        info = {
+            "semicml_version": __version__,
+            "method": self.cfg.method,
+            "modalities": self.modalities,
+            "store": str(self.store.root.resolve()),
+            "target": self.store.target,
+            "preprocessing": self._preprocessing(),
+            "network": self.network_spec,
+            "splits": self.splits.to_json(),
+            "labeled": {"fraction": self.cfg.labeled_fraction, "level": self.cfg.label_level,
+                        "n_labeled_slices": len(self.subset.labeled), "n_unlabeled_slices": len(self.subset.unlabeled),
+                        "subset_file": str(self.subset_path) if self.subset_path else None},
+            "iterations": self.total,
+            "iterations_per_epoch": self.iterations_per_epoch,
+            "device": str(self.device),
+            "precision": self.precision.name,
+            "channels_last": self.cfg.channels_last,
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "seconds_last_session": round(seconds, 1),
+            "best_val": self.best,
+            "weights": {m: f"weights/{m}.pt" for m in self.modalities},
+            **self.ctx.info,
+        }
+        existing = self.run_dir / "run.json"
+        if existing.is_file():  # keep results added by later stages (evaluation)
+            old = json.loads(existing.read_text())
+            info = {**old, **info}
+        atomic_write_json(self.run_dir / "run.json", info)
+        return info

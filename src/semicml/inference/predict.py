@@ -1,0 +1,114 @@
+"""``semicml predict``: segment cases for which only ONE modality exists.
+
+Everything is derived from that modality alone: the axial axis from its affine, the in-plane box
+from its non-zero region, the normalisation from its own intensities. Masks are written on the
+original grid with the original affine and header.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.case import Case
+from ..data.preprocess import (
+    InPlaneBox,
+    axial_axis,
+    extract_planes,
+    foreground_box,
+    from_axial_last,
+    normalise,
+    paste_planes,
+    to_axial_last,
+)
+from ..data.readers import read_single_modality
+from ..engine.checkpoint import load_checkpoint
+from ..engine.hardware import Precision, resolve_device, resolve_precision
+from ..errors import DataError
+from ..io_utils import atomic_path, atomic_write_text
+from .predictor import predict_planes
+
+
+def atomic_save_nifti(image: nib.Nifti1Image, path: Path, dtype) -> None:
+    """Write a .nii.gz without ever leaving a half-written file at ``path``."""
+    image.set_data_dtype(dtype)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(gzip.compress(image.to_bytes(), compresslevel=6))
+
+
+def load_weights(run: str | Path, modality: str, device: torch.device):
+    """Network of ``modality`` from a run directory (or a weights file) -> (net, payload)."""
+    from ..engine.trainer import build_network
+
+    run = Path(run)
+    if run.is_file():
+        path = run
+    else:
+        if not run.is_dir():
+            raise DataError("run directory not found", run)
+        weights = {p.stem.lower(): p for p in (run / "weights").glob("*.pt")}
+        if modality.lower() not in weights:
+            have = ", ".join(sorted(p.stem for p in weights.values())) or "none"
+            raise DataError(f"no network for modality {modality!r} in this run (has: {have})", run)
+        path = weights[modality.lower()]
+    payload = load_checkpoint(path, "cpu")
+    if payload.get("format") != "semicml-weights-v1":
+        raise DataError("not a semicml weights file", path)
+    net = build_network(payload["network"])
+    net.load_state_dict(payload["state_dict"])
+    return net.to(device).eval(), payload
+
+
+def probabilities_on_grid(net: torch.nn.Module, image: np.ndarray, affine: np.ndarray, preprocessing: dict,
+                          device: torch.device, precision: Precision, channels_last: bool = True) -> np.ndarray:
+    """Foreground probability of a single-modality 3D image, on the image's own voxel grid."""
+    axis = axial_axis(affine)
+    vol = to_axial_last(image, axis)
+    box = foreground_box(vol, int(preprocessing["size"]), preprocessing["in_plane"])
+    normed, _ = normalise(vol, preprocessing["normalisation"])
+    planes = extract_planes(normed, box).transpose(2, 0, 1)  # (Z, H, W)
+    probs = predict_planes(net, planes, device, precision, channels_last=channels_last)
+    on_grid = paste_planes(probs.transpose(1, 2, 0), box, vol.shape[:2])
+    return from_axial_last(on_grid, axis)
+
+
+def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_dir: str | Path,
+                  device: str = "auto", precision: str = "auto", save_probabilities: bool = False,
+                  threshold: float = 0.5, progress: bool = True, cases: list[str] | None = None) -> list[Path]:
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    net, payload = load_weights(run, modality, dev)
+    found = read_single_modality(input_path, modality)
+    if cases is not None:
+        ids = {cid for cid, _ in found}
+        for cid in cases:
+            if cid not in ids:
+                raise DataError(f"case {cid!r} with modality {modality!r} not found", input_path)
+        found = [(cid, load) for cid, load in found if cid in set(cases)]
+    if not found:
+        raise DataError(f"no case with modality {modality!r} found", input_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for case_id, load in tqdm(found, desc=f"predict {modality}", unit="case", disable=not progress):
+        case: Case = load()
+        image = next(iter(case.images.values()))
+        probs = probabilities_on_grid(net, image, case.affine, payload["preprocessing"], dev, prec)
+        mask = (probs > threshold).astype(np.uint8)
+        header = case.header.copy() if case.header is not None else None
+        path = out_dir / f"{case_id}.nii.gz"
+        atomic_save_nifti(nib.Nifti1Image(mask, case.affine, header), path, dtype=np.uint8)
+        written.append(path)
+        if save_probabilities:
+            atomic_save_nifti(nib.Nifti1Image(probs.astype(np.float32), case.affine, header),
+                              out_dir / f"{case_id}_prob.nii.gz", dtype=np.float32)
+    atomic_write_text(out_dir / "predict.json", json.dumps({"run": str(run), "modality": modality,
+                                                      "input": str(input_path), "cases": [p.name for p in written],
+                                                      "threshold": threshold}, indent=1))
+    return written

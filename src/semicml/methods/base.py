@@ -1,0 +1,106 @@
+"""The one interface every training method implements, and the registry of methods by name.
+
+A method owns its networks (students, teachers) and turns a batch into losses; it never reads
+files, builds optimisers or loops: the engine does that (see ``semicml.engine.trainer``).
+Adding a method = one small file that subclasses :class:`Method` and calls :func:`register`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..errors import ConfigError
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the run."""
+
+    cfg: TrainConfig
+    modalities: list[str]            # trained modalities, in channel order of the batch
+    out_channels: int
+    total_iterations: int
+    iterations_per_epoch: float      # labelled slices / labelled batch
+    device: torch.device
+    new_network: Callable[[], nn.Module]
+    info: dict = field(default_factory=dict)  # facts a method records for run.json (teacher choice ...)
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``name`` and implement :meth:`train_step`.
+
+    ``self.students`` (ModuleDict keyed by modality index as str) are optimised; anything kept
+    outside it (teachers) gets no optimiser and must get no gradient.
+    """
+
+    name: ClassVar[str] = ""
+    needs_unlabeled: ClassVar[bool] = True
+    multi_modal: ClassVar[bool] = False  # True when modalities interact during training
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__()
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.students = nn.ModuleDict({str(i): ctx.new_network() for i in range(len(ctx.modalities))})
+
+    # -- helpers for subclasses --------------------------------------------------------------
+    @staticmethod
+    def channel(images: torch.Tensor, index: int) -> torch.Tensor:
+        """(B, M, H, W) batch -> (B, 1, H, W) input of modality ``index``."""
+        return images[:, index : index + 1]
+
+    @staticmethod
+    def target(label: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) class map -> (B, 1, H, W) float binary target."""
+        return (label > 0).float().unsqueeze(1)
+
+    # -- the interface -----------------------------------------------------------------------
+    def train_step(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
+        """Losses for one batch; ``"loss"`` is what the engine back-propagates."""
+        raise NotImplementedError
+
+    def predictors(self) -> dict[str, nn.Module]:
+        """Modality name -> the network that segments that modality alone."""
+        return {m: self.students[str(i)] for i, m in enumerate(self.ctx.modalities)}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.students.parameters())
+
+    def after_step(self, iteration: int) -> None:
+        """Called after each optimiser step (e.g. EMA teacher update)."""
+
+    def on_validation(self, iteration: int, val_dice: dict[str, float]) -> None:
+        """Called after each validation (e.g. best-model averaging of teachers)."""
+
+    def phase(self, iteration: int) -> str:
+        return self.name
+
+    def extra_state(self) -> dict:
+        """Non-parameter state to checkpoint (tensors, numbers, strings, lists, dicts only)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    from . import _all  # noqa: F401  (imports every method module so they register)
+
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r} (choose from {', '.join(sorted(METHODS))})")
+    return METHODS[name]

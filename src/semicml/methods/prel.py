@@ -1,0 +1,114 @@
+"""PReL (stage 2): soft pseudo-label re-learning from the stronger modality's teacher.
+
+After Semi-CML one modality segments better. Its best-model-averaged teacher produces soft
+labels ``y = mean_t sigmoid(f_T(x_strong + n_t))`` (MC dropout, clipped input noise, no
+threshold) and every weaker network re-learns from them on ITS OWN modality of the same slice:
+
+    (1 - alpha) * (10 BCE + 7 Dice)(p_weak, y) + alpha * ASC(y, p_weak)
+
+The stronger network may be refined the same way on its own teacher's labels. The teacher
+modality is the one with the best VALIDATION Dice after stage 1 unless the user names it; the
+choice is recorded in run.json. Teachers never get gradient.
+
+``semicml-prel`` runs stage 1 then stage 2 in one run (switch at ``prel.start_fraction``);
+``prel`` runs stage 2 alone, starting from a stage-1 run given by ``init``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from ..losses import prel_loss, supervised_loss
+from .base import Batch, MethodContext, register
+from .semicml import SemiCML
+from .teachers import mc_soft_labels
+
+
+@register
+class SemiCMLPReL(SemiCML):
+    name = "semicml-prel"
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        self.start_iteration = int(round(self.cfg.prel.start_fraction * ctx.total_iterations))
+        self.teacher_index: int | None = None
+
+    def phase(self, iteration: int) -> str:
+        return "prel" if iteration >= self.start_iteration else "semicml"
+
+    def choose_teacher(self) -> int:
+        """Index of the teacher modality: the user's choice, else best validation Dice so far."""
+        mods = self.ctx.modalities
+        named = self.cfg.prel.teacher
+        if named is not None:
+            lowered = [m.lower() for m in mods]
+            if named.lower() not in lowered:
+                raise ConfigError(f"prel.teacher {named!r} is not a trained modality ({', '.join(mods)})")
+            index, how = lowered.index(named.lower()), "user"
+        elif self.best_val:
+            index, how = max(range(len(mods)), key=lambda i: self.best_val.get(mods[i], float("-inf"))), "validation"
+        else:
+            raise ConfigError("cannot choose the PReL teacher: no validation score yet (validate more often, "
+                              "give a val split, or name prel.teacher)")
+        for key, bma in self.bma.items():
+            if not bma.started:  # never validated: start the teacher from the current weights
+                self.teachers[key].load_state_dict(self.students[key].state_dict())
+                bma.started = True
+        self.ctx.info["teacher"] = {"modality": mods[index], "chosen_by": how,
+                                    "val_dice_after_stage1": {m: self.best_val.get(m) for m in mods}}
+        return index
+
+    def prel_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        pc, sc = self.cfg.prel, self.cfg.semicml
+        t = self.teacher_index
+        x = torch.cat([batch["images_l"], batch["images_u"]])
+        teacher = self.teachers[str(t)]
+        soft = mc_soft_labels(teacher, self.channel(x, t), pc.mc_samples, pc.noise_std, pc.noise_clip)
+        losses: dict[str, torch.Tensor] = {}
+        for i, m in enumerate(self.ctx.modalities):
+            if i == t and not pc.refine_teacher_modality:
+                continue
+            logits = self.students[str(i)](self.channel(x, i)).float()
+            losses[f"prel/{m}"] = prel_loss(logits, soft, alpha=pc.alpha, bce_weight=sc.bce_weight,
+                                            dice_weight=sc.dice_weight, similarity=sc.similarity,
+                                            temperature=sc.temperature)
+            if pc.keep_supervised and batch["images_l"].shape[0] > 0:
+                n_lab = batch["images_l"].shape[0]
+                losses[f"sup/{m}"] = supervised_loss(logits[:n_lab], self.target(batch["label_l"]),
+                                                     bce_weight=sc.bce_weight, dice_weight=sc.dice_weight)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    def train_step(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
+        if iteration < self.start_iteration:
+            return self.semicml_losses(batch, iteration)
+        if self.teacher_index is None:
+            self.teacher_index = self.choose_teacher()
+        return self.prel_losses(batch)
+
+    def extra_state(self) -> dict:
+        state = super().extra_state()
+        state["teacher_index"] = -1 if self.teacher_index is None else self.teacher_index
+        state["teacher_info"] = self.ctx.info.get("teacher", {})
+        return state
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        index = int(state.get("teacher_index", -1))
+        self.teacher_index = None if index < 0 else index
+        if state.get("teacher_info"):
+            self.ctx.info["teacher"] = state["teacher_info"]
+
+
+@register
+class PReL(SemiCMLPReL):
+    """Stage 2 alone, from a finished stage-1 run (``init``): networks, teachers and scores."""
+
+    name = "prel"
+
+    def __init__(self, ctx: MethodContext):
+        if not ctx.cfg.init:
+            raise ConfigError("method 'prel' needs --init RUN (a finished semicml run to start from)")
+        super().__init__(ctx)
+        self.start_iteration = 0

@@ -1,0 +1,109 @@
+"""Semi-CML (stage 1): contrastive mutual learning between the modalities' networks.
+
+    L1 = sum_m Lsup(p_m^lab, y) + lambda_asc * ASC(p^unl of every modality pair)
+         + w(t) * MSE(p^unl of every modality pair),   w(t) = exp(-5 (1 - t/T)^2)
+
+ASC (area-similarity contrastive loss) pulls the modalities' predictions of the same slice
+together and pushes predictions of different slices apart, so the networks cannot agree on a
+trivial map. Each modality also keeps a best-model-averaged teacher (BMA, driven by VALIDATION
+Dice) so that PReL can start from this stage, in the same run or from a saved one.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import torch
+from torch import nn
+
+from ..losses import multi_asc_loss, mutual_mse, sigmoid_rampup, supervised_loss
+from .base import Batch, Method, MethodContext, register
+from .teachers import BestModelAverage, frozen_copy
+
+
+@register
+class SemiCML(Method):
+    name = "semicml"
+    multi_modal = True
+    use_asc = True
+    use_mse = True
+    similarity: str | None = None  # None: from config
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        if len(ctx.modalities) < 2:
+            raise ValueError(f"{self.name} needs at least two modalities")
+        self.teachers = nn.ModuleDict({k: frozen_copy(net) for k, net in self.students.items()})
+        self.bma = {k: BestModelAverage(self.cfg.prel.pool_size, self.cfg.prel.max_alpha) for k in self.students}
+        self.best_val: dict[str, float] = {}
+
+    def forward_all(self, batch: Batch) -> tuple[list[torch.Tensor], int]:
+        """Logits of every modality's network on labelled + unlabelled slices in one pass."""
+        x = torch.cat([batch["images_l"], batch["images_u"]])
+        logits = [self.students[str(i)](self.channel(x, i)).float() for i in range(len(self.ctx.modalities))]
+        return logits, batch["images_l"].shape[0]
+
+    def semicml_losses(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
+        sc = self.cfg.semicml
+        logits, n_lab = self.forward_all(batch)
+        y = self.target(batch["label_l"])
+        losses: dict[str, torch.Tensor] = {}
+        for m, lg in zip(self.ctx.modalities, logits):
+            losses[f"sup/{m}"] = supervised_loss(lg[:n_lab], y, bce_weight=sc.bce_weight, dice_weight=sc.dice_weight)
+        total = sum(losses.values())
+        probs_u = [torch.sigmoid(lg[n_lab:]) for lg in logits]
+        if self.use_asc and sc.asc_weight > 0:
+            losses["asc"] = multi_asc_loss(probs_u, similarity=self.similarity or sc.similarity,
+                                           temperature=sc.temperature)
+            total = total + sc.asc_weight * losses["asc"]
+        if self.use_mse and sc.mse_weight > 0:
+            epoch = iteration / self.ctx.iterations_per_epoch
+            weight = sc.mse_weight * sigmoid_rampup(epoch, sc.mse_rampup_epochs)
+            pairs = list(combinations(probs_u, 2))
+            losses["mse"] = sum(mutual_mse(a, b) for a, b in pairs) / len(pairs)
+            total = total + weight * losses["mse"]
+        losses["loss"] = total
+        return losses
+
+    def train_step(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
+        return self.semicml_losses(batch, iteration)
+
+    def on_validation(self, iteration: int, val_dice: dict[str, float]) -> None:
+        for i, m in enumerate(self.ctx.modalities):
+            if m in val_dice:
+                key = str(i)
+                self.bma[key].update(val_dice[m], self.teachers[key], self.students[key])
+                self.best_val[m] = max(self.best_val.get(m, float("-inf")), val_dice[m])
+
+    def extra_state(self) -> dict:
+        return {"bma": {k: b.state() for k, b in self.bma.items()}, "best_val": dict(self.best_val)}
+
+    def load_extra_state(self, state: dict) -> None:
+        for k, s in state.get("bma", {}).items():
+            self.bma[k].load(s)
+        self.best_val = dict(state.get("best_val", {}))
+
+
+# Ablations of the paper (each differs from Semi-CML in one switch).
+@register
+class SemiCMLMSEOnly(SemiCML):
+    """Mutual MSE term only, no ASC."""
+
+    name = "semicml-mse-only"
+    use_asc = False
+
+
+@register
+class SemiCMLASCOnly(SemiCML):
+    """ASC only, no MSE mutual term."""
+
+    name = "semicml-asc-only"
+    use_mse = False
+
+
+@register
+class SemiCMLCosine(SemiCML):
+    """ASC with cosine instead of soft-Dice similarity."""
+
+    name = "semicml-cosine"
+    similarity = "cosine"
