@@ -51,6 +51,12 @@ def grads_none(net) -> bool:
     return all(p.grad is None for p in net.parameters())
 
 
+def no_dropout(method):
+    for mod in method.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+
+
 def zero(method):
     method.zero_grad(set_to_none=True)
 
@@ -86,6 +92,7 @@ def test_train_step_finite_and_loss_is_weighted_sum(cls, keys):
 
 def test_supervised_part_matches_supervised_loss():
     method = make(CPS)
+    no_dropout(method)
     batch = make_batch()
     out = method.train_step(batch, 0)
     y = (batch["label_l"] > 0).float().unsqueeze(1)
@@ -145,7 +152,30 @@ def test_full_loss_never_reaches_teachers_and_modalities_isolated(cls):
     assert grads_nonzero(method.students["0"]) and grads_none(method.students["1"])
 
 
-@pytest.mark.parametrize("iteration, alpha", [(0, 0.0), (3, 0.75), (50, 0.98), (1000, 0.99)])
+@pytest.mark.parametrize("cls", [MeanTeacher, UAMT])
+def test_consistency_value_by_hand_without_noise_or_dropout(cls):
+    """With noise and dropout off every forward is deterministic: recompute the term exactly."""
+    method = make(cls, mean_teacher={"noise_std": 0.0})
+    no_dropout(method)
+    batch = make_batch()
+    out = method.train_step(batch, TOTAL)  # threshold ln 2: the mask is not empty
+    for i, m in enumerate(MODS):
+        x = torch.cat([batch["images_l"], batch["images_u"]])[:, i : i + 1]
+        with torch.no_grad():
+            p_s = torch.sigmoid(method.students[str(i)](x))[2:]  # train-mode BN over L + U, as in the step
+            p_t = torch.sigmoid(method.teachers[str(i)].eval()(x[2:]))  # this modality's own teacher
+        method.teachers.train()
+        if cls is MeanTeacher:
+            expected = ((p_s - p_t) ** 2).mean()
+        else:  # p_bar == p_t when the teacher is deterministic
+            mask = (binary_entropy(p_t) < method.threshold(TOTAL)).float()
+            assert mask.sum() > 0
+            expected = (mask * (p_s - p_t) ** 2).sum() / mask.sum()
+            assert out[f"mask_fraction/{m}"].item() == pytest.approx(mask.mean().item())
+        assert out[f"consistency/{m}"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("iteration, alpha", [(0, 0.0), (3, 0.75), (49, 0.98), (1000, 0.99)])
 def test_after_step_is_ema_with_warmup(iteration, alpha):
     method = make(MeanTeacher)
     student, teacher = method.students["1"], method.teachers["1"]
@@ -265,9 +295,7 @@ def test_cps_pseudo_label_is_hard_and_on_labelled_plus_unlabelled():
     h = hard_label(z)
     assert h.tolist() == [0.0, 0.0, 1.0, 1.0] and not h.requires_grad
     method = make(CPS)
-    for mod in method.modules():  # deterministic forwards (train-mode BN uses batch statistics)
-        if isinstance(mod, torch.nn.Dropout):
-            mod.p = 0.0
+    no_dropout(method)  # deterministic forwards (train-mode BN uses batch statistics)
     batch = make_batch()
     out = method.train_step(batch, 5)
     x = torch.cat([batch["images_l"], batch["images_u"]])[:, :1]
@@ -300,3 +328,12 @@ def test_bf16_autocast_and_engine_cycle(cls):
         assert not torch.equal(snapshots[0], snapshots[1])
         expected = 0.5 * snapshots[0] + 0.5 * snapshots[1]
         assert torch.allclose(method.teachers["0"].head.weight, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [MeanTeacher, UAMT, CPS])
+def test_empty_unlabelled_batch_gives_finite_loss(cls):
+    method = make(cls)
+    out = method.train_step(make_batch(n_unl=0), 5)
+    assert torch.isfinite(out["loss"])
+    if cls is not CPS:
+        assert out["consistency/T2"].item() == 0.0

@@ -28,6 +28,13 @@ DICE_THRESHOLD = 0.6
 
 
 @pytest.fixture(scope="module")
+def phantom_e2e_root(tmp_path_factory) -> Path:
+    from semicml.data.phantom import write_phantom
+
+    return write_phantom(tmp_path_factory.mktemp("p") / "data", cases=10, seed=3, shape=(64, 64, 24))
+
+
+@pytest.fixture(scope="module")
 def e2e_store(phantom_e2e_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("e2e") / "store"
     return prepare_store(phantom_e2e_root, out, PrepareOptions(modalities=("T2", "T1ce"), size=64), progress=False)
@@ -103,7 +110,7 @@ def test_prel_alone_from_a_semicml_run(e2e_store, tmp_path):
 def test_three_modalities_supported(tmp_path):
     from semicml.data.phantom import write_phantom
 
-    data = write_phantom(tmp_path / "p3", cases=5, seed=1, shape=(32, 32, 12), modalities=("T2", "T1ce", "FLAIR"))
+    data = write_phantom(tmp_path / "p3", cases=5, seed=1, shape=(32, 32, 16), modalities=("T2", "T1ce", "FLAIR"))
     store = prepare_store(data, tmp_path / "s3", PrepareOptions(modalities=("T2", "T1ce", "FLAIR"), size=32,
                                                                 workers=1), progress=False)
     cfg = build_config(profile="tiny", overrides={"iterations": 4, "val_fraction": 0.2, "test_fraction": 0.2})

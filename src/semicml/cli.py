@@ -155,6 +155,23 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="output folder"),
 
 
 @app.command()
+def benchmark(config: Path = typer.Argument(..., help="benchmark YAML (relative paths: relative to its folder)"),
+              out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: the file's 'out')"),
+              only: Optional[str] = typer.Option(None, help="run only these method names (comma-separated)"),
+              progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars")) -> None:
+    """Run a grid of methods x seeds with one budget; tables and plots of the results."""
+    from .benchmark import load_benchmark_config, run_benchmark
+
+    cfg = load_benchmark_config(config, out=out)
+    rows = run_benchmark(cfg, progress=progress, only=_split_list(only))
+    failed = sorted({(r["method"], r["seed"]) for r in rows if r["status"] != "ok"})
+    skipped = len({(r["method"], r["seed"]) for r in rows if r["action"] == "skipped"})
+    typer.echo((Path(cfg.out) / "results.md").read_text())
+    typer.echo(f"{len({(r['method'], r['seed']) for r in rows})} runs ({skipped} finished earlier, "
+               f"{len(failed)} failed) -> {cfg.out} (results.csv, results.md, dice.png, val_curves.png)")
+
+
+@app.command()
 def methods() -> None:
     """List the registered training methods."""
     from .methods import METHODS, get_method

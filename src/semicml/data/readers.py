@@ -197,12 +197,32 @@ def _load(path: Path, what: str) -> _Volume:
     if not path.is_file():
         raise DataError(f"missing {what} file", path)
     try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj)  # eager: a truncated gzip stream fails now, not later
+        if path.name.lower().endswith(".gz"):
+            # Decompress the whole stream ourselves: gzip checks the CRC and length at the end,
+            # which nibabel never reaches (it stops after the voxel bytes), so a damaged deflate
+            # stream would otherwise decode silently into garbage voxels.
+            img = _nifti_from_bytes(gzip.decompress(path.read_bytes()))
+        else:
+            img = nib.load(str(path))
+        data = np.asarray(img.dataobj)  # eager: a truncated file fails now, not later
+    except DataError as err:
+        raise DataError(err.problem, path) from None
     except _READ_ERRORS as err:
-        detail = " ".join(str(err).split())[:160]
+        detail = " ".join(str(err).replace(str(path), path.name).split())[:160]
         raise DataError(f"corrupt or truncated NIfTI file ({type(err).__name__}: {detail})", path) from None
     return _Volume(data, np.asarray(img.affine, dtype=np.float64), img.header)
+
+
+def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image:
+    """A single-file NIfTI-1 or NIfTI-2 image from its uncompressed bytes."""
+    if len(raw) < 4:
+        raise DataError("corrupt or truncated NIfTI file (empty)")
+    sizes = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
+    if 348 in sizes:
+        return nib.Nifti1Image.from_bytes(raw)
+    if 540 in sizes:
+        return nib.Nifti2Image.from_bytes(raw)
+    raise DataError("not a NIfTI file (bad header size; corrupt?)")
 
 
 def _squeeze_to(data: np.ndarray, ndim: int) -> np.ndarray:
@@ -230,7 +250,7 @@ def _image_3d(img: _Volume, path: Path) -> np.ndarray:
         kind = f"{data.ndim}D"
         raise DataError(f"{kind} image of shape {tuple(data.shape)} where a 3D volume is expected", path)
     _check_finite(data, path)
-    return np.ascontiguousarray(data, dtype=np.float32)
+    return _float32(data)
 
 
 def _image_channel(img: _Volume, path: Path, channel: int, modality: str) -> np.ndarray:
@@ -245,7 +265,7 @@ def _image_channel(img: _Volume, path: Path, channel: int, modality: str) -> np.
             f"channel index {channel} ({modality}) out of range: the image has {data.shape[3]} channels",
             path,
         )
-    out = np.ascontiguousarray(data[..., channel], dtype=np.float32)
+    out = _float32(data[..., channel])
     _check_finite(out, path)
     return out
 
@@ -265,10 +285,9 @@ def _label_3d(img: _Volume, path: Path, allowed: set[int] | None) -> np.ndarray:
     dtype = np.uint8 if lo >= 0 and hi <= 255 else np.int16
     if lo < np.iinfo(np.int16).min or hi > np.iinfo(np.int16).max:
         raise DataError(f"label values out of range [{lo}, {hi}]", path)
-    label = np.ascontiguousarray(data, dtype=dtype)
-    if allowed is not None:
-        present = _unique_small(label)
-        bad = sorted(set(present) - allowed)
+    label = data.astype(dtype, copy=False)
+    if allowed is not None and not _all_in(label, allowed, lo, hi):
+        bad = sorted(set(_unique_small(label)) - allowed)
         if bad:
             raise DataError(
                 f"label values {bad} not in the declared label set {sorted(allowed)}", path
@@ -276,11 +295,34 @@ def _label_3d(img: _Volume, path: Path, allowed: set[int] | None) -> np.ndarray:
     return label
 
 
+def _all_in(label: np.ndarray, allowed: set[int], lo: int, hi: int) -> bool:
+    """Whether every voxel value is in ``allowed`` (one table lookup; unique() only on failure)."""
+    if label.size == 0:
+        return True
+    table = np.zeros(hi - lo + 1, dtype=bool)
+    for v in allowed:
+        if lo <= v <= hi:
+            table[v - lo] = True
+    flat = label.ravel(order="K")
+    return bool(table[flat if lo == 0 else flat.astype(np.int32) - lo].all())
+
+
 def _unique_small(label: np.ndarray) -> list[int]:
     """np.unique for integer volumes, via bincount (much faster on 9M-voxel BraTS labels)."""
-    lo = int(label.min()) if label.size else 0
-    counts = np.bincount((label.ravel().astype(np.int64) - lo))
-    return [int(v) + lo for v in np.flatnonzero(counts)]
+    if label.size == 0:
+        return []
+    flat = label.ravel(order="K")  # no copy for Fortran-ordered NIfTI data
+    if flat.dtype == np.uint8:
+        return [int(v) for v in np.flatnonzero(np.bincount(flat))]
+    lo = int(flat.min())
+    return [int(v) + lo for v in np.flatnonzero(np.bincount(flat.astype(np.int32) - lo))]
+
+
+def _float32(data: np.ndarray) -> np.ndarray:
+    """float32 in the file's memory layout (NIfTI is Fortran-ordered: axial slices contiguous);
+    a copy unless already float32 and writeable."""
+    out = data.astype(np.float32, copy=False)
+    return out if out.flags.writeable else out.copy(order="K")
 
 
 def _spacing(header: object) -> tuple[float, float, float]:
@@ -635,8 +677,9 @@ def _expected_path(info: DatasetInfo, case_id: str, modality: str) -> Path:
     if info.format == "brats":
         return info.root / case_id / f"{case_id}_{modality}.nii.gz"
     if info.format == "nnunet":
-        sub = "imagesTr" if info.labeled.get(case_id) else "imagesTs"
-        return info.root / sub / f"{case_id}_{info.channels[modality]:04d}{info.file_ending}"
+        present = list(info.image_files[case_id].values())  # same folder as the case's other channels
+        folder = present[0].parent if present else info.root / "imagesTr"
+        return folder / f"{case_id}_{info.channels[modality]:04d}{info.file_ending}"
     return next(iter(info.image_files[case_id].values()))
 
 
@@ -718,6 +761,7 @@ def read_single_modality(path: str | Path, modality: str) -> list[tuple[str, Cas
 
     # A single BraTS case folder: <root>/<root.name>_<modality>.nii.gz
     own = _brats_files(root, root.name)
+    own.pop(_BRATS_LABEL_SUFFIX, None)  # the label is never an input modality
     if own:
         hit = _pick(sorted(own), modality, root)
         return [(root.name, _single_loader(root.name, own[hit], modality))]
@@ -727,6 +771,7 @@ def read_single_modality(path: str | Path, modality: str) -> list[tuple[str, Cas
         out = []
         for d in folders:
             files = _brats_files(d, d.name)
+            files.pop(_BRATS_LABEL_SUFFIX, None)
             hit = _pick(sorted(files), modality, d)
             out.append((d.name, _single_loader(d.name, files[hit], modality)))
         return out

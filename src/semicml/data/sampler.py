@@ -152,5 +152,8 @@ def collate_two_stream(items: list[dict]) -> dict:
 
 def make_loader(dataset: PairedSliceDataset, sampler: TwoStreamBatchSampler, num_workers: int = 0,
                 pin_memory: bool = False) -> DataLoader:
+    # A private generator: creating a loader must not draw from the global torch RNG, or a resumed
+    # run (which creates one more loader) would see different dropout masks than an uninterrupted one.
+    generator = torch.Generator().manual_seed(dataset.seed)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_two_stream, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=False)
+                      pin_memory=pin_memory, persistent_workers=False, generator=generator)

@@ -119,18 +119,17 @@ def prepare_store(input_root: str | Path, out: str | Path, opts: PrepareOptions,
     metas: dict[str, dict] = {}
     try:
         args = [(str(info.root), info.format, cid, modalities, target_json, opts, str(partial)) for cid in info.case_ids]
-        bar = tqdm(total=len(args), desc="prepare", unit="case", disable=not progress)
-        if opts.workers > 1 and len(args) > 1:
-            with ProcessPoolExecutor(max_workers=opts.workers) as pool:
-                futures = {pool.submit(_prepare_case, *a): a[2] for a in args}
-                for fut in as_completed(futures):
-                    metas[futures[fut]] = fut.result()
+        with tqdm(total=len(args), desc="prepare", unit="case", disable=not progress) as bar:
+            if opts.workers > 1 and len(args) > 1:
+                with ProcessPoolExecutor(max_workers=opts.workers) as pool:
+                    futures = {pool.submit(_prepare_case, *a): a[2] for a in args}
+                    for fut in as_completed(futures):
+                        metas[futures[fut]] = fut.result()
+                        bar.update()
+            else:
+                for a in args:
+                    metas[a[2]] = _prepare_case(*a)
                     bar.update()
-        else:
-            for a in args:
-                metas[a[2]] = _prepare_case(*a)
-                bar.update()
-        bar.close()
         manifest = {
             "version": STORE_VERSION,
             "complete": True,

@@ -61,7 +61,7 @@ def _is_enhancing(name: str) -> bool:
 
 def _is_core_only(name: str) -> bool:
     n = _norm(name)
-    return any(k in n for k in ("necro", "ncr", "nonenhanc", "notenhanc", "core"))
+    return any(k in n for k in ("necro", "nonenhanc", "notenhanc", "core")) or re.search(r"\bncr\b", n) is not None
 
 
 def _named_values(info: DatasetInfo) -> dict[str, list[int]]:

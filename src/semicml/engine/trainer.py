@@ -234,7 +234,9 @@ class Trainer:
                 record = {"iteration": self.iteration, "phase": self.method.phase(it),
                           "lr": self.optimizer.param_groups[0]["lr"],
                           **{k: float(v.detach()) for k, v in losses.items()}}
-            if self.iteration % self.val_every == 0 or self.iteration == self.total:
+            # Also validate at a phase boundary (e.g. Semi-CML -> PReL picks its teacher on val).
+            boundary = self.method.phase(self.iteration) != self.method.phase(it)
+            if self.iteration % self.val_every == 0 or self.iteration == self.total or boundary:
                 last_val = self.validate()
                 self.method.on_validation(self.iteration, last_val)
                 self._update_best(last_val)

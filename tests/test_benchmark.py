@@ -1,0 +1,215 @@
+"""`semicml benchmark`: a grid of methods x seeds on phantom data, its tables and plots, resuming,
+failure isolation, and the config's validation / path rules."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from semicml.benchmark import (
+    RESULT_COLUMNS,
+    BenchmarkConfig,
+    load_benchmark_config,
+    run_benchmark,
+    write_results,
+)
+from semicml.cli import app
+from semicml.data.phantom import write_phantom
+from semicml.data.store import PrepareOptions, prepare_store
+from semicml.errors import ConfigError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REQUIRED = ["method", "modality", "seed", "labeled_fraction", "dice", "jaccard", "hd95", "asd", "precision",
+            "sensitivity", "status", "seconds", "run_dir", "teacher"]
+TINY_TRAIN = {"model": {"base_width": 4, "levels": 2}, "iterations": 4, "labeled_batch": 2, "unlabeled_batch": 2,
+              "val_every": 2, "log_every": 2, "val_fraction": 0.2, "test_fraction": 0.2, "device": "cpu",
+              "precision": "fp32"}
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> dict:
+    """Phantom + store, a YAML using paths relative to its own folder, and one run of the grid."""
+    root = tmp_path_factory.mktemp("bench")
+    write_phantom(root / "data", cases=6, seed=0, shape=(48, 48, 16))
+    prepare_store(root / "data", root / "store", PrepareOptions(modalities=("T2", "T1ce"), size=48, workers=1),
+                  progress=False)
+    (root / "conf").mkdir()
+    spec = {
+        "store": "../store", "dataset": "../data", "out": "../out",  # relative to conf/, the YAML's folder
+        "seeds": [0], "labeled_fraction": 0.3, "train": TINY_TRAIN,
+        "methods": ["supervised", "semicml",
+                    # semi-supervised with every slice labelled: no unlabelled data -> the run fails
+                    {"name": "semicml-all", "method": "semicml", "labeled_fraction": 1.0}],
+    }
+    config = root / "conf" / "bench.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    cfg = load_benchmark_config(config)
+    rows = run_benchmark(cfg, progress=False, echo=lambda line: None)
+    return {"root": root, "config": config, "cfg": cfg, "rows": rows, "out": root / "out"}
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_paths_are_relative_to_the_yaml_folder(grid):
+    cfg, root = grid["cfg"], grid["root"]
+    assert Path(cfg.out) == (root / "out").resolve()
+    assert Path(cfg.store) == (root / "store").resolve()
+    assert Path(cfg.dataset) == (root / "data").resolve()
+
+
+def test_result_files_and_columns(grid):
+    out, rows = grid["out"], grid["rows"]
+    with open(out / "results.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    header = list(table[0])
+    assert all(c in header for c in REQUIRED), header
+    assert header[: len(RESULT_COLUMNS)] == list(RESULT_COLUMNS)
+    # one row per method x modality x seed
+    assert sorted((r["method"], r["modality"], r["seed"]) for r in table) == sorted(
+        (m, mod, "0") for m in ("supervised", "semicml", "semicml-all") for mod in ("T2", "T1ce"))
+    ok = [r for r in table if r["status"] == "ok"]
+    assert {r["method"] for r in ok} == {"supervised", "semicml"}
+    for r in ok:
+        assert 0.0 <= float(r["dice"]) <= 1.0 and float(r["hd95"]) >= 0.0
+        assert r["labeled_fraction"] == "0.3" and r["run_dir"] == f"runs/{r['method']}/seed0"
+        assert (out / r["run_dir"] / "result.json").is_file()
+        assert (out / r["run_dir"] / "eval" / "evaluation" / r["modality"] / "summary.json").is_file()
+        assert float(r["seconds"]) > 0
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["rows"]) == len(rows) == 6 and data["benchmark"]["seeds"] == [0]
+
+    md = (out / "results.md").read_text()
+    assert "## T2 alone" in md and "## T1ce alone" in md
+    assert "Δ Dice vs sup-30%" in md and " ± " in md and "**" in md
+    assert "semicml-all seed 0" in md  # listed under failed runs
+    for name in ("dice.png", "val_curves.png"):
+        blob = (out / name).read_bytes()
+        assert blob[:8] == PNG_MAGIC and len(blob) > 2000
+    assert not list(out.glob(".*.tmp*"))  # atomic writes leave nothing behind
+
+
+def test_failed_run_is_reported_and_others_finish(grid):
+    failed = [r for r in grid["rows"] if r["method"] == "semicml-all"]
+    assert {r["modality"] for r in failed} == {"T2", "T1ce"}
+    for r in failed:
+        assert r["status"].startswith("failed: ") and "unlabelled" in r["status"]
+        assert "\n" not in r["status"] and r["dice"] is None
+    assert all(r["status"] == "ok" for r in grid["rows"] if r["method"] != "semicml-all")
+
+
+def test_rerun_skips_finished_runs(grid):
+    """The CLI on the same YAML: finished runs are skipped (untouched), the failed one is retried."""
+    out = grid["out"]
+    markers = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed0/*") if p.name in ("result.json",
+                                                                                         "checkpoint.pt")}
+    assert len(markers) == 4  # supervised + semicml: result.json and checkpoint.pt each
+    result = CliRunner().invoke(app, ["benchmark", str(grid["config"]), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "3 runs (2 finished earlier, 1 failed)" in result.output
+    assert all(p.stat().st_mtime_ns == t for p, t in markers.items())
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["action"] for r in rows if r["method"] != "semicml-all"} == {"skipped"}
+    assert {r["action"] for r in rows if r["method"] == "semicml-all"} == {"failed"}
+    before = {(r["method"], r["modality"]): r["dice"] for r in grid["rows"]}
+    assert {(r["method"], r["modality"]): r["dice"] for r in rows} == before
+
+
+def test_changed_budget_is_not_mixed_with_old_runs(grid, tmp_path):
+    """A finished run made under another budget is reported, never silently reused."""
+    spec = yaml.safe_load(grid["config"].read_text())
+    spec.update(store=str(grid["root"] / "store"), dataset=str(grid["root"] / "data"), out=str(grid["out"]),
+                train={**TINY_TRAIN, "iterations": 5}, methods=["supervised"])
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(spec))
+    cfg = load_benchmark_config(tmp_path / "b.yaml", out=tmp_path / "other")
+    assert Path(cfg.out) == (tmp_path / "other").resolve()  # --out wins
+    cfg = cfg.model_copy(update={"out": str(grid["out"])})
+    rows = run_benchmark(cfg, progress=False, echo=lambda line: None, only=[])
+    assert rows and all(r["status"].startswith("failed: ") and "different configuration" in r["status"]
+                        and "iterations" in r["status"] for r in rows)
+    write_results(grid["rows"], grid["out"], labeled_fraction=0.3)  # restore the module's tables
+
+
+def test_markdown_table_marks_best_and_paired_deltas(tmp_path):
+    def row(method, seed, dice, hd95, fraction=0.1, method_id=None):
+        return {"method": method, "method_id": method_id or method, "modality": "T2", "seed": seed,
+                "labeled_fraction": fraction, "dice": dice, "jaccard": dice / 2, "hd95": hd95, "asd": hd95 / 4,
+                "precision": dice, "sensitivity": dice, "status": "ok", "action": "trained", "seconds": 1.0,
+                "run_dir": f"runs/{method}/seed{seed}", "teacher": None}
+
+    rows = [row("supervised", 0, 0.50, 10.0), row("supervised", 1, 0.60, 8.0),
+            row("supervised-100%", 0, 0.90, 2.0, 1.0, "supervised"), row("supervised-100%", 1, 0.92, 2.0, 1.0,
+                                                                          "supervised"),
+            row("semicml", 0, 0.70, 6.0), row("semicml", 1, 0.74, 5.0)]
+    write_results(rows, tmp_path, labeled_fraction=0.1)
+    md = (tmp_path / "results.md").read_text()
+    lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "Δ Dice vs sup-10%" in md and "Δ Dice vs sup-100%" in md
+    semi = lines["semicml"]
+    assert "**0.7200 ± 0.0283**" in semi  # best Dice among the 10% methods (the 100% row is not ranked)
+    assert "**5.50 ± 0.71**" in semi  # best HD95 = lowest
+    assert "+0.1700 ± 0.0424" in semi  # paired per-seed differences to supervised: +0.20, +0.14
+    assert "-0.1900 ± 0.0141" in semi  # to the upper bound: -0.20, -0.18
+    assert "**" not in lines["supervised-100%"]
+    assert (tmp_path / "dice.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "val_curves.png").read_bytes()[:8] == PNG_MAGIC  # no logs: a placeholder panel
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("out: o\nstore: s\ndataset: d\nmethods: [supervised]\nbogus: 1\n", "'bogus': Extra inputs are not permitted"),
+    ("out: o\nstore: s\ndataset: d\nmethods: [supervized]\n", "unknown method 'supervized'"),
+    ("out: o\nstore: s\ndataset: d\nmethods: [supervised, supervised]\n", "must be unique"),
+    ("out: o\nstore: s\ndataset: d\nmethods: [supervised]\ntrain: {seed: 1}\n", "seed may not be set in train"),
+    ("out: o\nstore: s\ndataset: d\nmethods: [{name: cps, overrides: {cps: {weigth: 1}}}]\n", "cps.weigth"),
+    ("out: o\nmethods: [supervised]\n", "give 'store'"),
+    ("store: s\ndataset: d\nmethods: [supervised]\n", "no output folder"),
+    ("out: o\nstore: ${SEMICML_TEST_UNSET_VAR}/s\ndataset: d\nmethods: [supervised]\n", "SEMICML_TEST_UNSET_VAR"),
+    ("- just a list\n", "must be a YAML mapping"),
+])
+def test_config_errors_are_one_line(tmp_path, monkeypatch, text, expected):
+    monkeypatch.delenv("SEMICML_TEST_UNSET_VAR", raising=False)
+    path = tmp_path / "b.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_benchmark_config(path)
+    message = str(info.value)
+    assert expected in message and "\n" not in message and str(path) in message
+
+
+def test_env_var_paths(tmp_path, monkeypatch):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "b.yaml").write_text("out: o\nstore: ${SEMICML_TEST_STORE:-../s}\ndataset: ${SEMICML_TEST_DATA}\n"
+                                 "methods: [supervised]\n")
+    monkeypatch.delenv("SEMICML_TEST_STORE", raising=False)
+    monkeypatch.setenv("SEMICML_TEST_DATA", "rel/data")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_benchmark_config(conf / "b.yaml")
+    assert Path(cfg.store) == (tmp_path / "s").resolve()  # the default text: relative to the YAML folder
+    assert Path(cfg.dataset) == (tmp_path / "rel" / "data").resolve()  # from the environment: the cwd
+    assert Path(cfg.out) == (conf / "o").resolve()
+
+
+def test_string_entries_and_defaults():
+    cfg = BenchmarkConfig.model_validate({"out": "o", "store": "s", "dataset": "d",
+                                          "methods": ["cps", {"name": "up", "method": "supervised",
+                                                              "labeled_fraction": 1.0}]})
+    assert [(e.name, e.method) for e in cfg.methods] == [("cps", "cps"), ("up", "supervised")]
+    assert cfg.seeds == [0, 1, 2] and cfg.labeled_fraction == 0.1
+    tcfg = cfg.train_config(cfg.methods[1], 2, None)
+    assert (tcfg.method, tcfg.seed, tcfg.labeled_fraction) == ("supervised", 2, 1.0)
+
+
+@pytest.mark.parametrize("name", ["phantom.yaml", "brats18.yaml"])
+def test_shipped_configs_validate(name, monkeypatch):
+    monkeypatch.delenv("SEMICML_BRATS18", raising=False)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / name
+    cfg = load_benchmark_config(path)
+    names = [e.name for e in cfg.methods]
+    assert "supervised" in names and "supervised-100%" in names and "semicml-prel" in names
+    assert Path(cfg.out).is_absolute()
