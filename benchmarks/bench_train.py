@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--settings", default="default,fp32_nchw,bf16_cl")
     ap.add_argument("--dice-iterations", type=int, default=0, help="short phantom run per setting (0: skip)")
+    ap.add_argument("--dice-settings", default="default,fp32_nchw", help="settings that get the short run")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -116,7 +117,7 @@ def main() -> None:
     for n in names:
         rows[n]["inference_s_per_volume"] = round(_inference_seconds(trainers[n]), 2)
     if args.dice_iterations:
-        for n in names:
+        for n in [s for s in args.dice_settings.split(",") if s in names]:
             run = work / f"dice_{n}"
             tr = _trainer(store, run, SETTINGS[n], 8, 8, 8, iterations=args.dice_iterations)
             t0 = time.perf_counter()

@@ -74,6 +74,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError, DataError, SemicmlError
 from .io_utils import atomic_path, atomic_write_json, atomic_write_text
+from .config import deep_merge, format_validation_error
 
 __all__ = ["BenchmarkConfig", "MethodEntry", "PrepareSection", "load_benchmark_config", "run_benchmark",
            "write_results", "RESULT_COLUMNS", "METRIC_COLUMNS"]
@@ -220,7 +221,8 @@ class BenchmarkConfig(_Strict):
         if self.store is None and self.prepare is None:
             raise ValueError("give 'store' (a prepared slice store) or a 'prepare' section")
         prep = self.prepare
-        if self.dataset is None and (prep is None or prep.input is None or (self.store is not None and prep.is_phantom)):
+        no_source = prep is None or prep.input is None or (self.store is not None and prep.is_phantom)
+        if self.dataset is None and no_source:
             raise ValueError("give 'dataset' (the raw dataset the store was prepared from; needed for evaluation)")
         if self.dataset is not None and prep is not None and prep.input is not None:
             raise ValueError("give the dataset once: as 'dataset' or as 'prepare.input', not both")
@@ -240,27 +242,14 @@ class BenchmarkConfig(_Strict):
     def train_config(self, entry: MethodEntry, seed: int, splits: str | None):
         from .config import build_config
 
-        overrides = _deep_merge(_deep_merge(self.train, entry.overrides),
+        overrides = deep_merge(deep_merge(self.train, entry.overrides),
                                 {"method": entry.method, "seed": seed, "labeled_fraction": self.fraction(entry),
                                  "splits": splits})
         return build_config(None, self.profile, overrides)
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"{source}: invalid benchmark field {where!r}: {msg}" if where else f"{source}: invalid benchmark: {msg}"
+    return format_validation_error(err, source, kind="benchmark")
 
 
 def _expand(text: str) -> tuple[str, bool]:
@@ -543,7 +532,10 @@ def _summary_line(rows: list[dict[str, Any]]) -> str:
     if first["action"] == "failed":
         return first["status"].upper()[:6] + first["status"][6:]
     dice = ", ".join(f"{r['modality']} Dice {_f4(r['dice'])}" for r in rows)
-    when = "finished earlier (skipped)" if first["action"] == "skipped" else f"{first['action']} in {first['seconds']:.0f} s"
+    if first["action"] == "skipped":
+        when = "finished earlier (skipped)"
+    else:
+        when = f"{first['action']} in {first['seconds']:.0f} s"
     teacher = f" | teacher {first['teacher']}" if first.get("teacher") else ""
     return f"{when} | {dice}{teacher}"
 
@@ -659,7 +651,8 @@ def _markdown(rows: Sequence[dict[str, Any]], labeled_fraction: float | None, ti
                      if s[key]["mean"] is not None and abs(float(s["labeled_fraction"]) - labeled_fraction) < 1e-9]
             if cands:
                 best[key] = (max if higher else min)(cands, key=float)
-        header = ["Method", "Labelled", "n", *(label for _, label, _ in TABLE_METRICS), *(h for _, h in deltas), "s/run"]
+        header = ["Method", "Labelled", "n", *(label for _, label, _ in TABLE_METRICS), *(h for _, h in deltas),
+                  "s/run"]
         lines += [f"## {mod} alone", "", "| " + " | ".join(header) + " |",
                   "|" + "|".join(["---", "---:", "---:"] + ["---:"] * (len(TABLE_METRICS) + len(deltas) + 1)) + "|"]
         for name, s in per_method.items():

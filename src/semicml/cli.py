@@ -145,7 +145,7 @@ def evaluate(pred: Path = typer.Option(..., help="folder of predicted <case>.nii
 
 @app.command()
 def demo(out: Path = typer.Option(Path("demo_out"), help="output folder"),
-         cases: int = typer.Option(16, help="phantom cases"),
+         cases: int = typer.Option(24, help="phantom cases"),
          iterations: Optional[int] = typer.Option(None, help="training iterations (default: demo profile)"),
          seed: int = typer.Option(0)) -> None:
     """The main job on built-in phantom data: generate, prepare, train Semi-CML + PReL, evaluate, plot."""

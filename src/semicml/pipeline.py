@@ -32,8 +32,9 @@ DEMO_TRAIN: dict[str, Any] = {
     "labeled_batch": 8,
     "unlabeled_batch": 8,
     "labeled_fraction": 0.1,
+    "min_labeled": 60,  # the paper's protocol: 10% of the training slices, at least 60
     "val_every": 25,
-    "optim": {"lr": 3e-3, "milestones": [0.7, 0.9]},
+    "optim": {"lr": 3e-3, "milestones": [0.5, 0.75]},
     "val_fraction": 0.15,
     "test_fraction": 0.25,
 }
@@ -75,7 +76,7 @@ def evaluate_run(run_dir: Path, dataset: Path, out: Path, progress: bool = True)
     return results
 
 
-def run_demo(out: Path, cases: int = 16, iterations: int | None = None, seed: int = 0) -> dict:
+def run_demo(out: Path, cases: int = 24, iterations: int | None = None, seed: int = 0) -> dict:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DataError("demo output folder exists and is not empty; choose another --out", out)
@@ -85,7 +86,7 @@ def run_demo(out: Path, cases: int = 16, iterations: int | None = None, seed: in
     print(f"[2/5] prepare slice store -> {out / 'store'}")
     store_path = prepare_store(dataset, out / "store", PrepareOptions(modalities=("T2", "T1ce"), target="wt",
                                                                      size=DEMO_SIZE))
-    print("[3/5] train Semi-CML + PReL (T2 + T1ce, 10% of training slices labelled)")
+    print("[3/5] train Semi-CML + PReL (T2 + T1ce, 10% of training slices labelled, at least 60)")
     overrides = dict(DEMO_TRAIN, seed=seed)
     if iterations is not None:
         overrides["iterations"] = iterations

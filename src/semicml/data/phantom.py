@@ -51,8 +51,8 @@ Image formation, per modality (contrast table :data:`CONTRASTS`)
 
 Contrasts (see :data:`CONTRASTS`): T2 shows the whole lesion (oedema and necrosis bright, rim a
 little less) and bright CSF; T1ce shows the enhancing rim brightly while oedema and necrosis
-differ from WM by only about one noise std (invisible voxel by voxel,
-learnable from texture and context, but hard); FLAIR: oedema bright, CSF dark;
+differ from WM by only 2.5-3 noise std (faint voxel by voxel,
+learnable from texture and context, but harder); FLAIR: oedema bright, CSF dark;
 T1: lesion slightly hypointense.
 
 On disk: ``dataset.json`` (``channel_names``, ``labels`` {background 0, necrosis 1, edema 2,
@@ -87,13 +87,13 @@ PHANTOM_LABELS: dict[str, int] = {"background": 0, "necrosis": 1, "edema": 2, "e
 
 #: Mean intensity per tissue and the noise std (of each Gaussian component of the Rician noise),
 #: per modality, in arbitrary scanner-like units. T1ce oedema/necrosis are written as WM minus a
-#: fraction of the noise std on purpose: that faint shift is what makes T1ce hard for the
+#: couple of noise std on purpose: that faint shift is what makes T1ce hard for the
 #: whole tumour, as on real BraTS data.
 CONTRASTS: dict[str, dict[str, float]] = {
     "T2": {"wm": 100.0, "gm": 130.0, "csf": 250.0,
            "edema": 165.0, "enhancing": 150.0, "necrosis": 210.0, "noise": 12.0},
     "T1ce": {"wm": 130.0, "gm": 100.0, "csf": 45.0,
-             "edema": 130.0 - 1.0 * 10.0, "enhancing": 200.0, "necrosis": 130.0 - 1.2 * 10.0,
+             "edema": 130.0 - 2.5 * 10.0, "enhancing": 200.0, "necrosis": 130.0 - 3.0 * 10.0,
              "noise": 10.0},
     "FLAIR": {"wm": 100.0, "gm": 120.0, "csf": 30.0,
               "edema": 190.0, "enhancing": 170.0, "necrosis": 140.0, "noise": 12.0},

@@ -210,9 +210,19 @@ class Trainer:
         fault_at = int(os.environ.get(FAULT_ENV, "-1"))
         bar = tqdm(total=self.total, initial=self.iteration, desc=cfg.method, unit="it", disable=not self.progress,
                    dynamic_ncols=True)
-        last_val: dict[str, float] = {}
         t0 = time.time()
         self.method.train()
+        try:
+            self._loop(loader, bar, writer, fault_at)
+        finally:  # close the bar so an error message starts on its own line
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return self._finish(time.time() - t0)
+
+    def _loop(self, loader, bar, writer, fault_at: int) -> None:
+        cfg = self.cfg
+        last_val: dict[str, float] = {}
         for batch in loader:
             it = self.iteration
             batch = {k: self._to_device(v) for k, v in batch.items()}
@@ -250,10 +260,6 @@ class Trainer:
             bar.set_postfix({"loss": f"{loss.item():.3f}", **{f"val_{m}": f"{d:.3f}" for m, d in last_val.items()}})
             if self.iteration == fault_at:
                 os._exit(17)
-        bar.close()
-        if writer is not None:
-            writer.close()
-        return self._finish(time.time() - t0)
 
     def _to_device(self, v: torch.Tensor) -> torch.Tensor:
         v = v.to(self.device, non_blocking=True)

@@ -96,18 +96,19 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for case_id, load in tqdm(found, desc=f"predict {modality}", unit="case", disable=not progress):
-        case: Case = load()
-        image = next(iter(case.images.values()))
-        probs = probabilities_on_grid(net, image, case.affine, payload["preprocessing"], dev, prec)
-        mask = (probs > threshold).astype(np.uint8)
-        header = case.header.copy() if case.header is not None else None
-        path = out_dir / f"{case_id}.nii.gz"
-        atomic_save_nifti(nib.Nifti1Image(mask, case.affine, header), path, dtype=np.uint8)
-        written.append(path)
-        if save_probabilities:
-            atomic_save_nifti(nib.Nifti1Image(probs.astype(np.float32), case.affine, header),
-                              out_dir / f"{case_id}_prob.nii.gz", dtype=np.float32)
+    with tqdm(found, desc=f"predict {modality}", unit="case", disable=not progress) as bar:
+        for case_id, load in bar:
+            case: Case = load()
+            image = next(iter(case.images.values()))
+            probs = probabilities_on_grid(net, image, case.affine, payload["preprocessing"], dev, prec)
+            mask = (probs > threshold).astype(np.uint8)
+            header = case.header.copy() if case.header is not None else None
+            path = out_dir / f"{case_id}.nii.gz"
+            atomic_save_nifti(nib.Nifti1Image(mask, case.affine, header), path, dtype=np.uint8)
+            written.append(path)
+            if save_probabilities:
+                atomic_save_nifti(nib.Nifti1Image(probs.astype(np.float32), case.affine, header),
+                                  out_dir / f"{case_id}_prob.nii.gz", dtype=np.float32)
     atomic_write_text(out_dir / "predict.json", json.dumps({"run": str(run), "modality": modality,
                                                       "input": str(input_path), "cases": [p.name for p in written],
                                                       "threshold": threshold}, indent=1))
