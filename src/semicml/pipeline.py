@@ -23,8 +23,8 @@ from .inference.predict import predict_cases
 from .io_utils import atomic_write_json
 
 # The demo's budget: a 2-core laptop CPU, under 10 minutes end to end.
-DEMO_SHAPE = (96, 96, 40)
-DEMO_SIZE = 96
+DEMO_SHAPE = (128, 128, 40)
+DEMO_SIZE = 128
 DEMO_TRAIN: dict[str, Any] = {
     "method": "semicml-prel",
     "model": {"base_width": 8},
