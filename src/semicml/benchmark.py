@@ -74,7 +74,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError, DataError, SemicmlError
 from .io_utils import atomic_path, atomic_write_json, atomic_write_text
-from .config import deep_merge, format_validation_error
+from .config import deep_merge, format_validation_error, load_yaml_mapping
+from .evaluation.plots import finite_number
 
 __all__ = ["BenchmarkConfig", "MethodEntry", "PrepareSection", "load_benchmark_config", "run_benchmark",
            "write_results", "RESULT_COLUMNS", "METRIC_COLUMNS"]
@@ -287,16 +288,7 @@ def load_benchmark_config(path: str | Path, out: str | Path | None = None) -> Be
     Any problem is a one-line :class:`ConfigError`.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError("benchmark config not found", path) from None
-    except IsADirectoryError:
-        raise ConfigError("benchmark config is a folder, not a YAML file", path) from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"not valid YAML ({str(err).splitlines()[0]})", path) from None
-    if not isinstance(data, dict):
-        raise ConfigError("benchmark config must be a YAML mapping", path)
+    data = load_yaml_mapping(path, "benchmark config")
     try:
         cfg = BenchmarkConfig.model_validate(data)
     except ValidationError as err:
@@ -541,18 +533,8 @@ def _summary_line(rows: list[dict[str, Any]]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- results
-def _num(v: Any) -> float | None:
-    if v is None or isinstance(v, (str, bool)):
-        return None
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _f4(v: Any) -> str:
-    x = _num(v)
+    x = finite_number(v)
     return "n/a" if x is None else f"{x:.4f}"
 
 
@@ -597,10 +579,10 @@ def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[s
                 continue
             entry: dict[str, Any] = {"n": len(sel), "n_failed": sum(r.get("status") != "ok" for r in allr),
                                      "labeled_fraction": allr[0]["labeled_fraction"], "method_id": allr[0]["method_id"]}
-            secs = [s for s in (_num(r.get("seconds")) for r in sel) if s is not None]
+            secs = [s for s in (finite_number(r.get("seconds")) for r in sel) if s is not None]
             entry["seconds"] = float(np.mean(secs)) if secs else None
             for key in METRIC_COLUMNS:
-                vals = {r["seed"]: _num(r.get(key)) for r in sel}
+                vals = {r["seed"]: finite_number(r.get(key)) for r in sel}
                 vals = {s: v for s, v in vals.items() if v is not None}
                 arr = np.asarray(list(vals.values()), dtype=np.float64)
                 entry[key] = {"mean": float(arr.mean()) if arr.size else None,
@@ -612,7 +594,7 @@ def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[s
 
 def _reference(summary: dict[str, dict[str, Any]], fraction: float) -> str | None:
     for name, s in summary.items():
-        if s["method_id"] == "supervised" and _num(s["labeled_fraction"]) is not None \
+        if s["method_id"] == "supervised" and finite_number(s["labeled_fraction"]) is not None \
                 and abs(float(s["labeled_fraction"]) - fraction) < 1e-9:
             return name
     return None
@@ -733,7 +715,7 @@ def plot_val_curves(curves: dict[str, dict[int, list[dict[str, Any]]]], out_path
             series = []
             for records in per_seed.values():
                 pts = {int(r["iteration"]): float(r[key]) for r in records
-                       if _num(r.get(key)) is not None and _num(r.get("iteration")) is not None}
+                       if finite_number(r.get(key)) is not None and finite_number(r.get("iteration")) is not None}
                 if pts:
                     series.append(pts)
                     xs = sorted(pts)
@@ -790,7 +772,7 @@ def write_results(rows: Sequence[dict[str, Any]], out: str | Path, labeled_fract
     atomic_write_text(out / "results.md", _markdown(rows, labeled_fraction, title))
     paths = {"csv": out / "results.csv", "json": out / "results.json", "md": out / "results.md"}
     ok = _ok(rows)
-    if any(_num(r.get("dice")) is not None for r in ok):
+    if any(finite_number(r.get("dice")) is not None for r in ok):
         paths["dice"] = plot_metric_bars(ok, "dice", out / "dice.png")
     curves: dict[str, dict[int, list[dict[str, Any]]]] = {}
     for r in ok:

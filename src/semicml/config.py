@@ -160,6 +160,24 @@ def format_validation_error(err: ValidationError, source: str, kind: str = "conf
     return f"{source}: invalid {kind} field {where!r}: {msg}" if where else f"{source}: invalid {kind}: {msg}"
 
 
+def load_yaml_mapping(path: str | Path, what: str, empty_ok: bool = False) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; every problem is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file not found", path) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} is a folder, not a YAML file", path) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"not valid YAML ({str(err).splitlines()[0]})", path) from None
+    if data is None and empty_ok:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a YAML mapping", path)
+    return data
+
+
 def build_config(config_file: str | Path | None = None, profile: str | None = None,
                  overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults <- profile <- YAML file <- explicit overrides (CLI options)."""
@@ -172,15 +190,7 @@ def build_config(config_file: str | Path | None = None, profile: str | None = No
     if config_file is not None:
         path = Path(config_file)
         source = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError("config file not found", path) from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"not valid YAML ({str(err).splitlines()[0]})", path) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError("config must be a YAML mapping", path)
-        data = deep_merge(data, loaded)
+        data = deep_merge(data, load_yaml_mapping(path, "config", empty_ok=True))
     data = deep_merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return TrainConfig.model_validate(data)

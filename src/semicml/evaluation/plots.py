@@ -43,7 +43,7 @@ def _save_png(fig: Figure, out_path: str | Path) -> Path:
     return out_path
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
     """``value`` as a finite float, or None (missing, NaN, non-numeric)."""
     if isinstance(value, (str, bytes, bool)) or value is None:
         return None
@@ -58,7 +58,7 @@ def _series(log_rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], 
     xs: list[float] = []
     ys: list[float] = []
     for row in log_rows:
-        it, y = _number(row.get("iteration")), _number(row.get(key))
+        it, y = finite_number(row.get("iteration")), finite_number(row.get(key))
         if it is not None and y is not None:
             xs.append(it)
             ys.append(y)
@@ -210,7 +210,7 @@ def plot_metric_bars(df_rows: Sequence[dict[str, Any]], metric: str, out_path: s
     modalities: list[str] = []
     values: dict[tuple[str, str], list[float]] = {}
     for row in df_rows:
-        y = _number(row.get(metric))
+        y = finite_number(row.get(metric))
         if y is None:
             continue
         method, modality = str(row["method"]), str(row["modality"])
