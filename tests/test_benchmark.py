@@ -81,6 +81,7 @@ def test_result_files_and_columns(grid):
         assert (out / r["run_dir"] / "result.json").is_file()
         assert (out / r["run_dir"] / "eval" / "evaluation" / r["modality"] / "summary.json").is_file()
         assert float(r["seconds"]) > 0
+        assert int(r["n_labeled_slices"]) > 0  # the real count, read back from the run's run.json
     data = json.loads((out / "results.json").read_text())
     assert len(data["rows"]) == len(rows) == 6 and data["benchmark"]["seeds"] == [0]
 
@@ -88,6 +89,8 @@ def test_result_files_and_columns(grid):
     assert "## T2 alone" in md and "## T1ce alone" in md
     assert "Δ Dice vs sup-30%" in md and " ± " in md and "**" in md
     assert "semicml-all seed 0" in md  # listed under failed runs
+    n_sup = {r["n_labeled_slices"] for r in ok if r["method"] == "supervised"}
+    assert len(n_sup) == 1 and f"| supervised | 30% ({n_sup.pop()} sl.) |" in md
     for name in ("dice.png", "val_curves.png"):
         blob = (out / name).read_bytes()
         assert blob[:8] == PNG_MAGIC and len(blob) > 2000
@@ -140,7 +143,8 @@ def test_markdown_table_marks_best_and_paired_deltas(tmp_path):
         return {"method": method, "method_id": method_id or method, "modality": "T2", "seed": seed,
                 "labeled_fraction": fraction, "dice": dice, "jaccard": dice / 2, "hd95": hd95, "asd": hd95 / 4,
                 "precision": dice, "sensitivity": dice, "status": "ok", "action": "trained", "seconds": 1.0,
-                "run_dir": f"runs/{method}/seed{seed}", "teacher": None}
+                "run_dir": f"runs/{method}/seed{seed}", "teacher": None,
+                "n_labeled_slices": (60 + seed if fraction < 1 else 600)}
 
     rows = [row("supervised", 0, 0.50, 10.0), row("supervised", 1, 0.60, 8.0),
             row("supervised-100%", 0, 0.90, 2.0, 1.0, "supervised"), row("supervised-100%", 1, 0.92, 2.0, 1.0,
@@ -156,6 +160,7 @@ def test_markdown_table_marks_best_and_paired_deltas(tmp_path):
     assert "+0.1700 ± 0.0424" in semi  # paired per-seed differences to supervised: +0.20, +0.14
     assert "-0.1900 ± 0.0141" in semi  # to the upper bound: -0.20, -0.18
     assert "**" not in lines["supervised-100%"]
+    assert "| 10% (60-61 sl.) |" in semi and "| 100% (600 sl.) |" in lines["supervised-100%"]  # seeds differ
     assert (tmp_path / "dice.png").read_bytes()[:8] == PNG_MAGIC
     assert (tmp_path / "val_curves.png").read_bytes()[:8] == PNG_MAGIC  # no logs: a placeholder panel
 

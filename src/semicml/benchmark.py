@@ -82,7 +82,7 @@ __all__ = ["BenchmarkConfig", "MethodEntry", "PrepareSection", "load_benchmark_c
 
 METRIC_COLUMNS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd", "precision", "sensitivity")
 RESULT_COLUMNS: tuple[str, ...] = (
-    "method", "method_id", "modality", "seed", "labeled_fraction", *METRIC_COLUMNS, "n_test_cases",
+    "method", "method_id", "modality", "seed", "labeled_fraction", *METRIC_COLUMNS, "n_test_cases", "n_labeled_slices",
     "best_val_dice", "best_val_iteration", "teacher", "iterations", "status", "action", "seconds", "run_dir",
 )
 # Set by the grid itself; not allowed in ``train`` or an entry's ``overrides``.
@@ -443,7 +443,8 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[st
     if splits:
         load_splits(splits, store)
 
-    grid = [(e, s) for e in cfg.methods for s in cfg.seeds]
+    # Seeds outer: a grid stopped early still compares every method on the seeds it finished.
+    grid = [(e, s) for s in cfg.seeds for e in cfg.methods]
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(grid), desc="benchmark", unit="run", disable=not progress, dynamic_ncols=True)
     try:
@@ -491,7 +492,9 @@ def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset
             row = _row(entry, cfg, seed, m, run_rel)
             row.update({k: metrics[m].get(k) for k in METRIC_COLUMNS})
             best = info.get("best_val", {}).get(m, {})
-            row.update(n_test_cases=len(info["splits"]["test"]), best_val_dice=best.get("dice"),
+            row.update(n_test_cases=len(info["splits"]["test"]),
+                       n_labeled_slices=(info.get("labeled") or {}).get("n_labeled_slices"),
+                       best_val_dice=best.get("dice"),
                        best_val_iteration=best.get("iteration"),
                        teacher=(info.get("teacher") or {}).get("modality"), iterations=info.get("iterations"),
                        status="ok", action=action, seconds=seconds)
@@ -581,6 +584,8 @@ def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[s
                                      "labeled_fraction": allr[0]["labeled_fraction"], "method_id": allr[0]["method_id"]}
             secs = [s for s in (finite_number(r.get("seconds")) for r in sel) if s is not None]
             entry["seconds"] = float(np.mean(secs)) if secs else None
+            n_lab = sorted({int(v) for v in (finite_number(r.get("n_labeled_slices")) for r in sel) if v is not None})
+            entry["n_labeled_slices"] = n_lab  # the real count: a min_labeled floor can lift it above the fraction
             for key in METRIC_COLUMNS:
                 vals = {r["seed"]: finite_number(r.get(key)) for r in sel}
                 vals = {s: v for s, v in vals.items() if v is not None}
@@ -608,6 +613,15 @@ def _paired_delta(a: dict[int, float], b: dict[int, float]) -> tuple[float, floa
     return float(d.mean()), (float(d.std(ddof=1)) if d.size > 1 else 0.0), d.size
 
 
+def _labelled_cell(summary: dict[str, Any]) -> str:
+    """'10% (66 sl.)': the nominal fraction and the real slice count (a range when seeds differ)."""
+    text = _pct(float(summary["labeled_fraction"]))
+    counts = summary.get("n_labeled_slices") or []
+    if counts:
+        text += f" ({counts[0]} sl.)" if len(counts) == 1 else f" ({counts[0]}-{counts[-1]} sl.)"
+    return text
+
+
 def _markdown(rows: Sequence[dict[str, Any]], labeled_fraction: float | None, title: str) -> str:
     summary = summarize_rows(rows)
     if labeled_fraction is None:  # the most common fraction among the runs
@@ -620,7 +634,9 @@ def _markdown(rows: Sequence[dict[str, Any]], labeled_fraction: float | None, ti
              f"**Bold**: best value per column among the methods at the grid's labelled fraction "
              f"({_pct(labeled_fraction)}); rows at another fraction (e.g. the 100% upper bound) are not ranked.",
              "Δ Dice: mean ± std over seeds of the paired per-seed difference (same seed = same split and same "
-             "labelled subset) to supervised training on the same slices; positive = better.", ""]
+             "labelled subset) to supervised training on the same slices; positive = better.",
+             "Labelled: the nominal fraction of the training slices and, in brackets, the number of labelled slices "
+             "actually used (a `min_labeled` floor can raise it).", ""]
     for mod, per_method in summary.items():
         ref_lo = _reference(per_method, labeled_fraction)
         ref_hi = _reference(per_method, 1.0) if labeled_fraction < 1.0 else None
@@ -639,7 +655,7 @@ def _markdown(rows: Sequence[dict[str, Any]], labeled_fraction: float | None, ti
                   "|" + "|".join(["---", "---:", "---:"] + ["---:"] * (len(TABLE_METRICS) + len(deltas) + 1)) + "|"]
         for name, s in per_method.items():
             n = f"{s['n']}" + (f" ({s['n_failed']} failed)" if s["n_failed"] else "")
-            cells = [name.replace("|", "\\|"), _pct(float(s["labeled_fraction"])), n]
+            cells = [name.replace("|", "\\|"), _labelled_cell(s), n]
             for key, _, _ in TABLE_METRICS:
                 m, sd = s[key]["mean"], s[key]["std"]
                 if m is None:
