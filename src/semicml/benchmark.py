@@ -58,7 +58,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -72,10 +71,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError, DataError, SemicmlError
-from .io_utils import atomic_path, atomic_write_json, atomic_write_text
 from .config import deep_merge, format_validation_error, load_yaml_mapping
+from .errors import ConfigError, DataError, SemicmlError
 from .evaluation.plots import finite_number
+from .io_utils import atomic_path, atomic_write_json, atomic_write_text
 
 __all__ = ["BenchmarkConfig", "MethodEntry", "PrepareSection", "load_benchmark_config", "run_benchmark",
            "write_results", "RESULT_COLUMNS", "METRIC_COLUMNS"]
@@ -249,10 +248,6 @@ class BenchmarkConfig(_Strict):
         return build_config(None, self.profile, overrides)
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    return format_validation_error(err, source, kind="benchmark")
-
-
 def _expand(text: str) -> tuple[str, bool]:
     """Expand ``${VAR}`` / ``${VAR:-default}``; also say whether the environment supplied a value."""
     from_env = False
@@ -292,7 +287,7 @@ def load_benchmark_config(path: str | Path, out: str | Path | None = None) -> Be
     try:
         cfg = BenchmarkConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, str(path))) from None
+        raise ConfigError(format_validation_error(err, str(path), kind="benchmark")) from None
     base = path.resolve().parent
     try:
         update: dict[str, Any] = {k: _resolve(getattr(cfg, k), base) for k in ("store", "dataset", "out", "splits")}

@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 
 from ..data.case import Case
 from ..data.preprocess import (
-    InPlaneBox,
     axial_axis,
     extract_planes,
     foreground_box,
