@@ -97,7 +97,7 @@ def main() -> None:
 
     from semicml.data.phantom import write_phantom
     from semicml.data.store import PrepareOptions, prepare_store
-    from semicml.engine.hardware import cpu_has_fast_bf16, resolve_device, resolve_precision
+    from semicml.hardware import cpu_has_fast_bf16, resolve_device, resolve_precision
     from semicml.pipeline import evaluate_run
 
     names = [s for s in args.settings.split(",") if s]

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semicml.evaluation.plots import plot_metric_bars, plot_overlays, plot_training_curves
+from semicml.evaluation.plots import (
+    plot_metric_bars,
+    plot_overlays,
+    plot_training_curves,
+    training_curves_figure,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -30,6 +35,35 @@ def test_training_curves(tmp_path):
     out = plot_training_curves(_log_rows(), tmp_path / "curves.png")
     assert out == tmp_path / "curves.png"
     _assert_png(out)
+
+
+def _drawn(ax) -> dict[str, list[tuple[float, float]]]:
+    return {line.get_label(): [tuple(p) for p in line.get_xydata()] for line in ax.get_lines()}
+
+
+def test_training_curves_draw_every_logged_loss_component_and_val_dice_per_modality():
+    # Records as the trainer writes them for Semi-CML + PReL: per-modality supervised terms, ASC
+    # and MSE in stage 1, per-modality PReL terms in stage 2, validation Dice on some records,
+    # plus numbers that are not losses (lr, a ramp-up weight) and an event record.
+    rows = [
+        {"iteration": 2, "phase": "semicml", "lr": 6e-3, "sup/T2": 15.4, "sup/T1ce": 10.6, "asc": 1.15,
+         "mse": 0.07, "consistency_weight": 0.1, "loss": 30.1},
+        {"iteration": 4, "phase": "semicml", "lr": 6e-4, "sup/T2": 15.0, "sup/T1ce": 10.3, "asc": 1.16,
+         "mse": 0.06, "consistency_weight": 0.2, "loss": 29.3, "val_dice/T2": 0.4, "val_dice/T1ce": 0.2},
+        {"event": "teacher_selected", "modality": "T2"},
+        {"iteration": 6, "phase": "prel", "lr": 6e-5, "prel/T2": 6.4, "prel/T1ce": 9.2, "loss": 15.6,
+         "val_dice/T2": 0.5, "val_dice/T1ce": 0.3},
+    ]
+    fig = training_curves_figure(rows)
+    ax_loss, ax_val = fig.axes
+    losses = _drawn(ax_loss)
+    assert sorted(losses) == ["asc", "loss", "mse", "prel/T1ce", "prel/T2", "sup/T1ce", "sup/T2"]
+    assert losses["loss"] == [(2, 30.1), (4, 29.3), (6, 15.6)]
+    assert losses["sup/T1ce"] == [(2, 10.6), (4, 10.3)]
+    assert losses["asc"] == [(2, 1.15), (4, 1.16)]
+    assert losses["prel/T2"] == [(6, 6.4)]
+    assert ax_loss.get_yscale() == "log"
+    assert _drawn(ax_val) == {"T2": [(4, 0.4), (6, 0.5)], "T1ce": [(4, 0.2), (6, 0.3)]}
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,9 @@ def prepare(input: Path = typer.Argument(..., help="dataset root (BraTS, nnU-Net
             out: Path = typer.Argument(..., help="slice store to create"),
             format: Optional[str] = typer.Option(None, "--format", help="brats | nnunet | msd (default: detect)"),
             modalities: str = typer.Option(..., help="comma-separated modality names, e.g. t2,t1ce"),
-            target: str = typer.Option("wt", help="wt | tc | et | raw | label name(s) joined by + | values 1,4"),
+            target: str = typer.Option("wt", help="what to segment. Trainable (binary): wt | tc | et | label name(s) "
+                                                  "joined by + | values 1,4. raw (multi-class) can be prepared but "
+                                                  "training refuses it for now"),
             size: int = typer.Option(160, help="in-plane size of the stored slices (multiple of 16)"),
             in_plane: str = typer.Option("crop", help="crop (paper) | resize"),
             normalisation: str = typer.Option("zscore_nonzero", help="zscore_nonzero | zscore | none"),

@@ -1,6 +1,6 @@
 """Typed, validated training configuration (pydantic), YAML in, resolved YAML out.
 
-Defaults follow the reference recipe of the paper (see docs/method.md) unless noted. Profiles
+Defaults follow the reference recipe of the paper (see docs/method-notes.md) unless noted. Profiles
 are named sets of overrides for common hardware budgets; explicit options win over a profile.
 """
 
@@ -15,11 +15,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class StrictModel(BaseModel):
+    """Base of every YAML-facing model (training and benchmark configs): unknown keys are errors,
+    not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
-class ModelConfig(_Strict):
+class _TrainModel(StrictModel):
+    # Training configs are also changed in code after loading: validate those assignments too.
+    model_config = ConfigDict(validate_assignment=True)
+
+
+class ModelConfig(_TrainModel):
     base_width: int = Field(32, ge=2, description="channels of the first level; doubled per level (32-64-128-256-512)")
     levels: int = Field(4, ge=1, le=6, description="number of 2x down-sampling levels")
     dropout: Optional[list[float]] = Field(None, description="encoder dropout per level; default 0.05,0.1,0.2,0.3,0.5")
@@ -37,7 +45,7 @@ class ModelConfig(_Strict):
         return reference[:n] if n <= len(reference) else reference + (0.5,) * (n - len(reference))
 
 
-class OptimConfig(_Strict):
+class OptimConfig(_TrainModel):
     lr: float = Field(6e-3, gt=0)
     weight_decay: float = Field(4e-4, ge=0)
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="linear warm-up over this fraction of iterations")
@@ -52,7 +60,7 @@ class OptimConfig(_Strict):
         return v
 
 
-class SemiCMLConfig(_Strict):
+class SemiCMLConfig(_TrainModel):
     asc_weight: float = Field(3.5, ge=0, description="lambda of the area-similarity contrastive loss")
     mse_weight: float = Field(1.0, ge=0, description="scale of the ramped MSE mutual term")
     mse_rampup_epochs: float = Field(200, ge=0, description="w(t)=exp(-5(1-t/T)^2), T in epochs (reference 200)")
@@ -62,7 +70,7 @@ class SemiCMLConfig(_Strict):
     dice_weight: float = Field(7.0, ge=0)
 
 
-class PReLConfig(_Strict):
+class PReLConfig(_TrainModel):
     start_fraction: float = Field(0.63, gt=0, lt=1, description="semicml-prel: PReL starts here (epoch 51 of 81)")
     teacher: Optional[str] = Field(None, description="teacher modality; default: best validation Dice after stage 1")
     pool_size: int = Field(6, ge=1, description="BMA: number of best validation scores kept")
@@ -75,7 +83,7 @@ class PReLConfig(_Strict):
     keep_supervised: bool = Field(False, description="keep the labelled loss in stage 2 (the reference drops it)")
 
 
-class MeanTeacherConfig(_Strict):
+class MeanTeacherConfig(_TrainModel):
     ema_decay: float = Field(0.99, gt=0, lt=1)
     consistency: float = Field(0.1, ge=0, description="max weight of the consistency term (SSL4MIS default 0.1)")
     rampup_fraction: float = Field(0.4, ge=0, le=1, description="sigmoid ramp-up over this fraction of iterations")
@@ -84,12 +92,12 @@ class MeanTeacherConfig(_Strict):
     uncertainty_samples: int = Field(8, ge=1, description="UA-MT: MC-dropout passes (T = 8)")
 
 
-class CPSConfig(_Strict):
+class CPSConfig(_TrainModel):
     weight: float = Field(1.0, ge=0, description="max weight of the cross pseudo supervision term")
     rampup_fraction: float = Field(0.4, ge=0, le=1)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(_TrainModel):
     method: str = "semicml-prel"
     modalities: Optional[list[str]] = Field(None, description="modalities to train (default: all in the store)")
     seed: int = 0

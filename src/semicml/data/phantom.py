@@ -173,11 +173,11 @@ def _rotation(rng: np.random.Generator, max_deg: tuple[float, float, float]) -> 
 def _canonical_modalities(modalities: Sequence[str]) -> list[str]:
     if isinstance(modalities, str):
         modalities = [modalities]
-    from semicml.data.readers import _match_modality  # same name/alias rules as the readers
+    from semicml.data.readers.common import match_modality  # same name/alias rules as the readers
 
     names: list[str] = []
     for m in modalities:
-        hit = _match_modality(str(m), list(CONTRASTS))
+        hit = match_modality(str(m), list(CONTRASTS))
         if hit is None:
             raise ConfigError(f"phantom modality '{m}' is not supported; choose from {', '.join(CONTRASTS)}")
         if hit in names:

@@ -31,18 +31,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig, dump_config
 from ..data.sampler import AugmentOptions, PairedSliceDataset, TwoStreamBatchSampler, make_loader
 from ..data.splits import Splits, load_or_make_subset, load_splits, make_splits, check_splits
 from ..data.store import SliceStore
 from ..errors import ConfigError, DataError
 from ..evaluation.metrics import dice_score
+from ..hardware import resolve_device, resolve_precision
 from ..inference.predictor import predict_planes
 from ..io_utils import atomic_save_torch, atomic_write_json, atomic_write_text
 from ..methods.base import Method, MethodContext, get_method
-from ..models import UNet2D
-from .checkpoint import load_checkpoint, save_checkpoint
-from .hardware import resolve_device, resolve_precision
+from ..models import build_network, network_spec
 from .schedule import lr_factor
 
 # Test hook: simulate a crash (hard exit, no cleanup) right after this iteration.
@@ -53,16 +53,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def network_spec(cfg: TrainConfig, out_channels: int) -> dict[str, Any]:
-    return {"in_channels": 1, "out_channels": out_channels, "widths": list(cfg.model.widths()),
-            "dropout": list(cfg.model.dropout_per_level())}
-
-
-def build_network(spec: dict[str, Any]) -> UNet2D:
-    return UNet2D(in_channels=spec["in_channels"], out_channels=spec["out_channels"], widths=tuple(spec["widths"]),
-                  dropout=tuple(spec["dropout"]))
 
 
 class Trainer:

@@ -13,7 +13,13 @@ from semicml.evaluation.metrics import (
     dice_score,
     volume_diagonal_mm,
 )
-from semicml.evaluation.plots import plot_metric_bars, plot_overlays, plot_training_curves
+from semicml.evaluation.plots import (
+    plot_metric_bars,
+    plot_overlays,
+    plot_training_curves,
+    plot_val_curves,
+    training_curves_figure,
+)
 from semicml.evaluation.report import STD_DDOF, evaluate_pairs, summarize, write_report
 
 __all__ = [
@@ -28,7 +34,9 @@ __all__ = [
     "plot_metric_bars",
     "plot_overlays",
     "plot_training_curves",
+    "plot_val_curves",
     "summarize",
+    "training_curves_figure",
     "volume_diagonal_mm",
     "write_report",
 ]

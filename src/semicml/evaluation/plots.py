@@ -1,4 +1,4 @@
-"""PNG figures: training curves, image/label/prediction overlays, benchmark bar charts.
+"""PNG figures: training curves, image/label/prediction overlays, benchmark bar charts and curves.
 
 Figures are built with ``matplotlib.figure.Figure`` + the Agg canvas, never ``pyplot``: no
 global figure registry (nothing leaks between calls, safe in worker threads) and no dependency
@@ -69,22 +69,36 @@ def _placeholder(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
-def plot_training_curves(log_rows: Sequence[dict[str, Any]], out_path: str | Path) -> Path:
-    """Two panels from training log records: losses (log y) and validation Dice per modality.
+# Numeric log keys that are not loss terms: the x axis, the schedule, validation, and the
+# ramp-up weights some methods log next to their losses (``consistency_weight``, ``cps_weight``).
+_NOT_LOSS_KEYS = frozenset({"iteration", "lr", "epoch"})
 
-    ``log_rows`` are the JSON-lines records of training. Loss keys are ``"loss"`` and any
-    ``"loss/<term>"``; validation keys are ``"val_dice/<modality>"`` and usually appear only on
-    validation records. Records without a numeric ``"iteration"`` (e.g. event records) and
+
+def _is_loss_key(key: str) -> bool:
+    return key not in _NOT_LOSS_KEYS and not key.startswith("val_") and not key.endswith("_weight")
+
+
+def training_curves_figure(log_rows: Sequence[dict[str, Any]]) -> Figure:
+    """The figure of :func:`plot_training_curves` (two axes: losses, validation Dice), unsaved.
+
+    Loss panel: the total ``"loss"`` (thick) and every loss component that the log records, one
+    line each, whatever the method names them (``sup/<modality>``, ``asc``, ``mse``,
+    ``prel/<modality>``, ``consistency/<modality>``, ``cps/...``, ``loss/<term>``): any numeric key
+    except ``iteration``, ``lr``, ``val_*`` and ``*_weight``. Validation panel: one line per
+    ``val_dice/<modality>``. Records without a numeric ``"iteration"`` (e.g. event records) and
     missing/NaN values are skipped; a panel with nothing to show says so instead of failing.
     """
     loss_keys: list[str] = []
     val_keys: list[str] = []
     for row in log_rows:
-        for key in row:
-            if (key == "loss" or key.startswith("loss/")) and key not in loss_keys:
+        if finite_number(row.get("iteration")) is None:
+            continue
+        for key, value in row.items():
+            if key.startswith("val_dice/"):
+                if key not in val_keys:
+                    val_keys.append(key)
+            elif _is_loss_key(key) and key not in loss_keys and finite_number(value) is not None:
                 loss_keys.append(key)
-            elif key.startswith("val_dice/") and key not in val_keys:
-                val_keys.append(key)
     loss_keys.sort(key=lambda k: (k != "loss", k))  # total loss first, then terms by name
 
     fig = _new_figure(12, 4.5)
@@ -107,7 +121,7 @@ def plot_training_curves(log_rows: Sequence[dict[str, Any]], out_path: str | Pat
         _placeholder(ax_loss, "no loss records")
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("loss")
-    ax_loss.set_title("Training losses")
+    ax_loss.set_title("Training losses (total and components)")
     ax_loss.grid(True, which="both", alpha=0.3)
 
     any_val = False
@@ -128,7 +142,12 @@ def plot_training_curves(log_rows: Sequence[dict[str, Any]], out_path: str | Pat
     ax_val.grid(True, alpha=0.3)
 
     fig.tight_layout()
-    return _save_png(fig, out_path)
+    return fig
+
+
+def plot_training_curves(log_rows: Sequence[dict[str, Any]], out_path: str | Path) -> Path:
+    """Write ``training_curves.png`` from training log records (see :func:`training_curves_figure`)."""
+    return _save_png(training_curves_figure(log_rows), out_path)
 
 
 def _overlay(ax: Axes, mask: np.ndarray, color: str) -> None:
@@ -250,5 +269,55 @@ def plot_metric_bars(df_rows: Sequence[dict[str, Any]], metric: str, out_path: s
     ax.set_title(f"{metric}: mean over seeds (points: individual seeds)")
     ax.legend(title="modality", fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save_png(fig, out_path)
+
+
+def plot_val_curves(curves: dict[str, dict[int, list[dict[str, Any]]]], out_path: str | Path) -> Path:
+    """Validation Dice vs iteration: one panel per modality, one colour per method; thin lines are
+    seeds, the thick line is the mean over seeds at the iterations all seeds validated.
+
+    ``curves`` is ``{method: {seed: log.jsonl records}}`` (records with ``val_dice/<modality>``).
+    """
+    from matplotlib import colormaps
+
+    modalities: list[str] = []
+    for per_seed in curves.values():
+        for records in per_seed.values():
+            for r in records:
+                for k in r:
+                    if k.startswith("val_dice/") and k[9:] not in modalities:
+                        modalities.append(k[9:])
+    n = max(1, len(modalities))
+    fig = _new_figure(6 * n, 4.5)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    cmap = colormaps["tab10"]
+    if not modalities:
+        axes[0].text(0.5, 0.5, "no validation records", ha="center", va="center", transform=axes[0].transAxes)
+    for ax, mod in zip(axes, modalities):
+        key = f"val_dice/{mod}"
+        for i, (method, per_seed) in enumerate(curves.items()):
+            color = cmap(i % 10)
+            series = []
+            for records in per_seed.values():
+                pts = {int(r["iteration"]): float(r[key]) for r in records
+                       if finite_number(r.get(key)) is not None and finite_number(r.get("iteration")) is not None}
+                if pts:
+                    series.append(pts)
+                    xs = sorted(pts)
+                    ax.plot(xs, [pts[x] for x in xs], color=color, alpha=0.3, linewidth=0.8)
+            if not series:
+                continue
+            common = sorted(set.intersection(*(set(s) for s in series)))
+            if common:
+                ax.plot(common, [float(np.mean([s[x] for s in series])) for x in common], color=color, linewidth=2,
+                        label=f"{method} (n={len(series)})")
+        ax.set_ylim(0.0, 1.0)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("validation Dice")
+        ax.set_title(f"{mod}: validation Dice (thick: mean over seeds; thin: seeds)")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return _save_png(fig, out_path)

@@ -75,7 +75,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _fmt(metric: str, value: Any) -> str:
+def format_metric(metric: str, value: Any) -> str:
     value = float(value)
     if math.isnan(value):
         return "nan"
@@ -87,6 +87,19 @@ def _md_cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def rows_to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """CSV text of ``rows`` with these columns; a missing or None value is an empty cell.
+
+    Full precision (repr) in the CSV; rounding is for the human-readable Markdown only.
+    """
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+    return buf.getvalue()
+
+
 def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
     metrics = _metric_columns(rows)
     others: list[str] = []
@@ -94,14 +107,7 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
         for key in row:
             if key != "case" and key not in metrics and key not in others:
                 others.append(key)
-    columns = ["case", *metrics, *others]
-    buf = io.StringIO()
-    # Full precision (repr) in the CSV; rounding is for the human-readable Markdown only.
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row.get(k, "") for k in columns})
-    return buf.getvalue()
+    return rows_to_csv(rows, ["case", *metrics, *others])
 
 
 def _markdown_text(rows: Sequence[dict[str, Any]], summary: dict[str, Any], title: str) -> str:
@@ -117,9 +123,9 @@ def _markdown_text(rows: Sequence[dict[str, Any]], summary: dict[str, Any], titl
         "|" + "|".join(["---"] + ["---:"] * len(metrics)) + "|",
     ]
     for i, row in enumerate(rows):
-        cells = [_md_cell(row.get("case", i)), *(_fmt(m, row[m]) for m in metrics)]
+        cells = [_md_cell(row.get("case", i)), *(format_metric(m, row[m]) for m in metrics)]
         lines.append("| " + " | ".join(cells) + " |")
-    stats = [f"{_fmt(m, summary['mean'][m])} ± {_fmt(m, summary['std'][m])}" for m in metrics]
+    stats = [f"{format_metric(m, summary['mean'][m])} ± {format_metric(m, summary['std'][m])}" for m in metrics]
     lines.append("| **mean ± std** | " + " | ".join(stats) + " |")
     return "\n".join(lines) + "\n"
 

@@ -27,10 +27,11 @@ from ..data.preprocess import (
     to_axial_last,
 )
 from ..data.readers import read_single_modality
-from ..engine.checkpoint import load_checkpoint
-from ..engine.hardware import Precision, resolve_device, resolve_precision
+from ..checkpoint import load_checkpoint
 from ..errors import DataError
+from ..hardware import Precision, resolve_device, resolve_precision
 from ..io_utils import atomic_path, atomic_write_text
+from ..models import build_network
 from .predictor import predict_planes
 
 
@@ -43,8 +44,6 @@ def atomic_save_nifti(image: nib.Nifti1Image, path: Path, dtype) -> None:
 
 def load_weights(run: str | Path, modality: str, device: torch.device):
     """Network of ``modality`` from a run directory (or a weights file) -> (net, payload)."""
-    from ..engine.trainer import build_network
-
     run = Path(run)
     if run.is_file():
         path = run

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.hardware import Precision
+from ..hardware import Precision
 
 
 @torch.no_grad()

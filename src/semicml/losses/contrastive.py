@@ -1,4 +1,4 @@
-"""ASC: the area-similarity contrastive loss of Semi-CML (method.md, "Stage 1").
+"""ASC: the area-similarity contrastive loss of Semi-CML (docs/method-notes.md, "Networks and losses").
 
 An "area" is a whole predicted probability map of one slice. The same slice predicted by two
 modalities' networks is a positive pair; every other map in the batch (other slices, both
@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semicml.losses.segmentation import _check_pair, _zero_with_graph, fp32_region
+from semicml.losses.segmentation import fp32_region
+from semicml.losses.validation import check_pair, zero_with_graph
 
 __all__ = ["ASCLoss", "asc_loss", "multi_asc_loss", "similarity_matrix"]
 
@@ -61,14 +62,14 @@ def asc_loss(p_a: Tensor, p_b: Tensor, *, similarity: str = "dice", temperature:
     exactly 0 with zero gradient; ``U == 0`` returns a zero that is still attached to the graph.
     Symmetric: ``asc_loss(a, b) == asc_loss(b, a)``.
     """
-    _check_pair("asc_loss", p_a, p_b, "p_a", "p_b")
+    check_pair("asc_loss", p_a, p_b, "p_a", "p_b")
     if similarity not in _SIMILARITIES:
         raise ValueError(f"asc_loss: similarity must be one of {_SIMILARITIES}, got {similarity!r}")
     if not temperature > 0:
         raise ValueError(f"asc_loss: temperature must be > 0, got {temperature}")
     u = p_a.shape[0]
     if u == 0:
-        return _zero_with_graph(p_a, p_b)
+        return zero_with_graph(p_a, p_b)
     with fp32_region(p_a):
         sim = similarity_matrix(torch.cat([p_a, p_b], dim=0), similarity)
         n = 2 * u

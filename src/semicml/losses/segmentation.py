@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semicml.losses.validation import check_pair, zero_with_graph
+
 __all__ = [
     "SupervisedLoss",
     "dice_loss",
     "fp32_region",
     "mutual_mse",
-    "prel_loss",
     "sigmoid_rampup",
     "soft_dice_similarity",
     "supervised_loss",
@@ -33,26 +34,13 @@ def fp32_region(t: Tensor) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
-def _check_pair(name: str, a: Tensor, b: Tensor, a_name: str, b_name: str) -> None:
-    if a.ndim != 4 or a.shape != b.shape:
-        raise ValueError(
-            f"{name}: {a_name} and {b_name} must be 4D (B, C, H, W) with the same shape, "
-            f"got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
-
-
-def _zero_with_graph(*ts: Tensor) -> Tensor:
-    """A float32 zero that stays connected to the graph (empty batches)."""
-    return sum(t.float().sum() for t in ts) * 0.0
-
-
 def soft_dice_similarity(u: Tensor, v: Tensor, eps: float = 1e-5) -> Tensor:
     """Soft Dice similarity ``s(u, v) = (2 sum(u v) + eps) / (sum(u^2) + sum(v^2) + eps)`` per sample.
 
     Shape contract: ``u``, ``v``: ``(B, C, H, W)``, same shape. Returns ``(B,)`` float32; sums run
     over ``C, H, W``. Two all-zero maps have similarity 1.
     """
-    _check_pair("soft_dice_similarity", u, v, "u", "v")
+    check_pair("soft_dice_similarity", u, v, "u", "v")
     with fp32_region(u):
         u32 = u.float().flatten(1)
         v32 = v.float().flatten(1)
@@ -67,9 +55,9 @@ def dice_loss(probs: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
     Shape contract: ``probs`` (probabilities, not logits) and ``target`` (hard or soft labels in
     [0, 1]): ``(B, C, H, W)``, same shape. Returns a float32 scalar; an empty batch gives 0.
     """
-    _check_pair("dice_loss", probs, target, "probs", "target")
+    check_pair("dice_loss", probs, target, "probs", "target")
     if probs.shape[0] == 0:
-        return _zero_with_graph(probs, target)
+        return zero_with_graph(probs, target)
     return (1.0 - soft_dice_similarity(probs, target, eps)).mean()
 
 
@@ -83,9 +71,9 @@ def supervised_loss(
     for a numerically stable BCE. BCE is the mean over all elements. Returns a float32 scalar; an
     empty batch gives 0.
     """
-    _check_pair("supervised_loss", logits, target, "logits", "target")
+    check_pair("supervised_loss", logits, target, "logits", "target")
     if logits.shape[0] == 0:
-        return _zero_with_graph(logits, target)
+        return zero_with_graph(logits, target)
     with fp32_region(logits):
         z = logits.float()
         y = target.float()
@@ -99,9 +87,9 @@ def mutual_mse(p_a: Tensor, p_b: Tensor) -> Tensor:
     Shape contract: ``p_a``, ``p_b``: ``(B, C, H, W)``, same shape. Returns a float32 scalar (mean
     over all elements); an empty batch gives 0.
     """
-    _check_pair("mutual_mse", p_a, p_b, "p_a", "p_b")
+    check_pair("mutual_mse", p_a, p_b, "p_a", "p_b")
     if p_a.numel() == 0:
-        return _zero_with_graph(p_a, p_b)
+        return zero_with_graph(p_a, p_b)
     with fp32_region(p_a):
         return F.mse_loss(p_a.float(), p_b.float())
 
@@ -114,35 +102,6 @@ def sigmoid_rampup(step: float, length: float) -> float:
         return 1.0
     t = min(max(float(step) / float(length), 0.0), 1.0)
     return math.exp(-5.0 * (1.0 - t) ** 2)
-
-
-def prel_loss(
-    logits_weak: Tensor,
-    soft_labels: Tensor,
-    alpha: float = 0.1,
-    bce_weight: float = 10.0,
-    dice_weight: float = 7.0,
-    similarity: str = "dice",
-    temperature: float = 1.0,
-) -> Tensor:
-    """PReL re-learning loss ``(1 - alpha) * Lsup(logits_weak, y_soft) + alpha * ASC(y_soft, sigmoid(logits_weak))``.
-
-    Shape contract: ``logits_weak`` (the weaker network's logits) and ``soft_labels`` (the
-    teacher's averaged sigmoid maps in [0, 1]): ``(B, C, H, W)``, same shape. ``soft_labels`` is
-    detached here so the teacher never receives gradient. The ASC term is 0 when ``B == 1`` (no
-    negatives). Returns a float32 scalar.
-    """
-    from semicml.losses.contrastive import asc_loss  # local import: contrastive imports this module
-
-    _check_pair("prel_loss", logits_weak, soft_labels, "logits_weak", "soft_labels")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"prel_loss: alpha must be in [0, 1], got {alpha}")
-    y_soft = soft_labels.detach()
-    sup = supervised_loss(logits_weak, y_soft, bce_weight=bce_weight, dice_weight=dice_weight)
-    with fp32_region(logits_weak):
-        p_weak = torch.sigmoid(logits_weak.float())
-    asc = asc_loss(y_soft, p_weak, similarity=similarity, temperature=temperature)
-    return (1.0 - alpha) * sup + alpha * asc
 
 
 class SupervisedLoss(nn.Module):

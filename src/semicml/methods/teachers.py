@@ -35,9 +35,10 @@ class BestModelAverage:
 
     When a validation score enters the pool, ``theta_T <- a theta_T + (1 - a) theta_student`` with
     ``a = min(1 - (d_new - d_poolmin) / d_new, max_alpha)``: bigger improvements pull harder.
-    The teacher starts as a copy of the student at the first pool entry. (method.md starts it when
-    the pool first FILLS; with short budgets a pool of 6 may never fill before PReL starts, and an
-    early weak copy is soon pulled towards better models because alpha shrinks with improvement.)
+    The teacher starts as a copy of the student at the first pool entry (a deviation, see
+    docs/method-notes.md, "PReL": the reference starts it when the pool first FILLS; with short
+    budgets a pool of 6 may never fill before PReL starts, and an early weak copy is soon pulled
+    towards better models because alpha shrinks with improvement).
     """
 
     def __init__(self, pool_size: int = 6, max_alpha: float = 0.99):

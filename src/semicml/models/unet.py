@@ -1,9 +1,9 @@
 """2D U-Net of the Semi-CML paper (one network per modality).
 
-Architecture (method.md, "Networks"): ``levels`` max-pool down-sampling steps, encoder blocks
-``3x3 conv -> BN -> ReLU -> Dropout(p_level) -> 3x3 conv -> BN -> ReLU``, transposed-conv 2x2
-stride-2 up-sampling, concatenation with the encoder skip, decoder blocks of the same form, and a
-final 1x1 convolution. ``forward`` returns logits; the caller applies sigmoid (binary) or softmax.
+Architecture (docs/method-notes.md, "Networks and losses"): ``levels`` max-pool down-sampling
+steps, encoder blocks ``3x3 conv -> BN -> ReLU -> Dropout(p_level) -> 3x3 conv -> BN -> ReLU``,
+transposed-conv 2x2 stride-2 up-sampling, concatenation with the encoder skip, decoder blocks of
+the same form, and a final 1x1 convolution. ``forward`` returns logits; the caller applies sigmoid (binary) or softmax.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from ..errors import DataError
-from ..io_utils import atomic_save_torch
+from .errors import DataError
+from .io_utils import atomic_save_torch
 
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:

@@ -1,0 +1,235 @@
+"""Running the grid: prepare the data once, then train and evaluate every (method, seed) run,
+resuming what an earlier invocation left; one run's failure never stops the grid."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from semicml.benchmark.config import BenchmarkConfig, MethodEntry
+from semicml.benchmark.tables import RESULT_COLUMNS, summary_line, write_results, write_tables
+from semicml.errors import ConfigError, DataError, SemicmlError
+from semicml.evaluation.metrics import METRICS
+from semicml.io_utils import atomic_write_json, atomic_write_text
+
+__all__ = ["RESULT_MARKER", "run_benchmark"]
+
+RESULT_MARKER = "result.json"
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) if isinstance(err, SemicmlError) else f"{type(err).__name__}: {err}"
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _paths(cfg: BenchmarkConfig, out: Path) -> tuple[Path, Path]:
+    """(dataset, store) paths, explicit or under ``out``."""
+    prep = cfg.prepare
+    if cfg.dataset is not None:
+        dataset = Path(cfg.dataset)
+    elif prep is not None and prep.input is not None and not prep.is_phantom:
+        dataset = Path(prep.input)
+    else:
+        dataset = out / "data"
+    store = Path(cfg.store) if cfg.store is not None else out / "store"
+    return dataset, store
+
+
+def _prepare(cfg: BenchmarkConfig, out: Path, dataset: Path, store: Path, progress: bool,
+             say: Callable[[str], None]) -> None:
+    """Create the phantom dataset and/or the store when the config asks for them and they are absent."""
+    prep = cfg.prepare
+    if prep is None or cfg.store is not None:
+        return
+    intent = {"prepare": prep.model_dump(mode="json"), "dataset": str(dataset), "store": str(store)}
+    marker = out / "prepare.json"
+    if marker.is_file():
+        old = json.loads(marker.read_text())
+        if old != intent:
+            raise ConfigError("the data/store in this output folder were made with a different 'prepare' section "
+                              f"({first_difference(old, intent)}); use another out or delete {store}", marker)
+    else:
+        atomic_write_json(marker, intent)
+    if prep.is_phantom and not dataset.exists():
+        from semicml.data.phantom import write_phantom
+
+        say(f"phantom: {prep.phantom.cases} cases {tuple(prep.phantom.shape)} -> {dataset}")
+        write_phantom(dataset, cases=prep.phantom.cases, seed=prep.phantom.seed, shape=tuple(prep.phantom.shape),
+                      modalities=tuple(prep.modalities))
+    if not store.exists():
+        from semicml.data.store import PrepareOptions, prepare_store
+
+        say(f"prepare slice store -> {store}")
+        opts = PrepareOptions(modalities=tuple(prep.modalities), target=prep.target, size=prep.size,
+                              in_plane=prep.in_plane, normalisation=prep.normalisation, workers=prep.workers)
+        prepare_store(dataset, store, opts, fmt=prep.format, progress=progress)
+
+
+def first_difference(old: Any, new: Any, where: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            if old.get(key) != new.get(key):
+                return first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
+        return where or "?"
+    return f"{where or 'value'}: {old!r} -> {new!r}"
+
+
+def _row(entry: MethodEntry, cfg: BenchmarkConfig, seed: int, modality: str, run_rel: str) -> dict[str, Any]:
+    row: dict[str, Any] = {k: None for k in RESULT_COLUMNS}
+    row.update(method=entry.name, method_id=entry.method, modality=modality, seed=seed,
+               labeled_fraction=cfg.fraction(entry), run_dir=run_rel)
+    return row
+
+
+def _train_and_evaluate(tcfg, store, dataset: Path, run_dir: Path, progress: bool) -> tuple[str, dict, dict]:
+    """Train (fresh or resumed) and evaluate one run; returns (action, run info, metrics per modality)."""
+    from semicml.engine.trainer import Trainer
+    from semicml.pipeline import evaluate_run
+
+    current = tcfg.model_dump(mode="json")
+    resume = (run_dir / "checkpoint.pt").is_file()
+    if resume:
+        saved = run_dir / "config.yaml"
+        old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+        if old != current:
+            why = first_difference(old, current) if isinstance(old, dict) else "no config.yaml"
+            raise ConfigError(f"holds a run with a different configuration ({why}); delete it or use another out",
+                              run_dir)
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)  # died before its first checkpoint: nothing worth keeping
+    info = Trainer(tcfg, store, run_dir, resume=resume, progress=progress).fit()
+    eval_dir = run_dir / "eval"
+    shutil.rmtree(eval_dir, ignore_errors=True)  # an interrupted evaluation is redone in full
+    metrics = evaluate_run(run_dir, dataset, eval_dir, progress=progress)
+    return ("resumed" if resume else "trained"), info, metrics
+
+
+def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[str] | None = None,
+                  echo: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Run the grid (resuming), write the result files into ``cfg.out``; return the result rows.
+
+    ``only``: entry names to run; other entries are not trained, but their finished runs still
+    appear in the results. Rows carry ``action`` = trained | resumed | skipped (finished by an
+    earlier invocation) | failed, and ``status`` = ok | failed: <one-line error>.
+    Raises :class:`ConfigError` / :class:`DataError` for problems of the whole grid (bad names in
+    ``only``, missing store or dataset, bad splits file); problems of one run become failed rows.
+    """
+    from tqdm.auto import tqdm
+
+    if cfg.out is None:
+        raise ConfigError("no output folder: set 'out' in the benchmark config or pass --out")
+    out = Path(cfg.out).resolve()
+    names = [e.name for e in cfg.methods]
+    if only is not None:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ConfigError(f"--only: no method named {', '.join(map(repr, unknown))} (have: {', '.join(names)})")
+    selected = set(names if only is None else only)
+
+    bar = None
+
+    def say(text: str) -> None:
+        if echo is not None:
+            echo(text)
+        elif bar is not None:
+            bar.write(text)
+        else:
+            print(text, flush=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    dataset, store_path = _paths(cfg, out)
+    _prepare(cfg, out, dataset, store_path, progress, say)
+
+    from semicml.data.splits import load_splits
+    from semicml.data.store import SliceStore
+
+    store = SliceStore(store_path)  # opened once: a missing or broken store is ONE error, not N failed runs
+    if not dataset.is_dir():
+        raise DataError("dataset folder not found (needed to evaluate the test cases)", dataset)
+    splits = str(Path(cfg.splits).resolve()) if cfg.splits else None
+    if splits:
+        load_splits(splits, store)
+
+    # Seeds outer: a grid stopped early still compares every method on the seeds it finished.
+    grid = [(e, s) for s in cfg.seeds for e in cfg.methods]
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(grid), desc="benchmark", unit="run", disable=not progress, dynamic_ncols=True)
+    try:
+        for k, (entry, seed) in enumerate(grid, 1):
+            run_rel = f"runs/{entry.name}/seed{seed}"
+            run_dir = out / run_rel
+            tag = f"[{k}/{len(grid)}] {entry.name} seed {seed}"
+            bar.set_postfix_str(f"{entry.name} seed {seed}")
+            run_rows = _run_one(cfg, entry, seed, store, dataset, run_dir, run_rel, splits, progress,
+                                entry.name in selected)
+            rows.extend(run_rows)
+            say(f"{tag}: {summary_line(run_rows)}")
+            bar.update()
+            if run_rows and run_rows[0]["action"] not in ("skipped", None):
+                write_tables(rows, out)  # after every run: an interrupted grid keeps its table
+    finally:
+        bar.close()
+    write_results(rows, out, labeled_fraction=cfg.labeled_fraction, benchmark=cfg)
+    return rows
+
+
+def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset: Path, run_dir: Path,
+             run_rel: str, splits: str | None, progress: bool, selected: bool) -> list[dict[str, Any]]:
+    marker = run_dir / RESULT_MARKER
+    modalities = list(store.modalities)
+    try:
+        tcfg = cfg.train_config(entry, seed, splits)
+        if tcfg.modalities:
+            modalities = [store.modalities[store.modality_index(m)] for m in tcfg.modalities]
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            if done.get("config") != tcfg.model_dump(mode="json"):
+                why = first_difference(done.get("config"), tcfg.model_dump(mode="json"))
+                raise ConfigError(f"finished run has a different configuration ({why}); delete it or use another out",
+                                  run_dir)
+            rows = [dict(r, action="skipped") for r in done["rows"]]
+            return rows
+        if not selected:
+            return []
+        t0 = time.time()
+        action, info, metrics = _train_and_evaluate(tcfg, store, dataset, run_dir, progress)
+        seconds = round(time.time() - t0, 1)
+        rows = []
+        for m in info["modalities"]:
+            row = _row(entry, cfg, seed, m, run_rel)
+            row.update({k: metrics[m].get(k) for k in METRICS})
+            best = info.get("best_val", {}).get(m, {})
+            row.update(n_test_cases=len(info["splits"]["test"]),
+                       n_labeled_slices=(info.get("labeled") or {}).get("n_labeled_slices"),
+                       best_val_dice=best.get("dice"),
+                       best_val_iteration=best.get("iteration"),
+                       teacher=(info.get("teacher") or {}).get("modality"), iterations=info.get("iterations"),
+                       status="ok", action=action, seconds=seconds)
+            rows.append(row)
+        atomic_write_json(marker, {"name": entry.name, "method": entry.method, "seed": seed,
+                                   "labeled_fraction": cfg.fraction(entry), "seconds": seconds,
+                                   "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                   "config": tcfg.model_dump(mode="json"), "rows": rows})
+        return rows
+    except Exception as err:  # noqa: BLE001 - one run's failure must not stop the grid
+        if not isinstance(err, SemicmlError):  # unexpected: keep the traceback for the post-mortem
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(run_dir / "error.txt", traceback.format_exc())
+            except OSError:
+                pass
+        status = f"failed: {_one_line(err)}"
+        rows = []
+        for m in modalities:
+            row = _row(entry, cfg, seed, m, run_rel)
+            row.update(status=status, action="failed")
+            rows.append(row)
+        return rows

@@ -1,0 +1,211 @@
+"""Read the three on-disk layouts users have (BraTS, nnU-Net v2 raw, MSD) into :class:`Case`.
+
+Every reader validates what it reads and reports problems as a one-line :class:`DataError` that
+names the offending file, so the CLI can print it without a traceback.
+
+This module is the package's face: layout detection, the dataset index, case reading and the
+single-modality inputs of ``predict``. One module per concern behind it:
+
+* :mod:`.brats`: ``root/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` (``.nii`` and ``-`` as
+  separator also accepted). A case folder without ``_seg`` is unlabelled.
+* :mod:`.nnunet`: ``dataset.json`` (``channel_names``, ``labels``, ``file_ending``),
+  ``imagesTr/<case>_<XXXX><ending>``, ``labelsTr/<case><ending>``, optional ``imagesTs``.
+  Cases in ``imagesTs``, or in ``imagesTr`` without a label, are unlabelled cases.
+* :mod:`.msd`: ``dataset.json`` (``modality``, ``labels`` as value -> name, ``training`` list of
+  ``{"image", "label"}``, optional ``test`` list); images are 4D (X, Y, Z, C).
+* :mod:`.loose`: single-modality inputs without dataset.json (a file, case folders, flat folders).
+* :mod:`.nifti`: NIfTI loading (gzip CRC checked) and geometry checks.
+* :mod:`.common`: the dataset index, modality names and aliases, dataset.json parsing.
+
+Modalities are always matched by **name** (case-insensitive, with aliases such as
+``t1gd`` == ``t1ce``), never by position, because converted datasets order channels differently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from semicml.data.case import Case
+from semicml.data.readers import msd, nnunet
+from semicml.data.readers.brats import BRATS_LABELS, brats_case_folders, open_brats
+from semicml.data.readers.common import (
+    MODALITY_ALIASES,
+    DatasetInfo,
+    check_root,
+    load_json,
+    match_modality,
+    pick_modality,
+    visible,
+)
+from semicml.data.readers.loose import read_loose
+from semicml.data.readers.nifti import (
+    AFFINE_TOLERANCE_MM,
+    CaseLoader,
+    Volume,
+    check_same_grid,
+    header_3d,
+    image_3d,
+    image_channel,
+    label_3d,
+    load_volume,
+    spacing,
+)
+from semicml.errors import DataError
+
+__all__ = [
+    "AFFINE_TOLERANCE_MM",
+    "BRATS_LABELS",
+    "CaseLoader",
+    "DatasetInfo",
+    "FORMATS",
+    "MODALITY_ALIASES",
+    "detect_format",
+    "open_dataset",
+    "read_case",
+    "read_single_modality",
+    "resolve_modalities",
+]
+
+FORMATS = ("brats", "nnunet", "msd")
+
+
+def detect_format(root: Path) -> str:
+    """``"nnunet"``, ``"msd"`` (by their dataset.json) or ``"brats"`` (case folders)."""
+    root = check_root(root)
+    meta_path = root / "dataset.json"
+    if meta_path.is_file():
+        meta = load_json(meta_path)
+        if "channel_names" in meta:
+            return "nnunet"
+        if "modality" in meta or "training" in meta:
+            return "msd"
+        raise DataError(
+            "missing required field: neither 'channel_names' (nnU-Net) nor 'modality' (MSD)", meta_path
+        )
+    if brats_case_folders(root):
+        return "brats"
+    if not visible(list(root.iterdir())):
+        raise DataError("empty folder: no cases found", root)
+    raise DataError(
+        "no cases found: no dataset.json (nnU-Net/MSD) and no BraTS case folders "
+        "(<case>/<case>_<modality>.nii.gz)",
+        root,
+    )
+
+
+def open_dataset(root: str | Path, fmt: str | None = None) -> DatasetInfo:
+    """Index a dataset folder (format detected unless ``fmt`` is given) and validate its layout.
+
+    Only the layout and metadata are checked here; file contents are validated by
+    :func:`read_case`.
+    """
+    path = check_root(root)
+    if fmt is None:
+        fmt = detect_format(path)
+    fmt_l = fmt.strip().lower().replace("-", "").replace("_", "")
+    fmt_l = {"nnunetv2": "nnunet", "decathlon": "msd"}.get(fmt_l, fmt_l)
+    if fmt_l not in FORMATS:
+        raise DataError(f"unknown dataset format '{fmt}'; choose one of {', '.join(FORMATS)}", path)
+    if fmt_l in ("nnunet", "msd") and not (path / "dataset.json").is_file():
+        raise DataError(f"missing dataset.json required by the {fmt_l} format", path / "dataset.json")
+    return {"brats": open_brats, "nnunet": nnunet.open_nnunet, "msd": msd.open_msd}[fmt_l](path)
+
+
+def resolve_modalities(info: DatasetInfo, requested: list[str]) -> list[str]:
+    """Map user-given modality names to the dataset's spelling (exact, case-insensitive, alias)."""
+    if isinstance(requested, str):
+        requested = [requested]
+    if not requested:
+        raise DataError("no modality requested", info.root)
+    out: list[str] = []
+    for name in requested:
+        try:
+            hit = match_modality(str(name), info.modalities)
+        except DataError as err:
+            raise DataError(err.problem, info.root) from None
+        if hit is None:
+            raise DataError(
+                f"unknown modality '{name}'; available: {', '.join(info.modalities)}", info.root
+            )
+        if hit in out:
+            raise DataError(f"modality '{hit}' requested twice (as '{name}')", info.root)
+        out.append(hit)
+    return out
+
+
+def read_case(info: DatasetInfo, case_id: str, modalities: list[str], with_label: bool = True) -> Case:
+    """Read and validate one case: the requested modalities (dataset or user names) and its label.
+
+    Images come back as float32, the label as uint8 (int16 if values need it), or None for an
+    unlabelled case or when ``with_label`` is False.
+    """
+    if case_id not in info.image_files:
+        raise DataError(f"unknown case '{case_id}'", info.root)
+    names = resolve_modalities(info, modalities)
+    files = info.image_files[case_id]
+    images: dict[str, np.ndarray] = {}
+    sources: dict[str, Path] = {}
+    ref: tuple[tuple[int, ...], np.ndarray, Path, object, str] | None = None
+    cache: dict[Path, Volume] = {}  # MSD: one 4D file serves every modality
+    for name in names:
+        path = files.get(name) or _expected_path(info, case_id, name)
+        if path not in cache:
+            cache[path] = load_volume(path, f"{name} image")
+        img = cache[path]
+        if info.format == "msd":
+            data = image_channel(img, path, info.channels[name], name)
+        else:
+            data = image_3d(img, path)
+        if ref is None:
+            ref = (data.shape, img.affine, path, header_3d(img, data.shape), name)
+        else:
+            check_same_grid(data.shape, img.affine, path, ref[0], ref[1], ref[2], f"{name} image")
+        images[name] = data
+        sources[name] = path
+    assert ref is not None
+    label = None
+    if with_label and case_id in info.label_files:
+        lpath = info.label_files[case_id]
+        limg = load_volume(lpath, "label")
+        allowed = set(info.label_names.values())
+        label = label_3d(limg, lpath, allowed)
+        check_same_grid(label.shape, limg.affine, lpath, ref[0], ref[1], ref[2], "label")
+        sources["label"] = lpath
+    return Case(
+        case_id=case_id, images=images, label=label, affine=np.asarray(ref[1], dtype=np.float64),
+        header=ref[3], spacing=spacing(ref[3]), sources=sources,
+    )
+
+
+def _expected_path(info: DatasetInfo, case_id: str, modality: str) -> Path:
+    """Where a missing modality file would be, for the error message."""
+    if info.format == "brats":
+        return info.root / case_id / f"{case_id}_{modality}.nii.gz"
+    if info.format == "nnunet":
+        present = list(info.image_files[case_id].values())  # same folder as the case's other channels
+        folder = present[0].parent if present else info.root / "imagesTr"
+        return folder / f"{case_id}_{info.channels[modality]:04d}{info.file_ending}"
+    return next(iter(info.image_files[case_id].values()))
+
+
+def read_single_modality(path: str | Path, modality: str) -> list[tuple[str, CaseLoader]]:
+    """(case_id, lazy loader) pairs for the cases under ``path`` that have ``modality``.
+
+    ``path`` may be a BraTS folder of case folders or a single case folder, an nnU-Net raw folder
+    (``imagesTs`` is used when it holds that channel, else ``imagesTr``), an MSD root (the
+    ``test`` list when non-empty, else ``training``), a folder of plain NIfTI files (one case
+    each), or one NIfTI file. Each loader returns a :class:`Case` whose ``images`` holds only
+    ``modality`` (keyed by the name given here) and whose label is None.
+    """
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError("input does not exist", root)
+    if root.is_dir() and (root / "dataset.json").is_file():
+        fmt = detect_format(root)
+        info = open_dataset(root, fmt)
+        name = pick_modality(info.modalities, modality, root / "dataset.json")
+        layout = nnunet if fmt == "nnunet" else msd
+        return layout.single_modality_cases(info, name, modality)
+    return read_loose(root, modality)

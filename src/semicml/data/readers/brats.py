@@ -1,0 +1,61 @@
+"""BraTS layout: ``root/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``.
+
+``.nii`` is also accepted, and ``-`` as separator as in BraTS 2023. A case folder without
+``_seg`` is unlabelled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from semicml.data.readers.common import DatasetInfo, finish_info, strip_nifti, visible
+from semicml.errors import DataError
+
+__all__ = ["BRATS_LABELS", "BRATS_LABEL_SUFFIX", "brats_case_folders", "brats_files", "open_brats"]
+
+BRATS_LABELS: dict[str, int] = {"background": 0, "ncr": 1, "ed": 2, "et": 4}
+
+# Canonical order of BraTS modalities in DatasetInfo.modalities (others follow, sorted).
+BRATS_ORDER = ("t1", "t1ce", "t2", "flair")
+BRATS_LABEL_SUFFIX = "seg"
+
+
+def brats_files(folder: Path, case_id: str) -> dict[str, Path]:
+    """Lower-case suffix -> file for the ``<case>_<suffix>.nii[.gz]`` files in one case folder."""
+    out: dict[str, Path] = {}
+    for f in visible(list(folder.iterdir())):
+        stem = strip_nifti(f.name)
+        if stem is None or not f.is_file():
+            continue
+        for sep in ("_", "-"):
+            if stem.startswith(case_id + sep) and len(stem) > len(case_id) + 1:
+                suffix = stem[len(case_id) + 1 :].lower()
+                if suffix in out:
+                    raise DataError(f"two files for '{suffix}': {out[suffix].name} and {f.name}", folder)
+                out[suffix] = f
+                break
+    return out
+
+
+def brats_case_folders(root: Path) -> list[Path]:
+    return [d for d in visible(list(root.iterdir())) if d.is_dir() and brats_files(d, d.name)]
+
+
+def open_brats(root: Path) -> DatasetInfo:
+    folders = brats_case_folders(root)
+    if not folders:
+        raise DataError("no cases found (expected <case>/<case>_<modality>.nii.gz)", root)
+    image_files: dict[str, dict[str, Path]] = {}
+    label_files: dict[str, Path] = {}
+    seen: set[str] = set()
+    for d in folders:
+        files = brats_files(d, d.name)
+        label = files.pop(BRATS_LABEL_SUFFIX, None)
+        if label is not None:
+            label_files[d.name] = label
+        image_files[d.name] = files
+        seen.update(files)
+    modalities = [m for m in BRATS_ORDER if m in seen] + sorted(seen - set(BRATS_ORDER))
+    if not modalities:
+        raise DataError("no modality files found in the case folders", root)
+    return finish_info(root, "brats", modalities, dict(BRATS_LABELS), image_files, label_files, {}, {})

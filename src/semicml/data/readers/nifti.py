@@ -1,0 +1,230 @@
+"""NIfTI loading with validation, and the geometry checks between the volumes of one case.
+
+Every problem is a one-line :class:`DataError` that names the offending file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+from semicml.data.case import Case
+from semicml.errors import DataError
+
+__all__ = [
+    "AFFINE_TOLERANCE_MM",
+    "CaseLoader",
+    "Volume",
+    "check_same_grid",
+    "header_3d",
+    "image_3d",
+    "image_channel",
+    "label_3d",
+    "load_volume",
+    "single_loader",
+    "spacing",
+]
+
+#: Two volumes are "on the same grid" when their affines differ by at most this (mm).
+AFFINE_TOLERANCE_MM = 1e-3
+
+# Errors that nibabel / gzip / zlib raise on unreadable or truncated files.
+_READ_ERRORS = (ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, struct.error)
+
+CaseLoader = Callable[[], Case]
+
+
+@dataclass
+class Volume:
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+
+
+def load_volume(path: Path, what: str) -> Volume:
+    """Load header and data eagerly so corrupt and truncated files fail here, with the file name."""
+    if not path.is_file():
+        raise DataError(f"missing {what} file", path)
+    try:
+        if path.name.lower().endswith(".gz"):
+            # Decompress the whole stream ourselves: gzip checks the CRC and length at the end,
+            # which nibabel never reaches (it stops after the voxel bytes), so a damaged deflate
+            # stream would otherwise decode silently into garbage voxels.
+            img = _nifti_from_bytes(gzip.decompress(path.read_bytes()))
+        else:
+            img = nib.load(str(path))
+        data = np.asarray(img.dataobj)  # eager: a truncated file fails now, not later
+    except DataError as err:
+        raise DataError(err.problem, path) from None
+    except _READ_ERRORS as err:
+        detail = " ".join(str(err).replace(str(path), path.name).split())[:160]
+        raise DataError(f"corrupt or truncated NIfTI file ({type(err).__name__}: {detail})", path) from None
+    return Volume(data, np.asarray(img.affine, dtype=np.float64), img.header)
+
+
+def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image:
+    """A single-file NIfTI-1 or NIfTI-2 image from its uncompressed bytes."""
+    if len(raw) < 4:
+        raise DataError("corrupt or truncated NIfTI file (empty)")
+    sizes = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
+    if 348 in sizes:
+        return nib.Nifti1Image.from_bytes(raw)
+    if 540 in sizes:
+        return nib.Nifti2Image.from_bytes(raw)
+    raise DataError("not a NIfTI file (bad header size; corrupt?)")
+
+
+def _squeeze_to(data: np.ndarray, ndim: int) -> np.ndarray:
+    # NIfTI files often carry trailing singleton dimensions (e.g. X, Y, Z, 1); they are harmless.
+    while data.ndim > ndim and data.shape[-1] == 1:
+        data = data[..., 0]
+    return data
+
+
+def _check_finite(data: np.ndarray, path: Path) -> None:
+    if np.issubdtype(data.dtype, np.floating):
+        bad = ~np.isfinite(data)
+        n_bad = int(bad.sum())
+        if n_bad:
+            n_nan = int(np.isnan(data).sum())
+            raise DataError(
+                f"image contains NaN/Inf values ({n_nan} NaN and {n_bad - n_nan} Inf voxels)",
+                path,
+            )
+
+
+def image_3d(img: Volume, path: Path) -> np.ndarray:
+    data = _squeeze_to(img.data, 3)
+    if data.ndim != 3:
+        kind = f"{data.ndim}D"
+        raise DataError(f"{kind} image of shape {tuple(data.shape)} where a 3D volume is expected", path)
+    _check_finite(data, path)
+    return _float32(data)
+
+
+def image_channel(img: Volume, path: Path, channel: int, modality: str) -> np.ndarray:
+    data = _squeeze_to(img.data, 4)
+    if data.ndim != 4:
+        raise DataError(
+            f"{data.ndim}D image of shape {tuple(data.shape)} where a 4D (X, Y, Z, C) MSD image is expected",
+            path,
+        )
+    if not 0 <= channel < data.shape[3]:
+        raise DataError(
+            f"channel index {channel} ({modality}) out of range: the image has {data.shape[3]} channels",
+            path,
+        )
+    out = _float32(data[..., channel])
+    _check_finite(out, path)
+    return out
+
+
+def label_3d(img: Volume, path: Path, allowed: set[int] | None) -> np.ndarray:
+    data = _squeeze_to(img.data, 3)
+    if data.ndim != 3:
+        raise DataError(f"{data.ndim}D label of shape {tuple(data.shape)} where a 3D volume is expected", path)
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.isfinite(data).all():
+            raise DataError("label contains NaN/Inf values", path)
+        rounded = np.rint(data)
+        if np.abs(rounded - data).max(initial=0.0) > 1e-3:
+            raise DataError("label contains non-integer values (was it resampled with interpolation?)", path)
+        data = rounded
+    lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
+    dtype = np.uint8 if lo >= 0 and hi <= 255 else np.int16
+    if lo < np.iinfo(np.int16).min or hi > np.iinfo(np.int16).max:
+        raise DataError(f"label values out of range [{lo}, {hi}]", path)
+    label = data.astype(dtype, copy=False)
+    if allowed is not None and not _all_in(label, allowed, lo, hi):
+        bad = sorted(set(_unique_small(label)) - allowed)
+        if bad:
+            raise DataError(
+                f"label values {bad} not in the declared label set {sorted(allowed)}", path
+            )
+    return label
+
+
+def _all_in(label: np.ndarray, allowed: set[int], lo: int, hi: int) -> bool:
+    """Whether every voxel value is in ``allowed`` (one table lookup; unique() only on failure)."""
+    if label.size == 0:
+        return True
+    table = np.zeros(hi - lo + 1, dtype=bool)
+    for v in allowed:
+        if lo <= v <= hi:
+            table[v - lo] = True
+    flat = label.ravel(order="K")
+    return bool(table[flat if lo == 0 else flat.astype(np.int32) - lo].all())
+
+
+def _unique_small(label: np.ndarray) -> list[int]:
+    """np.unique for integer volumes, via bincount (much faster on 9M-voxel BraTS labels)."""
+    if label.size == 0:
+        return []
+    flat = label.ravel(order="K")  # no copy for Fortran-ordered NIfTI data
+    if flat.dtype == np.uint8:
+        return [int(v) for v in np.flatnonzero(np.bincount(flat))]
+    lo = int(flat.min())
+    return [int(v) + lo for v in np.flatnonzero(np.bincount(flat.astype(np.int32) - lo))]
+
+
+def _float32(data: np.ndarray) -> np.ndarray:
+    """float32 in the file's memory layout (NIfTI is Fortran-ordered: axial slices contiguous);
+    a copy unless already float32 and writeable."""
+    out = data.astype(np.float32, copy=False)
+    return out if out.flags.writeable else out.copy(order="K")
+
+
+def spacing(header: object) -> tuple[float, float, float]:
+    zooms = header.get_zooms()  # type: ignore[attr-defined]
+    z = [float(v) for v in zooms[:3]] + [1.0] * max(0, 3 - len(zooms))
+    return (z[0], z[1], z[2])
+
+
+def header_3d(img: Volume, shape: tuple[int, ...]) -> object:
+    """A copy of the header describing a 3D volume (MSD headers are 4D)."""
+    header = img.header.copy()
+    if len(header.get_data_shape()) != 3:
+        header.set_data_shape(shape)
+    return header
+
+
+def check_same_grid(
+    shape: tuple[int, ...], affine: np.ndarray, path: Path,
+    ref_shape: tuple[int, ...], ref_affine: np.ndarray, ref_path: Path, what: str,
+) -> None:
+    if tuple(shape) != tuple(ref_shape):
+        raise DataError(
+            f"{what} shape {tuple(shape)} differs from shape {tuple(ref_shape)} of {ref_path.name}", path
+        )
+    diff = float(np.abs(np.asarray(affine, float) - np.asarray(ref_affine, float)).max())
+    if diff > AFFINE_TOLERANCE_MM:
+        raise DataError(
+            f"{what} affine differs from the affine of {ref_path.name} by {diff:.4g} mm "
+            f"(tolerance {AFFINE_TOLERANCE_MM} mm); volumes are not on the same grid",
+            path,
+        )
+
+
+def single_loader(case_id: str, path: Path, modality: str, channel: int | None = None) -> CaseLoader:
+    def load() -> Case:
+        img = load_volume(path, f"{modality} image")
+        if channel is None:
+            data = image_3d(img, path)
+        else:
+            data = image_channel(img, path, channel, modality)
+        header = header_3d(img, data.shape)
+        return Case(
+            case_id=case_id, images={modality: data}, label=None,
+            affine=np.asarray(img.affine, dtype=np.float64), header=header,
+            spacing=spacing(header), sources={modality: path},
+        )
+
+    return load
