@@ -68,7 +68,26 @@ def test_soft_dice_similarity_and_dice_loss(p, y, expected_sim):
     assert sim.shape == (p.shape[0],)
     torch.testing.assert_close(sim, t(expected_sim), atol=1e-6, rtol=0)
     expected_loss = sum(1 - s for s in expected_sim) / len(expected_sim)
-    assert dice_loss(p, y).item() == pytest.approx(expected_loss, abs=1e-6)
+    assert dice_loss(p, y, reduction="slice").item() == pytest.approx(expected_loss, abs=1e-6)
+    # Batch Dice (the default, the reference's): one Dice with sums over every slice of the batch.
+    p64, y64 = p.double(), y.double()
+    batch = 1 - (2 * (p64 * y64).sum() + EPS) / ((p64 * p64).sum() + (y64 * y64).sum() + EPS)
+    assert dice_loss(p, y).item() == pytest.approx(batch.item(), abs=1e-6)
+
+
+def test_batch_dice_does_not_punish_a_faint_prediction_on_a_healthy_slice():
+    # A tumour slice predicted well and a tumour-free slice with a faint 0.05 haze: the per-slice
+    # mean charges the healthy slice a loss of ~1 (as much as missing a whole tumour); the batch
+    # Dice only counts the haze as the few false-positive pixels it is.
+    tumour = torch.zeros(1, 1, 8, 8)
+    tumour[..., 2:6, 2:6] = 1.0
+    p = torch.cat([tumour * 0.9, torch.full((1, 1, 8, 8), 0.05)])
+    y = torch.cat([tumour, torch.zeros(1, 1, 8, 8)])
+    # Hand computation: sum(p y) = 16 * 0.9 = 14.4; sum p^2 = 16 * 0.81 + 64 * 0.0025 = 13.12; sum y^2 = 16.
+    assert dice_loss(p, y).item() == pytest.approx(1 - 28.8 / 29.12, abs=1e-5)
+    assert dice_loss(p, y, reduction="slice").item() > 0.5
+    with pytest.raises(ValueError, match="reduction"):
+        dice_loss(p, y, reduction="mean")
 
 
 def test_dice_loss_extremes():
@@ -80,7 +99,10 @@ def test_dice_loss_extremes():
 def test_dice_loss_multichannel_sums_over_channels():
     # C=2, 1x1 pixels: p = (1, 0), y = (1, 1): (2*1 + eps) / (1 + 2 + eps)
     p, y = t([1.0, 0.0], (1, 2, 1, 1)), t([1.0, 1.0], (1, 2, 1, 1))
-    assert dice_loss(p, y).item() == pytest.approx(1 - (2 + EPS) / (3 + EPS), abs=1e-6)
+    assert dice_loss(p, y, reduction="slice").item() == pytest.approx(1 - (2 + EPS) / (3 + EPS), abs=1e-6)
+    # Batch Dice is per channel (region), then averaged: channel 0 perfect (0), channel 1 missed (~1).
+    expected = ((1 - (2 + EPS) / (2 + EPS)) + (1 - EPS / (1 + EPS))) / 2
+    assert dice_loss(p, y).item() == pytest.approx(expected, abs=1e-6)
 
 
 # --------------------------------------------------------------------------------------------

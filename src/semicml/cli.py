@@ -86,6 +86,10 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
           val_every: Optional[int] = typer.Option(None, help="validate every N iterations"),
           num_workers: Optional[int] = typer.Option(None, help="DataLoader workers"),
           augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="paired augmentation"),
+          slice_filter: Optional[str] = typer.Option(None, help="nonempty (all brain slices, default) | foreground "
+                                                     "(tumour slices only: the paper's protocol)"),
+          postprocess: Optional[str] = typer.Option(None, help="auto (chosen on validation, default) | none | "
+                                                    "largest | min-size:<mm^3>"),
           resume: bool = typer.Option(False, help="continue an interrupted run in --out")) -> None:
     """Train a method (default: Semi-CML + PReL); writes one weights file per modality."""
     from .config import build_config
@@ -101,7 +105,8 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
                      "label_level": label_level, "splits": str(splits) if splits else None,
                      "modalities": _split_list(modalities), "seed": seed, "precision": precision, "device": device,
                      "val_every": val_every, "num_workers": num_workers, "augment": augment,
-                     "init": str(init) if init else None}
+                     "init": str(init) if init else None, "slice_filter": slice_filter,
+                     "postprocess": postprocess}
         if width is not None:
             overrides["model"] = {"base_width": width}
         if teacher is not None:
@@ -121,12 +126,16 @@ def predict(run: Path = typer.Option(..., help="run directory (or a weights/<mod
             out: Path = typer.Option(..., "--out", help="output folder for <case>.nii.gz masks"),
             probabilities: bool = typer.Option(False, help="also write <case>_prob.nii.gz"),
             cases: Optional[str] = typer.Option(None, help="only these case ids (comma-separated)"),
+            tta: bool = typer.Option(False, "--tta/--no-tta", help="average over in-plane flips (4x slower)"),
+            postprocess: Optional[str] = typer.Option(None, help="default: the choice made on validation and stored "
+                                                      "with the weights; or none | largest | min-size:<mm^3>"),
             device: str = typer.Option("auto"), precision: str = typer.Option("auto")) -> None:
     """Segment cases from ONE modality with that modality's network."""
     from .inference.predict import predict_cases
 
     written = predict_cases(run, modality, input, out, device=device, precision=precision,
-                            save_probabilities=probabilities, cases=_split_list(cases))
+                            save_probabilities=probabilities, cases=_split_list(cases), tta=tta,
+                            postprocess=postprocess)
     typer.echo(f"wrote {len(written)} masks to {out}")
 
 

@@ -31,6 +31,10 @@ class ModelConfig(_TrainModel):
     base_width: int = Field(32, ge=2, description="channels of the first level; doubled per level (32-64-128-256-512)")
     levels: int = Field(4, ge=1, le=6, description="number of 2x down-sampling levels")
     dropout: Optional[list[float]] = Field(None, description="encoder dropout per level; default 0.05,0.1,0.2,0.3,0.5")
+    # The reference switches the students' dropout off; dropout then acts only in the teachers'
+    # Monte-Carlo passes (PReL soft labels, UA-MT uncertainty). BatchNorm statistics learned under
+    # dropout but used without it are one source of the train / predict gap measured on BraTS.
+    student_dropout: bool = Field(False, description="keep dropout active in the trained networks")
 
     def widths(self) -> tuple[int, ...]:
         return tuple(self.base_width * 2**i for i in range(self.levels + 1))
@@ -68,6 +72,9 @@ class SemiCMLConfig(_TrainModel):
     temperature: float = Field(1.0, gt=0)
     bce_weight: float = Field(10.0, ge=0)
     dice_weight: float = Field(7.0, ge=0)
+    # "batch": one Dice over all pixels of the batch (the reference). "slice": mean of per-slice
+    # Dice, which lets tiny-lesion and tumour-free slices dominate and teaches under-segmentation.
+    dice_reduction: Literal["batch", "slice"] = "batch"
 
 
 class PReLConfig(_TrainModel):
@@ -80,6 +87,10 @@ class PReLConfig(_TrainModel):
     noise_clip: float = Field(0.2, ge=0)
     alpha: float = Field(0.1, ge=0, le=1, description="weight of ASC(soft labels, weak prediction)")
     refine_teacher_modality: bool = Field(True, description="also refine the stronger network on its teacher's labels")
+    refine_teacher_from: float = Field(75 / 81, ge=0, le=1, description="...from this fraction of training "
+                                       "(reference: epoch 75 of 81); earlier it would learn its own mistakes")
+    bma_from: float = Field(10 / 81, ge=0, lt=1, description="validations before this fraction of training are not "
+                            "offered to the BMA pool (reference: epochs up to 10 of 81)")
     keep_supervised: bool = Field(False, description="keep the labelled loss in stage 2 (the reference drops it)")
 
 
@@ -109,7 +120,11 @@ class TrainConfig(_TrainModel):
     labeled_fraction: float = Field(0.1, gt=0, le=1)
     label_level: Literal["slice", "case"] = "slice"
     min_labeled: int = Field(0, ge=0, description="at least this many labelled slices (paper: 60)")
-    slice_filter: Literal["foreground", "nonempty"] = "foreground"
+    # "nonempty" (default): every brain slice, as a user's volume; "foreground": tumour slices only,
+    # the paper's protocol (for reproduction; it never shows a healthy slice).
+    slice_filter: Literal["foreground", "nonempty"] = "nonempty"
+    foreground_fraction: float = Field(0.33, ge=0, le=1, description="share of each labelled batch guaranteed to "
+                                       "contain foreground (nnU-Net's oversampling); 0 = uniform")
     splits: Optional[str] = Field(None, description="splits.json; default: a seeded split saved in the run")
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.25, ge=0, lt=1)
@@ -120,6 +135,9 @@ class TrainConfig(_TrainModel):
     channels_last: bool = True
     num_workers: int = Field(0, ge=0)
     augment: bool = False
+    postprocess: str = Field("auto", pattern=r"^(auto|none|largest|min-size:\d+(\.\d+)?)$",
+                             description="connected-component post-processing: auto (chosen on validation), none, "
+                             "largest, min-size:<mm^3>")
     init: Optional[str] = Field(None, description="start from this run's final checkpoint (prel after semicml)")
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()

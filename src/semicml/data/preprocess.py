@@ -83,6 +83,15 @@ def foreground_box(reference: np.ndarray, size: int, mode: str = "crop") -> InPl
     return InPlaneBox(mode=mode, x0=cx - side // 2, y0=cy - side // 2, side=side, size=size)
 
 
+def whole_plane_box(shape_xy: tuple[int, int], multiple: int) -> InPlaneBox:
+    """A crop box covering the whole (X, Y) plane, its side rounded up to ``multiple`` (the U-Net's
+    down-sampling factor) and centred, so a fully convolutional network sees every voxel."""
+    side = -(-max(int(shape_xy[0]), int(shape_xy[1]), 1) // multiple) * multiple
+    x0 = (int(shape_xy[0]) - side) // 2
+    y0 = (int(shape_xy[1]) - side) // 2
+    return InPlaneBox(mode="crop", x0=x0, y0=y0, side=side, size=side)
+
+
 def _window(volume: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
     """(side, side, Z) window of an axial-last volume, zero padded where it leaves the volume."""
     out = np.zeros((side, side) + volume.shape[2:], dtype=volume.dtype)

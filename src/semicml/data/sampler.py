@@ -31,22 +31,40 @@ class TwoStreamBatchSampler(Sampler[list[tuple[int, int, int]]]):
 
     Indices ``< n_labeled`` address the labelled pool, the rest the unlabelled pool (offset by
     ``n_labeled``). Each pool is walked through seeded permutations, epoch after epoch.
+
+    Foreground oversampling (nnU-Net's rule): the first ``round(foreground_fraction * labeled_batch)``
+    labelled positions of every batch are drawn from ``labeled_foreground`` (indices into the
+    labelled pool of slices that contain target), the rest from the whole labelled pool, so the
+    network sees healthy slices without the tumour slices becoming rare. The unlabelled stream
+    never looks at labels.
     """
 
     def __init__(self, n_labeled: int, n_unlabeled: int, labeled_batch: int, unlabeled_batch: int,
-                 seed: int, start: int, stop: int):
+                 seed: int, start: int, stop: int, labeled_foreground: Sequence[int] = (),
+                 foreground_fraction: float = 0.0):
         if labeled_batch > 0 and n_labeled == 0:
             raise ValueError("labelled batch requested but the labelled pool is empty")
         if unlabeled_batch > 0 and n_unlabeled == 0:
             raise ValueError("unlabelled batch requested but the unlabelled pool is empty")
+        if not 0.0 <= foreground_fraction <= 1.0:
+            raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
+        if any(not 0 <= i < n_labeled for i in labeled_foreground):
+            raise ValueError("labeled_foreground indices must address the labelled pool")
         self.n_labeled, self.n_unlabeled = n_labeled, n_unlabeled
         self.labeled_batch, self.unlabeled_batch = labeled_batch, unlabeled_batch
         self.seed, self.start, self.stop = seed, start, stop
+        self.labeled_foreground = [int(i) for i in labeled_foreground]
+        # No foreground slice labelled (e.g. an unlabelled-only target): fall back to uniform.
+        self.n_foreground = round(foreground_fraction * labeled_batch) if self.labeled_foreground else 0
 
     def batch(self, k: int) -> list[tuple[int, int, int]]:
         out = []
-        for j in range(self.labeled_batch):
-            out.append((_stream_element(self.n_labeled, k * self.labeled_batch + j, self.seed, 0), k, j))
+        n_fg, n_rest = self.n_foreground, self.labeled_batch - self.n_foreground
+        for j in range(n_fg):
+            pick = _stream_element(len(self.labeled_foreground), k * n_fg + j, self.seed, 2)
+            out.append((self.labeled_foreground[pick], k, j))
+        for j in range(n_rest):
+            out.append((_stream_element(self.n_labeled, k * n_rest + j, self.seed, 0), k, n_fg + j))
         for j in range(self.unlabeled_batch):
             idx = _stream_element(self.n_unlabeled, k * self.unlabeled_batch + j, self.seed, 1)
             out.append((self.n_labeled + idx, k, self.labeled_batch + j))

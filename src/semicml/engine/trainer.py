@@ -39,6 +39,7 @@ from ..data.store import SliceStore
 from ..errors import ConfigError, DataError
 from ..evaluation.metrics import dice_score
 from ..hardware import resolve_device, resolve_precision
+from ..inference.postprocess import check_spec, choose_postprocess
 from ..inference.predictor import predict_planes
 from ..io_utils import atomic_save_torch, atomic_write_json, atomic_write_text
 from ..methods.base import Method, MethodContext, get_method
@@ -83,7 +84,18 @@ class Trainer:
                               f"{cfg.labeled_fraction} leaves none")
         self.unlabeled_batch = cfg.unlabeled_batch if self.method_cls.needs_unlabeled else 0
         self.iterations_per_epoch = max(1.0, len(self.subset.labeled) / cfg.labeled_batch)
-        self.total = cfg.iterations or max(1, int(round(cfg.epochs * self.iterations_per_epoch)))
+        # A stage started from another run (``init``) continues that run's schedule: no new warm-up,
+        # the learning rate goes on from where the first stage left it (reference PReL: 6e-6, 6e-7).
+        self.resume_state = load_checkpoint(self.run_dir / "checkpoint.pt", self.device) if resume else None
+        self.init_state = self._read_init(cfg.init) if (cfg.init and not resume) else None
+        if self.resume_state is not None:
+            self.schedule_offset = int(self.resume_state.get("schedule_offset", 0))
+        elif self.init_state is not None and self.method_cls.continues_schedule:
+            self.schedule_offset = int(self.init_state["iteration"])
+        else:
+            self.schedule_offset = 0
+        self.total = cfg.iterations or self._default_total()
+        self.schedule_total = self.schedule_offset + self.total
         self.val_every = cfg.val_every or max(1, self.total // 20)
 
         spec = network_spec(cfg, self.store.n_classes)
@@ -95,7 +107,8 @@ class Trainer:
 
         self.ctx = MethodContext(cfg=cfg, modalities=self.modalities, out_channels=self.store.n_classes,
                                  total_iterations=self.total, iterations_per_epoch=self.iterations_per_epoch,
-                                 device=self.device, new_network=new_network)
+                                 device=self.device, new_network=new_network, schedule_offset=self.schedule_offset,
+                                 schedule_total=self.schedule_total)
         try:
             self.method: Method = self.method_cls(self.ctx).to(self.device)
         except ValueError as err:
@@ -107,8 +120,8 @@ class Trainer:
         self.history: list[dict] = []
         if resume:
             self._load_resume()
-        elif cfg.init:
-            self._load_init(cfg.init)
+        elif self.init_state is not None:
+            self._load_init(self.init_state, Path(cfg.init))
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_run_dir(self) -> None:
@@ -138,12 +151,13 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "method_state": self.method.extra_state(),
             "best": self.best,
+            "schedule_offset": self.schedule_offset,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
     def _load_resume(self) -> None:
-        state = load_checkpoint(self.run_dir / "checkpoint.pt", self.device)
+        state = self.resume_state
         if state.get("method") != self.cfg.method:
             raise ConfigError(f"checkpoint was written by method {state.get('method')!r}, not {self.cfg.method!r}")
         self.method.load_state_dict(state["networks"])
@@ -160,14 +174,28 @@ class Trainer:
             self.history = [r for r in rows if r["iteration"] <= self.iteration]
             atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in self.history))
 
-    def _load_init(self, init: str) -> None:
+    def _read_init(self, init: str) -> dict[str, Any]:
         path = Path(init)
         path = path / "checkpoint.pt" if path.is_dir() else path
-        state = load_checkpoint(path, self.device)
+        return load_checkpoint(path, self.device)
+
+    def _default_total(self) -> int:
+        if self.schedule_offset and self.method_cls.continues_schedule:
+            # The first stage covered ``start_fraction`` of one schedule; this stage is the rest.
+            start = self.cfg.prel.start_fraction
+            return max(1, int(round(self.schedule_offset * (1 - start) / start)))
+        return max(1, int(round(self.cfg.epochs * self.iterations_per_epoch)))
+
+    def _load_init(self, state: dict[str, Any], init: Path) -> None:
         missing, unexpected = self.method.load_state_dict(state["networks"], strict=False)
         if unexpected or any(k.startswith("students.") for k in missing):
-            raise DataError("checkpoint networks do not match this method/model configuration", path)
+            raise DataError("checkpoint networks do not match this method/model configuration", init)
         self.method.load_extra_state(state.get("method_state", {}))
+        if self.method_cls.continues_schedule:
+            try:  # same students, same optimiser: Adam's moments carry over as in one run
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError):
+                pass  # another method's parameter layout: start Adam afresh
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -194,7 +222,9 @@ class Trainer:
         dataset = PairedSliceDataset(self.store, self.subset.labeled, self.subset.unlabeled, self.modalities,
                                      AugmentOptions(enabled=cfg.augment), seed=cfg.seed)
         sampler = TwoStreamBatchSampler(len(self.subset.labeled), len(self.subset.unlabeled), cfg.labeled_batch,
-                                        self.unlabeled_batch, cfg.seed, self.iteration, self.total)
+                                        self.unlabeled_batch, cfg.seed, self.iteration, self.total,
+                                        labeled_foreground=self._labeled_foreground(),
+                                        foreground_fraction=cfg.foreground_fraction)
         loader = make_loader(dataset, sampler, cfg.num_workers, pin_memory=self.device.type == "cuda")
         writer = self._tensorboard()
         fault_at = int(os.environ.get(FAULT_ENV, "-1"))
@@ -217,7 +247,7 @@ class Trainer:
             it = self.iteration
             batch = {k: self._to_device(v) for k, v in batch.items()}
             for group in self.optimizer.param_groups:
-                group["lr"] = cfg.optim.lr * lr_factor(it, self.total, cfg.optim)
+                group["lr"] = cfg.optim.lr * lr_factor(self.schedule_offset + it, self.schedule_total, cfg.optim)
             with self.precision.autocast():
                 losses = self.method.train_step(batch, it)
             loss = losses["loss"]
@@ -251,6 +281,11 @@ class Trainer:
             if self.iteration == fault_at:
                 os._exit(17)
 
+    def _labeled_foreground(self) -> list[int]:
+        """Positions in the labelled pool of slices that contain target (for oversampling)."""
+        fg = {c: set(meta.foreground_slices) for c, meta in self.store.cases.items()}
+        return [i for i, (case, z) in enumerate(self.subset.labeled) if z in fg[case]]
+
     def _to_device(self, v: torch.Tensor) -> torch.Tensor:
         v = v.to(self.device, non_blocking=True)
         if v.dim() == 4 and self.cfg.channels_last:
@@ -280,7 +315,8 @@ class Trainer:
     def _preprocessing(self) -> dict[str, Any]:
         m = self.store.manifest
         return {"size": m["size"], "in_plane": m["in_plane"], "normalisation": m["normalisation"],
-                "box_from": "the predicted modality's non-zero region", "slice_axis": "axial (from affine)"}
+                "box_from": "the predicted modality's non-zero region",
+                "predict_window": "whole slice" if m["in_plane"] == "crop" else "box", "slice_axis": "axial (from affine)"}
 
     def _log(self, record: dict, writer) -> None:
         self.history.append(record)
@@ -303,11 +339,47 @@ class Trainer:
         atomic_write_json(self.run_dir / "splits.json", self.splits.to_json())
         atomic_write_json(self.run_dir / "labeled_subset.json", self.subset.to_json())
 
+    def _val_volumes(self) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[float, ...]]]:
+        """Val cases in the stored frame: (images (Z, M, H, W), labels (Z, H, W), spacing in mm)."""
+        images, labels, spacings = [], [], []
+        for case in self.splits.val:
+            meta = self.store.cases[case]
+            in_plane = [meta.spacing[a] for a in range(3) if a != meta.axial_axis]
+            scale = meta.box.side / meta.box.size  # 1 for crops; > 1 when the box was resized
+            spacings.append((meta.spacing[meta.axial_axis], in_plane[0] * scale, in_plane[1] * scale))
+            images.append(self.store.images(case))
+            labels.append(np.asarray(self.store.label(case)) > 0)
+        return images, labels, spacings
+
+    @torch.no_grad()
+    def _choose_postprocessing(self) -> dict[str, dict]:
+        """Per modality, the post-processing that works best on the val cases with the saved
+        (best) weights; stored in each weights file so ``predict`` applies it."""
+        images, labels, spacings = self._val_volumes()
+        choices: dict[str, dict] = {}
+        for m in self.modalities:
+            path = self.run_dir / "weights" / f"{m}.pt"
+            payload = load_checkpoint(path, "cpu")
+            if self.cfg.postprocess != "auto":
+                choices[m] = {"choice": check_spec(self.cfg.postprocess), "chosen_by": "config"}
+            else:
+                net = build_network(payload["network"])
+                net.load_state_dict(payload["state_dict"])
+                net.to(self.device)
+                c = self.store.modality_index(m)
+                probs = [predict_planes(net, vol[:, c], self.device, self.precision, channels_last=False)
+                         for vol in images]
+                choices[m] = {**choose_postprocess(probs, labels, spacings), "chosen_by": "validation"}
+            payload["postprocessing"] = choices[m]["choice"]
+            atomic_save_torch(payload, path)
+        return choices
+
     def _finish(self, seconds: float) -> dict[str, Any]:
         nets = self.method.predictors()
         for m in self.modalities:  # no val split: keep the last weights
             if m not in self.best:
                 self._save_weights(m, nets[m])
+        postprocessing = self._choose_postprocessing()
         info = {
             "semicml_version": __version__,
             "method": self.cfg.method,
@@ -329,6 +401,7 @@ class Trainer:
             "torch": torch.__version__,
             "seconds_last_session": round(seconds, 1),
             "best_val": self.best,
+            "postprocessing": postprocessing,
             "weights": {m: f"weights/{m}.pt" for m in self.modalities},
             **self.ctx.info,
         }

@@ -1,8 +1,10 @@
 """``semicml predict``: segment cases for which only ONE modality exists.
 
-Everything is derived from that modality alone: the axial axis from its affine, the in-plane box
-from its non-zero region, the normalisation from its own intensities. Masks are written on the
-original grid with the original affine and header.
+Everything is derived from that modality alone: the axial axis from its affine, the normalisation
+from its own intensities. The network sees the WHOLE slice (it is fully convolutional), so no
+tumour outside the training crop is lost; post-processing is the one chosen on validation and
+stored with the weights. Masks are written on the original grid with the original affine and
+header.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..data.preprocess import (
     normalise,
     paste_planes,
     to_axial_last,
+    whole_plane_box,
 )
 from ..data.readers import read_single_modality
 from ..checkpoint import load_checkpoint
@@ -32,6 +35,7 @@ from ..errors import DataError
 from ..hardware import Precision, resolve_device, resolve_precision
 from ..io_utils import atomic_path, atomic_write_text
 from ..models import build_network
+from .postprocess import NONE, apply_postprocess, check_spec
 from .predictor import predict_planes
 
 
@@ -64,24 +68,42 @@ def load_weights(run: str | Path, modality: str, device: torch.device):
 
 
 def probabilities_on_grid(net: torch.nn.Module, image: np.ndarray, affine: np.ndarray, preprocessing: dict,
-                          device: torch.device, precision: Precision, channels_last: bool = True) -> np.ndarray:
-    """Foreground probability of a single-modality 3D image, on the image's own voxel grid."""
+                          device: torch.device, precision: Precision, channels_last: bool = True,
+                          tta: bool = False) -> np.ndarray:
+    """Foreground probability of a single-modality 3D image, on the image's own voxel grid.
+
+    Stores made by cropping are predicted on the whole slice (padded to the network's
+    down-sampling factor); stores made by resizing use the same box as at training time.
+    """
     axis = axial_axis(affine)
     vol = to_axial_last(image, axis)
-    box = foreground_box(vol, int(preprocessing["size"]), preprocessing["in_plane"])
+    if preprocessing["in_plane"] == "crop":
+        box = whole_plane_box(vol.shape[:2], 2 ** getattr(net, "levels", 4))
+    else:
+        box = foreground_box(vol, int(preprocessing["size"]), preprocessing["in_plane"])
     normed, _ = normalise(vol, preprocessing["normalisation"])
     planes = extract_planes(normed, box).transpose(2, 0, 1)  # (Z, H, W)
-    probs = predict_planes(net, planes, device, precision, channels_last=channels_last)
+    probs = predict_planes(net, planes, device, precision, channels_last=channels_last, tta=tta)
     on_grid = paste_planes(probs.transpose(1, 2, 0), box, vol.shape[:2])
     return from_axial_last(on_grid, axis)
 
 
 def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_dir: str | Path,
                   device: str = "auto", precision: str = "auto", save_probabilities: bool = False,
-                  threshold: float = 0.5, progress: bool = True, cases: list[str] | None = None) -> list[Path]:
+                  threshold: float = 0.5, progress: bool = True, cases: list[str] | None = None,
+                  tta: bool = False, postprocess: str | None = None) -> list[Path]:
+    """Segment every case of ``input_path`` that has ``modality`` with that modality's network.
+
+    ``postprocess``: None uses the choice stored with the weights (made on validation); or
+    ``none``, ``largest``, ``min-size:<mm^3>``.
+    """
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     net, payload = load_weights(run, modality, dev)
+    try:
+        post = check_spec(postprocess if postprocess is not None else payload.get("postprocessing", NONE))
+    except ValueError as err:
+        raise DataError(str(err)) from None
     found = read_single_modality(input_path, modality)
     if cases is not None:
         ids = {cid for cid, _ in found}
@@ -98,8 +120,8 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
         for case_id, load in bar:
             case: Case = load()
             image = next(iter(case.images.values()))
-            probs = probabilities_on_grid(net, image, case.affine, payload["preprocessing"], dev, prec)
-            mask = (probs > threshold).astype(np.uint8)
+            probs = probabilities_on_grid(net, image, case.affine, payload["preprocessing"], dev, prec, tta=tta)
+            mask = apply_postprocess((probs > threshold).astype(np.uint8), post, case.spacing)
             header = case.header.copy() if case.header is not None else None
             path = out_dir / f"{case_id}.nii.gz"
             atomic_save_nifti(nib.Nifti1Image(mask, case.affine, header), path, dtype=np.uint8)
@@ -109,5 +131,6 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
                                   out_dir / f"{case_id}_prob.nii.gz", dtype=np.float32)
     atomic_write_text(out_dir / "predict.json", json.dumps({"run": str(run), "modality": modality,
                                                       "input": str(input_path), "cases": [p.name for p in written],
-                                                      "threshold": threshold}, indent=1))
+                                                      "threshold": threshold, "tta": tta,
+                                                      "postprocessing": post}, indent=1))
     return written

@@ -24,6 +24,7 @@ def prel_loss(
     dice_weight: float = 7.0,
     similarity: str = "dice",
     temperature: float = 1.0,
+    dice_reduction: str = "batch",
 ) -> Tensor:
     """PReL re-learning loss ``(1 - alpha) * Lsup(logits_weak, y_soft) + alpha * ASC(y_soft, sigmoid(logits_weak))``.
 
@@ -36,7 +37,8 @@ def prel_loss(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"prel_loss: alpha must be in [0, 1], got {alpha}")
     y_soft = soft_labels.detach()
-    sup = supervised_loss(logits_weak, y_soft, bce_weight=bce_weight, dice_weight=dice_weight)
+    sup = supervised_loss(logits_weak, y_soft, bce_weight=bce_weight, dice_weight=dice_weight,
+                          dice_reduction=dice_reduction)
     with fp32_region(logits_weak):
         p_weak = torch.sigmoid(logits_weak.float())
     asc = asc_loss(y_soft, p_weak, similarity=similarity, temperature=temperature)

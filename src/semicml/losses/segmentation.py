@@ -49,8 +49,13 @@ def soft_dice_similarity(u: Tensor, v: Tensor, eps: float = 1e-5) -> Tensor:
         return num / den
 
 
-def dice_loss(probs: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
-    """Soft Dice loss ``1 - s(probs, target)`` per sample over ``(C, H, W)``, then mean over batch.
+def dice_loss(probs: Tensor, target: Tensor, eps: float = 1e-5, reduction: str = "batch") -> Tensor:
+    """Soft Dice loss ``1 - (2 sum(p y) + eps) / (sum(p^2) + sum(y^2) + eps)``.
+
+    ``reduction="batch"`` (the reference): one Dice per channel with the sums over every pixel of
+    every slice of the batch, then the mean over channels. A tumour-free slice then costs only
+    what it adds to the batch's false positives, instead of a loss near 1 for any faint
+    prediction. ``reduction="slice"``: the mean over samples of per-sample Dice over ``(C, H, W)``.
 
     Shape contract: ``probs`` (probabilities, not logits) and ``target`` (hard or soft labels in
     [0, 1]): ``(B, C, H, W)``, same shape. Returns a float32 scalar; an empty batch gives 0.
@@ -58,11 +63,20 @@ def dice_loss(probs: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
     check_pair("dice_loss", probs, target, "probs", "target")
     if probs.shape[0] == 0:
         return zero_with_graph(probs, target)
-    return (1.0 - soft_dice_similarity(probs, target, eps)).mean()
+    if reduction == "slice":
+        return (1.0 - soft_dice_similarity(probs, target, eps)).mean()
+    if reduction != "batch":
+        raise ValueError(f"dice_loss: reduction must be 'batch' or 'slice', got {reduction!r}")
+    with fp32_region(probs):
+        p = probs.float().transpose(0, 1).flatten(1)  # (C, B*H*W)
+        y = target.float().transpose(0, 1).flatten(1)
+        num = 2.0 * (p * y).sum(1) + eps
+        den = (p * p).sum(1) + (y * y).sum(1) + eps
+        return (1.0 - num / den).mean()
 
 
 def supervised_loss(
-    logits: Tensor, target: Tensor, bce_weight: float = 10.0, dice_weight: float = 7.0
+    logits: Tensor, target: Tensor, bce_weight: float = 10.0, dice_weight: float = 7.0, dice_reduction: str = "batch"
 ) -> Tensor:
     """``bce_weight * BCEWithLogits(logits, target) + dice_weight * dice_loss(sigmoid(logits), target)``.
 
@@ -78,7 +92,7 @@ def supervised_loss(
         z = logits.float()
         y = target.float()
         bce = F.binary_cross_entropy_with_logits(z, y)
-        return bce_weight * bce + dice_weight * dice_loss(torch.sigmoid(z), y)
+        return bce_weight * bce + dice_weight * dice_loss(torch.sigmoid(z), y, reduction=dice_reduction)
 
 
 def mutual_mse(p_a: Tensor, p_b: Tensor) -> Tensor:
@@ -107,10 +121,11 @@ def sigmoid_rampup(step: float, length: float) -> float:
 class SupervisedLoss(nn.Module):
     """Module wrapper of :func:`supervised_loss` (``forward(logits, target)``)."""
 
-    def __init__(self, bce_weight: float = 10.0, dice_weight: float = 7.0):
+    def __init__(self, bce_weight: float = 10.0, dice_weight: float = 7.0, dice_reduction: str = "batch"):
         super().__init__()
         self.bce_weight = bce_weight
         self.dice_weight = dice_weight
+        self.dice_reduction = dice_reduction
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return supervised_loss(logits, target, self.bce_weight, self.dice_weight)
+        return supervised_loss(logits, target, self.bce_weight, self.dice_weight, self.dice_reduction)

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from ..losses import supervised_loss
 
 Batch = dict[str, torch.Tensor]
 
@@ -31,6 +32,15 @@ class MethodContext:
     device: torch.device
     new_network: Callable[[], nn.Module]
     info: dict = field(default_factory=dict)  # facts a method records for run.json (teacher choice ...)
+    # A stage continued from another run (``init``) sits at the end of one longer schedule:
+    # iteration ``i`` here is iteration ``schedule_offset + i`` of ``schedule_total``.
+    schedule_offset: int = 0
+    schedule_total: int | None = None
+
+    def progress(self, iteration: int) -> float:
+        """Fraction of the whole schedule reached at ``iteration`` (0-based, this run's count)."""
+        total = self.schedule_total or self.total_iterations
+        return (self.schedule_offset + iteration) / max(total, 1)
 
 
 class Method(nn.Module):
@@ -43,6 +53,9 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     needs_unlabeled: ClassVar[bool] = True
     multi_modal: ClassVar[bool] = False  # True when modalities interact during training
+    # With ``init``, a method that is the second stage of another's schedule (PReL) defaults to
+    # the rest of that schedule; others start from the init weights with a budget of their own.
+    continues_schedule: ClassVar[bool] = False
 
     def __init__(self, ctx: MethodContext):
         super().__init__()
@@ -60,6 +73,24 @@ class Method(nn.Module):
     def target(label: torch.Tensor) -> torch.Tensor:
         """(B, H, W) class map -> (B, 1, H, W) float binary target."""
         return (label > 0).float().unsqueeze(1)
+
+    def supervised(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The configured supervised loss (10 BCE + 7 Dice by default), shared by every method."""
+        sc = self.cfg.semicml
+        return supervised_loss(logits, target, bce_weight=sc.bce_weight, dice_weight=sc.dice_weight,
+                               dice_reduction=sc.dice_reduction)
+
+    def train(self, mode: bool = True) -> "Method":
+        """Train mode, with the students' dropout off unless ``model.student_dropout`` (reference).
+
+        Teachers keep their dropout modules: their Monte-Carlo passes switch them on explicitly.
+        """
+        super().train(mode)
+        if mode and not self.cfg.model.student_dropout:
+            for module in self.students.modules():
+                if isinstance(module, nn.modules.dropout._DropoutNd):
+                    module.eval()
+        return self
 
     # -- the interface -----------------------------------------------------------------------
     def train_step(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:

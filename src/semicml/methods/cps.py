@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import sigmoid_rampup, supervised_loss
+from ..losses import sigmoid_rampup
 from ..losses.segmentation import fp32_region
 from .base import Batch, Method, MethodContext, register
 
@@ -65,7 +65,6 @@ class CPS(Method):
         return c.weight * sigmoid_rampup(iteration, c.rampup_fraction * self.ctx.total_iterations)
 
     def train_step(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
-        sc = self.cfg.semicml
         y = self.target(batch["label_l"])
         n_lab = y.shape[0]
         weight = self.cps_weight(iteration)
@@ -77,8 +76,7 @@ class CPS(Method):
             z1 = self.students[str(i)](x).float()
             z2 = self.students[self.second_key(i)](x).float()
             for tag, z in (("1", z1), ("2", z2)):
-                losses[f"sup/{m}/{tag}"] = supervised_loss(z[:n_lab], y, bce_weight=sc.bce_weight,
-                                                           dice_weight=sc.dice_weight)
+                losses[f"sup/{m}/{tag}"] = self.supervised(z[:n_lab], y)
             losses[f"cps/{m}/1<-2"] = pseudo_ce(z1, z2)
             losses[f"cps/{m}/2<-1"] = pseudo_ce(z2, z1)
             total = (total + losses[f"sup/{m}/1"] + losses[f"sup/{m}/2"]

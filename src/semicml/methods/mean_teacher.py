@@ -45,20 +45,18 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..losses import mutual_mse, sigmoid_rampup, supervised_loss
+from ..losses import mutual_mse, sigmoid_rampup
 from .base import Batch, Method, MethodContext, register
-from .teachers import blend_, enable_mc_dropout, frozen_copy
+from ..models.modes import enable_mc_dropout, modes_restored
+from .teachers import blend_, frozen_copy
 
 
 @contextmanager
 def mc_dropout_mode(net: nn.Module) -> Iterator[nn.Module]:
     """Dropout on, BatchNorm frozen (running stats) inside the block; the previous mode after it."""
-    was_training = net.training
-    enable_mc_dropout(net)
-    try:
+    with modes_restored(net):
+        enable_mc_dropout(net)
         yield net
-    finally:
-        net.train(was_training)
 
 
 @register
@@ -95,7 +93,6 @@ class MeanTeacher(Method):
 
     # -- the interface ------------------------------------------------------------------------
     def train_step(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
-        sc = self.cfg.semicml
         y = self.target(batch["label_l"])
         n_lab = y.shape[0]
         weight = self.consistency_weight(iteration)
@@ -105,8 +102,7 @@ class MeanTeacher(Method):
             key = str(i)
             x_l, x_u = self.channel(batch["images_l"], i), self.channel(batch["images_u"], i)
             logits = self.students[key](torch.cat([x_l, self.noisy(x_u)])).float()
-            losses[f"sup/{m}"] = supervised_loss(logits[:n_lab], y, bce_weight=sc.bce_weight,
-                                                 dice_weight=sc.dice_weight)
+            losses[f"sup/{m}"] = self.supervised(logits[:n_lab], y)
             p_student = torch.sigmoid(logits[n_lab:])
             losses[f"consistency/{m}"], extras = self.consistency(key, x_u, p_student, iteration)
             losses.update({f"{name}/{m}": value.detach() for name, value in extras.items()})

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..losses import prel_loss, supervised_loss
+from ..losses import prel_loss
 from .base import Batch, MethodContext, register
 from .semicml import SemiCML
 from .teachers import mc_soft_labels
@@ -36,6 +36,20 @@ class SemiCMLPReL(SemiCML):
 
     def phase(self, iteration: int) -> str:
         return "prel" if iteration >= self.start_iteration else "semicml"
+
+    def offer_to_bma(self, iteration: int) -> bool:
+        # The teacher is frozen once PReL starts (reference): a teacher that kept averaging the
+        # students it teaches would feed their mistakes back. The validation AT the boundary
+        # (iteration == start) still scores the end of stage 1.
+        return iteration <= self.start_iteration and super().offer_to_bma(iteration)
+
+    def refines(self, index: int, iteration: int) -> bool:
+        """Whether network ``index`` re-learns at ``iteration``: every weaker one always, the
+        teacher's own modality only late (reference: from epoch 75 of 81) if enabled."""
+        pc = self.cfg.prel
+        if index != self.teacher_index:
+            return True
+        return pc.refine_teacher_modality and self.ctx.progress(iteration) >= pc.refine_teacher_from
 
     def choose_teacher(self) -> int:
         """Index of the teacher modality: the user's choice, else best validation Dice so far."""
@@ -59,7 +73,7 @@ class SemiCMLPReL(SemiCML):
                                     "val_dice_after_stage1": {m: self.best_val.get(m) for m in mods}}
         return index
 
-    def prel_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def prel_losses(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
         pc, sc = self.cfg.prel, self.cfg.semicml
         t = self.teacher_index
         x = torch.cat([batch["images_l"], batch["images_u"]])
@@ -67,17 +81,16 @@ class SemiCMLPReL(SemiCML):
         soft = mc_soft_labels(teacher, self.channel(x, t), pc.mc_samples, pc.noise_std, pc.noise_clip)
         losses: dict[str, torch.Tensor] = {}
         for i, m in enumerate(self.ctx.modalities):
-            if i == t and not pc.refine_teacher_modality:
+            if not self.refines(i, iteration):
                 continue
             logits = self.students[str(i)](self.channel(x, i)).float()
             losses[f"prel/{m}"] = prel_loss(logits, soft, alpha=pc.alpha, bce_weight=sc.bce_weight,
                                             dice_weight=sc.dice_weight, similarity=sc.similarity,
-                                            temperature=sc.temperature)
+                                            temperature=sc.temperature, dice_reduction=sc.dice_reduction)
             if pc.keep_supervised and batch["images_l"].shape[0] > 0:
                 n_lab = batch["images_l"].shape[0]
-                losses[f"sup/{m}"] = supervised_loss(logits[:n_lab], self.target(batch["label_l"]),
-                                                     bce_weight=sc.bce_weight, dice_weight=sc.dice_weight)
-        losses["loss"] = sum(losses.values())
+                losses[f"sup/{m}"] = self.supervised(logits[:n_lab], self.target(batch["label_l"]))
+        losses["loss"] = sum(losses.values())  # never empty: every weaker network always re-learns
         return losses
 
     def train_step(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
@@ -85,7 +98,7 @@ class SemiCMLPReL(SemiCML):
             return self.semicml_losses(batch, iteration)
         if self.teacher_index is None:
             self.teacher_index = self.choose_teacher()
-        return self.prel_losses(batch)
+        return self.prel_losses(batch, iteration)
 
     def extra_state(self) -> dict:
         state = super().extra_state()
@@ -106,6 +119,7 @@ class PReL(SemiCMLPReL):
     """Stage 2 alone, from a finished stage-1 run (``init``): networks, teachers and scores."""
 
     name = "prel"
+    continues_schedule = True
 
     def __init__(self, ctx: MethodContext):
         if not ctx.cfg.init:

@@ -16,7 +16,7 @@ from itertools import combinations
 import torch
 from torch import nn
 
-from ..losses import multi_asc_loss, mutual_mse, sigmoid_rampup, supervised_loss
+from ..losses import multi_asc_loss, mutual_mse, sigmoid_rampup
 from .base import Batch, Method, MethodContext, register
 from .teachers import BestModelAverage, frozen_copy
 
@@ -49,7 +49,7 @@ class SemiCML(Method):
         y = self.target(batch["label_l"])
         losses: dict[str, torch.Tensor] = {}
         for m, lg in zip(self.ctx.modalities, logits):
-            losses[f"sup/{m}"] = supervised_loss(lg[:n_lab], y, bce_weight=sc.bce_weight, dice_weight=sc.dice_weight)
+            losses[f"sup/{m}"] = self.supervised(lg[:n_lab], y)
         total = sum(losses.values())
         probs_u = [torch.sigmoid(lg[n_lab:]) for lg in logits]
         if self.use_asc and sc.asc_weight > 0:
@@ -68,11 +68,17 @@ class SemiCML(Method):
     def train_step(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
         return self.semicml_losses(batch, iteration)
 
+    def offer_to_bma(self, iteration: int) -> bool:
+        """Early, still-chaotic models are kept out of the teacher (reference: epochs <= 10 of 81)."""
+        return self.ctx.progress(iteration) >= self.cfg.prel.bma_from
+
     def on_validation(self, iteration: int, val_dice: dict[str, float]) -> None:
+        offer = self.offer_to_bma(iteration)
         for i, m in enumerate(self.ctx.modalities):
             if m in val_dice:
                 key = str(i)
-                self.bma[key].update(val_dice[m], self.teachers[key], self.students[key])
+                if offer:
+                    self.bma[key].update(val_dice[m], self.teachers[key], self.students[key])
                 self.best_val[m] = max(self.best_val.get(m, float("-inf")), val_dice[m])
 
     def extra_state(self) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import supervised_loss
 from .base import Batch, Method, register
 
 
@@ -19,10 +18,9 @@ class Supervised(Method):
 
     def train_step(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
         y = self.target(batch["label_l"])
-        sc = self.cfg.semicml
         losses: dict[str, torch.Tensor] = {}
         for i, m in enumerate(self.ctx.modalities):
             logits = self.students[str(i)](self.channel(batch["images_l"], i)).float()
-            losses[f"sup/{m}"] = supervised_loss(logits, y, bce_weight=sc.bce_weight, dice_weight=sc.dice_weight)
+            losses[f"sup/{m}"] = self.supervised(logits, y)
         losses["loss"] = sum(losses.values())
         return losses

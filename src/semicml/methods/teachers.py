@@ -10,6 +10,8 @@ import copy
 import torch
 from torch import nn
 
+from ..models.modes import enable_mc_dropout, modes_restored
+
 
 def frozen_copy(net: nn.Module) -> nn.Module:
     teacher = copy.deepcopy(net)
@@ -68,22 +70,13 @@ class BestModelAverage:
         self.pool, self.started = list(state["pool"]), bool(state["started"])
 
 
-def enable_mc_dropout(net: nn.Module) -> None:
-    """eval() everywhere (BatchNorm uses running stats) but dropout active."""
-    net.eval()
-    for module in net.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd):
-            module.train()
-
-
 @torch.no_grad()
 def mc_soft_labels(net: nn.Module, x: torch.Tensor, samples: int, noise_std: float, noise_clip: float) -> torch.Tensor:
     """mean_t sigmoid(f(x + n_t)) with dropout on and clipped Gaussian input noise: (B,1,H,W)."""
-    was_training = net.training
-    enable_mc_dropout(net)
     acc = torch.zeros_like(x, dtype=torch.float32)
-    for _ in range(samples):
-        noise = torch.clamp(torch.randn_like(x) * noise_std, -noise_clip, noise_clip)
-        acc += torch.sigmoid(net(x + noise).float())
-    net.train(was_training)
+    with modes_restored(net):
+        enable_mc_dropout(net)
+        for _ in range(samples):
+            noise = torch.clamp(torch.randn_like(x) * noise_std, -noise_clip, noise_clip)
+            acc += torch.sigmoid(net(x + noise).float())
     return acc / samples
