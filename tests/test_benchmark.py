@@ -218,3 +218,48 @@ def test_shipped_configs_validate(name, monkeypatch):
     names = [e.name for e in cfg.methods]
     assert "supervised" in names and "supervised-100%" in names and "semicml-prel" in names
     assert Path(cfg.out).is_absolute()
+
+
+def test_cross_validation_tests_every_patient_once_and_compares_per_patient(grid, tmp_path):
+    """2-fold CV on the 6 phantom cases: each labelled case is a test case exactly once per
+    method and modality, folds are written, rows pool the folds, the paired table is there."""
+    spec = {"store": str(grid["root"] / "store"), "dataset": str(grid["root"] / "data"), "out": str(tmp_path / "cv"),
+            "seeds": [0], "labeled_fraction": 0.3, "train": TINY_TRAIN,
+            "cross_validation": {"folds": 2, "val_cases": 1}, "reference": "semicml",
+            "methods": ["supervised", "semicml"]}
+    (tmp_path / "cv.yaml").write_text(yaml.safe_dump(spec))
+    cfg = load_benchmark_config(tmp_path / "cv.yaml")
+    rows = run_benchmark(cfg, progress=False, echo=lambda line: None)
+    out = tmp_path / "cv"
+    assert {r["fold"] for r in rows} == {0, 1} and all(r["status"] == "ok" for r in rows)
+    folds = [json.loads((out / "splits" / f"fold{k}.json").read_text()) for k in (0, 1)]
+    tested = folds[0]["test"] + folds[1]["test"]
+    assert sorted(tested) == sorted(f"phantom_{i:03d}" for i in range(6))  # every patient tested once
+    for f in folds:
+        assert not set(f["test"]) & set(f["train"] + f["val"]) and len(f["val"]) == 1
+    with open(out / "cases.csv", newline="") as fh:
+        cases = list(csv.DictReader(fh))
+    for method in ("supervised", "semicml"):
+        for mod in ("T2", "T1ce"):
+            got = sorted(c["case"] for c in cases if c["method"] == method and c["modality"] == mod)
+            assert got == sorted(tested)
+    summary = json.loads((out / "results.json").read_text())
+    pooled = summary["summary"]["T2"]["supervised"]["dice"]["mean"]
+    by_case = [float(c["dice"]) for c in cases if c["method"] == "supervised" and c["modality"] == "T2"]
+    assert pooled == pytest.approx(sum(by_case) / len(by_case))  # the mean over ALL patients of all folds
+    paired = [e for e in summary["paired"] if e["metric"] == "dice" and e["modality"] == "T2"]
+    assert paired and paired[0]["n_patients"] == 6 and paired[0]["other"] == "supervised"
+    sem = {c["case"]: float(c["dice"]) for c in cases if c["method"] == "semicml" and c["modality"] == "T2"}
+    sup = {c["case"]: float(c["dice"]) for c in cases if c["method"] == "supervised" and c["modality"] == "T2"}
+    assert paired[0]["mean_diff"] == pytest.approx(sum(sem[c] - sup[c] for c in sem) / 6)
+    assert paired[0]["ci_low"] <= paired[0]["mean_diff"] <= paired[0]["ci_high"]
+    assert "Paired per-patient comparison" in (out / "results.md").read_text()
+    # resumed: nothing retrained, same folds
+    again = run_benchmark(cfg, progress=False, echo=lambda line: None)
+    assert {r["action"] for r in again} == {"skipped"}
+
+
+def test_cross_validation_and_fixed_splits_are_exclusive(tmp_path):
+    with pytest.raises(Exception, match="not both"):
+        BenchmarkConfig.model_validate({"store": "s", "dataset": "d", "splits": "x.json", "methods": ["supervised"],
+                                        "cross_validation": {"folds": 2}})

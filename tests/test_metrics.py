@@ -41,7 +41,22 @@ def _cube(shape, start, side) -> np.ndarray:
 
 def test_metric_tables_are_consistent():
     assert set(HIGHER_IS_BETTER) == set(METRICS)
-    assert DISTANCE_METRICS == {m for m in METRICS if not HIGHER_IS_BETTER[m]}
+    assert DISTANCE_METRICS == {m for m in METRICS if not HIGHER_IS_BETTER[m]} - {"components"}
+
+
+def test_components_counts_islands_of_the_prediction():
+    ref = np.zeros((12, 12, 12), bool)
+    ref[2:6, 2:6, 2:6] = True
+    pred = ref.copy()
+    pred[9, 9, 9] = True            # a far island
+    pred[7, 7, 7] = True            # diagonal neighbour of (6, 6, 6)
+    pred[6, 6, 6] = True            # diagonal neighbour of the cube's corner (5, 5, 5): joins the cube
+    from semicml.evaluation.metrics import count_components
+    # (6,6,6) joins the cube, (7,7,7) joins (6,6,6): one chain; (9,9,9) alone -> 2 components.
+    assert count_components(pred) == 2
+    assert case_metrics(pred, ref, (1, 1, 1))["components"] == 2.0
+    assert case_metrics(np.zeros_like(ref), ref, (1, 1, 1))["components"] == 0.0
+    assert case_metrics(pred, np.zeros_like(ref), (1, 1, 1))["components"] == 2.0
     assert "volume diagonal" in EMPTY_MASK_RULE
 
 
@@ -129,7 +144,9 @@ def test_identical_masks():
     mask = ndimage.binary_opening(rng.random((10, 12, 8)) > 0.4)
     assert mask.any()
     m = case_metrics(mask, mask.copy(), SPACING)
-    assert m == {"dice": 1.0, "jaccard": 1.0, "hd95": 0.0, "asd": 0.0, "precision": 1.0, "sensitivity": 1.0}
+    n_islands = float(ndimage.label(mask, structure=np.ones((3, 3, 3)))[1])
+    assert m == {"dice": 1.0, "jaccard": 1.0, "hd95": 0.0, "asd": 0.0, "precision": 1.0, "sensitivity": 1.0,
+                 "components": n_islands}
 
 
 def _reference_surface_metrics(pred, ref, spacing):
@@ -193,7 +210,8 @@ def test_result_keys_and_types():
 
 def test_both_empty():
     m = case_metrics(_vol((4, 5, 6)), _vol((4, 5, 6)), SPACING)
-    assert m == {"dice": 1.0, "jaccard": 1.0, "hd95": 0.0, "asd": 0.0, "precision": 1.0, "sensitivity": 1.0}
+    assert m == {"dice": 1.0, "jaccard": 1.0, "hd95": 0.0, "asd": 0.0, "precision": 1.0, "sensitivity": 1.0,
+                 "components": 0.0}
 
 
 @pytest.mark.parametrize("empty", ["pred", "ref"])

@@ -18,9 +18,12 @@ from semicml.io_utils import atomic_path, atomic_save_torch, atomic_write_json, 
 
 def _rows() -> list[dict]:
     return [
-        {"case": "A", "dice": 0.5, "jaccard": 0.3, "hd95": 10.0, "asd": 2.0, "precision": 0.4, "sensitivity": 0.6},
-        {"case": "B", "dice": 0.7, "jaccard": 0.5, "hd95": 20.0, "asd": 4.0, "precision": 0.6, "sensitivity": 0.8},
-        {"case": "C", "dice": 0.9, "jaccard": 0.7, "hd95": 30.0, "asd": 6.0, "precision": 0.8, "sensitivity": 1.0},
+        {"case": "A", "dice": 0.5, "jaccard": 0.3, "hd95": 10.0, "asd": 2.0, "precision": 0.4, "sensitivity": 0.6,
+         "components": 1.0},
+        {"case": "B", "dice": 0.7, "jaccard": 0.5, "hd95": 20.0, "asd": 4.0, "precision": 0.6, "sensitivity": 0.8,
+         "components": 3.0},
+        {"case": "C", "dice": 0.9, "jaccard": 0.7, "hd95": 30.0, "asd": 6.0, "precision": 0.8, "sensitivity": 1.0,
+         "components": 5.0},
     ]
 
 

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from semicml.config import StrictModel, deep_merge, format_validation_error, load_yaml_mapping
 from semicml.errors import ConfigError
 
-__all__ = ["GRID_KEYS", "BenchmarkConfig", "MethodEntry", "PhantomSpec", "PrepareSection", "load_benchmark_config"]
+__all__ = ["GRID_KEYS", "BenchmarkConfig", "CrossValidationSection", "MethodEntry", "PhantomSpec", "PrepareSection", "load_benchmark_config"]
 
 # Set by the grid itself; not allowed in ``train`` or an entry's ``overrides``.
 GRID_KEYS = ("method", "seed", "labeled_fraction", "splits")
@@ -103,6 +103,14 @@ class PrepareSection(StrictModel):
         return self.input is not None and self.input.strip().lower() == "phantom"
 
 
+class CrossValidationSection(StrictModel):
+    """k-fold cross-validation over the labelled cases: every patient is tested exactly once."""
+
+    folds: int = Field(4, ge=2)
+    val_cases: int = Field(2, ge=1, description="validation patients per fold, drawn from the training folds")
+    seed: int = Field(0, ge=0, description="shuffles the patients before dealing them into folds")
+
+
 class BenchmarkConfig(StrictModel):
     store: Optional[str] = Field(None, description="slice store (default with prepare: OUT/store)")
     dataset: Optional[str] = Field(None, description="raw dataset root for the final 3D evaluation")
@@ -114,6 +122,9 @@ class BenchmarkConfig(StrictModel):
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides shared by all runs")
     profile: Optional[str] = None
     prepare: Optional[PrepareSection] = None
+    cross_validation: Optional[CrossValidationSection] = None
+    reference: Optional[str] = Field(None, description="entry compared per patient with every other entry "
+                                     "(default: the entry running semicml-prel, if any)")
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -142,6 +153,10 @@ class BenchmarkConfig(StrictModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"method names must be unique: {', '.join(dup)} repeated")
+        if self.cross_validation is not None and self.splits is not None:
+            raise ValueError("give either 'splits' (one fixed split) or 'cross_validation', not both")
+        if self.reference is not None and self.reference not in names:
+            raise ValueError(f"reference {self.reference!r} is not a method name ({', '.join(names)})")
         if self.profile is not None and self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r} (choose from {', '.join(PROFILES)})")
         if self.store is None and self.prepare is None:
@@ -162,6 +177,14 @@ class BenchmarkConfig(StrictModel):
         return self
 
     # -- helpers
+    def reference_name(self) -> str | None:
+        if self.reference is not None:
+            return self.reference
+        return next((e.name for e in self.methods if e.method == "semicml-prel"), None)
+
+    def folds(self) -> list[int | None]:
+        return [None] if self.cross_validation is None else list(range(self.cross_validation.folds))
+
     def fraction(self, entry: MethodEntry) -> float:
         return self.labeled_fraction if entry.labeled_fraction is None else entry.labeled_fraction
 

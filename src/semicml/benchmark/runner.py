@@ -82,11 +82,29 @@ def first_difference(old: Any, new: Any, where: str = "") -> str:
     return f"{where or 'value'}: {old!r} -> {new!r}"
 
 
-def _row(entry: MethodEntry, cfg: BenchmarkConfig, seed: int, modality: str, run_rel: str) -> dict[str, Any]:
+def _row(entry: MethodEntry, cfg: BenchmarkConfig, seed: int, modality: str, run_rel: str,
+         fold: int | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {k: None for k in RESULT_COLUMNS}
-    row.update(method=entry.name, method_id=entry.method, modality=modality, seed=seed,
+    row.update(method=entry.name, method_id=entry.method, modality=modality, seed=seed, fold=fold,
                labeled_fraction=cfg.fraction(entry), run_dir=run_rel)
     return row
+
+
+def _fold_splits(cfg: BenchmarkConfig, store, out: Path) -> dict[int, str]:
+    """Write (or check) ``OUT/splits/fold<k>.json``; a grid resumed under other folds is refused."""
+    from semicml.data.splits import make_cv_splits
+
+    cv = cfg.cross_validation
+    paths: dict[int, str] = {}
+    for k, splits in enumerate(make_cv_splits(store, cv.folds, cv.val_cases, cv.seed)):
+        path = out / "splits" / f"fold{k}.json"
+        data = {"description": f"fold {k} of {cv.folds}-fold cross-validation (seed {cv.seed})", **splits.to_json()}
+        if path.is_file() and json.loads(path.read_text()) != data:
+            raise ConfigError("holds another cross-validation split; use another out", path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, data)
+        paths[k] = str(path)
+    return paths
 
 
 def _train_and_evaluate(tcfg, store, dataset: Path, run_dir: Path, progress: bool) -> tuple[str, dict, dict]:
@@ -157,19 +175,21 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[st
     splits = str(Path(cfg.splits).resolve()) if cfg.splits else None
     if splits:
         load_splits(splits, store)
+    fold_splits = _fold_splits(cfg, store, out) if cfg.cross_validation else {}
 
-    # Seeds outer: a grid stopped early still compares every method on the seeds it finished.
-    grid = [(e, s) for s in cfg.seeds for e in cfg.methods]
+    # Seeds outer, then folds: a grid stopped early still compares every method on what it finished.
+    grid = [(e, s, f) for s in cfg.seeds for f in cfg.folds() for e in cfg.methods]
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(grid), desc="benchmark", unit="run", disable=not progress, dynamic_ncols=True)
     try:
-        for k, (entry, seed) in enumerate(grid, 1):
-            run_rel = f"runs/{entry.name}/seed{seed}"
+        for k, (entry, seed, fold) in enumerate(grid, 1):
+            run_rel = f"runs/{entry.name}/seed{seed}" + ("" if fold is None else f"/fold{fold}")
             run_dir = out / run_rel
-            tag = f"[{k}/{len(grid)}] {entry.name} seed {seed}"
-            bar.set_postfix_str(f"{entry.name} seed {seed}")
-            run_rows = _run_one(cfg, entry, seed, store, dataset, run_dir, run_rel, splits, progress,
-                                entry.name in selected)
+            where = f"seed {seed}" + ("" if fold is None else f" fold {fold}")
+            tag = f"[{k}/{len(grid)}] {entry.name} {where}"
+            bar.set_postfix_str(f"{entry.name} {where}")
+            run_rows = _run_one(cfg, entry, seed, store, dataset, run_dir, run_rel,
+                                splits if fold is None else fold_splits[fold], progress, entry.name in selected, fold)
             rows.extend(run_rows)
             say(f"{tag}: {summary_line(run_rows)}")
             bar.update()
@@ -182,7 +202,8 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[st
 
 
 def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset: Path, run_dir: Path,
-             run_rel: str, splits: str | None, progress: bool, selected: bool) -> list[dict[str, Any]]:
+             run_rel: str, splits: str | None, progress: bool, selected: bool,
+             fold: int | None = None) -> list[dict[str, Any]]:
     marker = run_dir / RESULT_MARKER
     modalities = list(store.modalities)
     try:
@@ -204,7 +225,7 @@ def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset
         seconds = round(time.time() - t0, 1)
         rows = []
         for m in info["modalities"]:
-            row = _row(entry, cfg, seed, m, run_rel)
+            row = _row(entry, cfg, seed, m, run_rel, fold)
             row.update({k: metrics[m].get(k) for k in METRICS})
             best = info.get("best_val", {}).get(m, {})
             row.update(n_test_cases=len(info["splits"]["test"]),
@@ -214,7 +235,7 @@ def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset
                        teacher=(info.get("teacher") or {}).get("modality"), iterations=info.get("iterations"),
                        status="ok", action=action, seconds=seconds)
             rows.append(row)
-        atomic_write_json(marker, {"name": entry.name, "method": entry.method, "seed": seed,
+        atomic_write_json(marker, {"name": entry.name, "method": entry.method, "seed": seed, "fold": fold,
                                    "labeled_fraction": cfg.fraction(entry), "seconds": seconds,
                                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                    "config": tcfg.model_dump(mode="json"), "rows": rows})
@@ -229,7 +250,7 @@ def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset
         status = f"failed: {_one_line(err)}"
         rows = []
         for m in modalities:
-            row = _row(entry, cfg, seed, m, run_rel)
+            row = _row(entry, cfg, seed, m, run_rel, fold)
             row.update(status=status, action="failed")
             rows.append(row)
         return rows

@@ -17,15 +17,16 @@ from semicml.io_utils import atomic_write_json, atomic_write_text
 if TYPE_CHECKING:
     from semicml.benchmark.config import BenchmarkConfig
 
-__all__ = ["RESULT_COLUMNS", "TABLE_METRICS", "results_csv", "summarize_rows", "summary_line", "write_results",
+__all__ = ["RESULT_COLUMNS", "TABLE_METRICS", "combine_folds", "results_csv", "summarize_rows", "summary_line", "write_results",
            "write_tables"]
 
 RESULT_COLUMNS: tuple[str, ...] = (
-    "method", "method_id", "modality", "seed", "labeled_fraction", *METRICS, "n_test_cases", "n_labeled_slices",
+    "method", "method_id", "modality", "seed", "fold", "labeled_fraction", *METRICS, "n_test_cases", "n_labeled_slices",
     "best_val_dice", "best_val_iteration", "teacher", "iterations", "status", "action", "seconds", "run_dir",
 )
 TABLE_METRICS: tuple[tuple[str, str, bool], ...] = (  # (key, label, higher is better)
-    ("dice", "Dice", True), ("jaccard", "Jaccard", True), ("hd95", "HD95 (mm)", False), ("asd", "ASD (mm)", False))
+    ("dice", "Dice", True), ("jaccard", "Jaccard", True), ("hd95", "HD95 (mm)", False), ("asd", "ASD (mm)", False),
+    ("components", "Islands", False))
 
 
 def summary_line(rows: list[dict[str, Any]]) -> str:
@@ -195,6 +196,34 @@ def _markdown(rows: Sequence[dict[str, Any]], labeled_fraction: float | None, ti
     return "\n".join(lines)
 
 
+def combine_folds(rows: Sequence[dict[str, Any]], n_folds: int) -> list[dict[str, Any]]:
+    """Cross-validated grids: one row per (method, modality, seed) with every metric averaged over
+    ALL test patients of the folds (fold means weighted by their test-case counts). A seed whose
+    folds are not all finished and successful is reported as incomplete, never as a partial mean."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["modality"], r["seed"]), []).append(r)
+    combined = []
+    for parts in groups.values():
+        row = {**parts[0], "fold": None, "run_dir": parts[0]["run_dir"]}
+        ok = [p for p in parts if p.get("status") == "ok"]
+        if len(ok) < n_folds:
+            failed = [p for p in parts if p.get("status") != "ok"]
+            row.update({k: None for k in METRICS},
+                       status=failed[0]["status"] if failed else f"incomplete: {len(ok)} of {n_folds} folds",
+                       action="failed" if failed else "incomplete")
+        else:
+            weights = np.asarray([p["n_test_cases"] for p in ok], dtype=np.float64)
+            for key in METRICS:
+                vals = [finite_number(p.get(key)) for p in ok]
+                row[key] = None if any(v is None for v in vals) else float(np.average(vals, weights=weights))
+            row.update(n_test_cases=int(weights.sum()), seconds=float(sum(p["seconds"] or 0 for p in ok)),
+                       best_val_dice=float(np.mean([p["best_val_dice"] or 0 for p in ok])),
+                       teacher=",".join(dict.fromkeys(p["teacher"] for p in ok if p.get("teacher"))) or None)
+        combined.append(row)
+    return combined
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -215,15 +244,29 @@ def write_results(rows: Sequence[dict[str, Any]], out: str | Path, labeled_fract
     rows); validation curves are read from ``out/<row run_dir>/log.jsonl``. Returns the paths.
     A plot with nothing to show (every run failed) is skipped, not an error.
     """
+    from semicml.benchmark.paired import collect_case_rows, paired_comparison, paired_markdown
+
     out = Path(out)
     rows = list(rows)
-    extra: dict[str, Any] = {"summary": summarize_rows(rows)}
+    cv = benchmark.cross_validation if benchmark is not None else None
+    table_rows = combine_folds(rows, cv.folds) if cv is not None else rows
+    case_rows = collect_case_rows(rows, out)
+    reference = benchmark.reference_name() if benchmark is not None else None
+    comparison = paired_comparison(case_rows, reference) if reference and case_rows else []
+    extra: dict[str, Any] = {"summary": summarize_rows(table_rows), "paired": comparison}
     if benchmark is not None:
         extra = {"benchmark": benchmark.model_dump(mode="json"), **extra}
     write_tables(rows, out, extra)
+    atomic_write_text(out / "cases.csv", rows_to_csv(case_rows, list(dict.fromkeys(k for c in case_rows for k in c))))
     title = title or f"Benchmark: {out.name}"
-    atomic_write_text(out / "results.md", _markdown(rows, labeled_fraction, title))
-    paths = {"csv": out / "results.csv", "json": out / "results.json", "md": out / "results.md"}
+    text = _markdown(table_rows, labeled_fraction, title)
+    if cv is not None:
+        text += (f"\n{cv.folds}-fold cross-validation (seed {cv.seed}, {cv.val_cases} validation patients per fold): "
+                 "each row pools every test patient of all folds; folds in `splits/`.\n")
+    atomic_write_text(out / "results.md", text + "\n" + paired_markdown(comparison))
+    paths = {"csv": out / "results.csv", "json": out / "results.json", "md": out / "results.md",
+             "cases": out / "cases.csv"}
+    rows = table_rows
     ok = _ok(rows)
     if any(finite_number(r.get("dice")) is not None for r in ok):
         paths["dice"] = plot_metric_bars(ok, "dice", out / "dice.png")

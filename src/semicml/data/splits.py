@@ -75,6 +75,35 @@ def make_splits(store: SliceStore, seed: int = 0, val_fraction: float = 0.15, te
     return Splits(sorted(train) + unlabeled, sorted(val), sorted(test))
 
 
+def make_cv_splits(store: SliceStore, folds: int, val_cases: int = 2, seed: int = 0) -> list[Splits]:
+    """k-fold cross-validation at patient level: every labelled case is a TEST case exactly once.
+
+    The labelled cases are shuffled by ``seed`` and dealt into ``folds`` test folds (sizes differ
+    by at most one). For each fold, ``val_cases`` of the remaining labelled cases (seeded) form the
+    validation split used for model selection; the rest, plus every unlabelled case, train.
+    """
+    labeled = sorted(c for c, m in store.cases.items() if m.labeled)
+    unlabeled = sorted(c for c, m in store.cases.items() if not m.labeled)
+    if folds < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {folds}")
+    if len(labeled) < folds:
+        raise DataError(f"{len(labeled)} labelled cases cannot make {folds} test folds", store.root)
+    order = [str(c) for c in np.random.default_rng([seed, 11]).permutation(labeled)]
+    out = []
+    for k in range(folds):
+        test = order[k::folds]
+        rest = [c for c in order if c not in test]
+        val = [str(c) for c in np.random.default_rng([seed, 13, k]).permutation(rest)[:val_cases]]
+        if len(rest) - len(val) < 1:
+            raise DataError(f"fold {k}: no training case left after {len(test)} test and {len(val)} val cases",
+                            store.root)
+        train = [c for c in rest if c not in val]
+        splits = Splits(sorted(train) + unlabeled, sorted(val), sorted(test))
+        check_splits(splits, store)
+        out.append(splits)
+    return out
+
+
 SliceKey = tuple[str, int]
 
 

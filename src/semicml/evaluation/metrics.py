@@ -6,6 +6,9 @@ Shape contract
 and the voxel spacing in millimetres, one value per array axis, in array-axis order. Distances
 are returned in millimetres.
 
+``components`` is the number of 26-connected components of the prediction: a 2D network that
+fires on healthy slices leaves islands far from the tumour, which Dice barely sees.
+
 Overlap metrics (counted on voxels)::
 
     dice        = 2 |P & R| / (|P| + |R|)
@@ -51,8 +54,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy import ndimage
 
-METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd", "precision", "sensitivity")
+METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "asd", "precision", "sensitivity", "components")
 
 # Direction of improvement, for reports, model ranking and plots.
 HIGHER_IS_BETTER: Mapping[str, bool] = {
@@ -62,6 +66,7 @@ HIGHER_IS_BETTER: Mapping[str, bool] = {
     "asd": False,
     "precision": True,
     "sensitivity": True,
+    "components": False,
 }
 
 # Metrics measured in millimetres; the others are unitless fractions in [0, 1].
@@ -82,6 +87,7 @@ _BOTH_EMPTY: Mapping[str, float] = {
     "asd": 0.0,
     "precision": 1.0,
     "sensitivity": 1.0,
+    "components": 0.0,
 }
 _ONE_EMPTY_OVERLAP: Mapping[str, float] = {
     "dice": 0.0,
@@ -181,7 +187,8 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) ->
         return {m: float(_BOTH_EMPTY[m]) for m in METRICS}
     if n_pred == 0 or n_ref == 0:
         diag = volume_diagonal_mm(pred.shape, spacing_t)
-        return {m: (diag if m in DISTANCE_METRICS else float(_ONE_EMPTY_OVERLAP[m])) for m in METRICS}
+        one_empty = {**_ONE_EMPTY_OVERLAP, "components": float(count_components(pred))}
+        return {m: (diag if m in DISTANCE_METRICS else one_empty[m]) for m in METRICS}
 
     tp = int(np.count_nonzero(pred & ref))
     union = n_pred + n_ref - tp
@@ -193,5 +200,12 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) ->
         "asd": asd,
         "precision": tp / n_pred,
         "sensitivity": tp / n_ref,
+        "components": count_components(pred),
     }
     return {m: float(values[m]) for m in METRICS}
+
+
+def count_components(mask: np.ndarray) -> int:
+    """Number of 26-connected components of a 3D mask (8-connected for 2D)."""
+    mask = np.asarray(mask) > 0
+    return int(ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))[1])

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..evaluation.metrics import case_metrics
+from ..evaluation.metrics import case_metrics, count_components
 
 NONE = "none"
 LARGEST = "largest"
@@ -35,10 +35,6 @@ DICE_TOLERANCE = 0.005
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """26-connected 3D components: (labels, count)."""
     return ndimage.label(mask > 0, structure=np.ones((3, 3, 3), dtype=bool))
-
-
-def count_components(mask: np.ndarray) -> int:
-    return int(components(mask)[1])
 
 
 def check_spec(spec: str) -> str:
@@ -87,7 +83,7 @@ def choose_postprocess(probabilities: Sequence[np.ndarray], references: Sequence
         for prob, ref, spacing in zip(probabilities, references, spacings):
             mask = apply_postprocess(prob > threshold, spec, spacing)
             m = case_metrics(mask, ref, spacing)
-            rows.append((m["dice"], m["hd95"], count_components(mask)))
+            rows.append((m["dice"], m["hd95"], m["components"]))
         dice, hd95, comps = (float(np.mean(col)) for col in zip(*rows))
         scores[spec] = {"dice": dice, "hd95": hd95, "components": comps}
     best_dice = max(s["dice"] for s in scores.values())
