@@ -210,7 +210,7 @@ def test_string_entries_and_defaults():
     assert (tcfg.method, tcfg.seed, tcfg.labeled_fraction) == ("supervised", 2, 1.0)
 
 
-@pytest.mark.parametrize("name", ["phantom.yaml", "brats18.yaml"])
+@pytest.mark.parametrize("name", ["phantom.yaml", "brats18.yaml", "brats18-cv.yaml"])
 def test_shipped_configs_validate(name, monkeypatch):
     monkeypatch.delenv("SEMICML_BRATS18", raising=False)
     path = Path(__file__).resolve().parents[1] / "benchmarks" / name

@@ -5,8 +5,11 @@ island far from the tumour. Candidates (nnU-Net decides "keep the largest compon
 validation the same way):
 
     none          the mask as predicted
-    min-size:V    remove 3D components (26-connected) smaller than V mm^3
+    min-size:V    remove 3D components (26-connected) smaller than V mm^3, except the largest
     largest       keep only the largest component
+
+No candidate ever empties a non-empty prediction: a small tumour that is the only (or the
+largest) thing found survives every size threshold.
 
 Keeping the largest component alone is risky: when it is a false one the whole tumour is lost,
 which is why the choice is made on validation data, per modality, and recorded with the weights.
@@ -64,6 +67,7 @@ def apply_postprocess(mask: np.ndarray, spec: str, spacing: Sequence[float]) -> 
     else:
         voxel_mm3 = float(np.prod(spacing))
         keep = np.concatenate([[False], sizes * voxel_mm3 >= float(spec[len(MIN_SIZE_PREFIX):])])
+        keep[1 + int(np.argmax(sizes))] = True
     return np.where(keep[labels], mask, np.zeros_like(mask))
 
 

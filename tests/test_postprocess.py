@@ -1,0 +1,59 @@
+"""Connected-component post-processing: each candidate on hand-made masks, and the choice rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semicml.inference.postprocess import apply_postprocess, check_spec, choose_postprocess
+
+
+def _mask() -> np.ndarray:
+    m = np.zeros((20, 20, 20), np.uint8)
+    m[2:8, 2:8, 2:8] = 1      # 216 voxels: the tumour
+    m[15:17, 15:17, 15:17] = 1  # 8 voxels: a far island
+    m[12, 2, 2] = 1           # 1 voxel
+    return m
+
+
+def test_candidates_on_a_hand_made_mask():
+    m = _mask()
+    assert apply_postprocess(m, "none", (1, 1, 1)) is m
+    largest = apply_postprocess(m, "largest", (1, 1, 1))
+    assert largest.sum() == 216 and largest[2:8, 2:8, 2:8].all() and largest.dtype == m.dtype
+    # min-size in mm^3: with 2 mm^3 voxels the 8-voxel island is 16 mm^3
+    assert apply_postprocess(m, "min-size:10", (1, 1, 2)).sum() == 216 + 8
+    assert apply_postprocess(m, "min-size:20", (1, 1, 2)).sum() == 216
+    assert apply_postprocess(m, "min-size:0", (1, 1, 1)).sum() == m.sum()
+
+
+def test_size_threshold_never_empties_a_prediction():
+    small = np.zeros((10, 10, 10), np.uint8)
+    small[4:6, 4:6, 4:6] = 1  # a small tumour, the only thing found: 8 mm^3
+    small[0, 0, 0] = 1
+    out = apply_postprocess(small, "min-size:1000", (1, 1, 1))
+    assert out.sum() == 8 and out[4:6, 4:6, 4:6].all()
+
+
+def test_bad_spec_is_refused():
+    for bad in ("biggest", "min-size:", "min-size:-3", "min-size:x"):
+        with pytest.raises(ValueError, match="post-processing"):
+            check_spec(bad)
+
+
+def test_choice_prefers_dice_then_lower_hd95():
+    ref = np.zeros((20, 20, 20), bool)
+    ref[2:8, 2:8, 2:8] = True
+    prob = _mask().astype(np.float32) * 0.9
+    out = choose_postprocess([prob], [ref], [(1, 1, 1)])
+    scores = out["candidates"]
+    assert scores["none"]["dice"] < scores["largest"]["dice"] == pytest.approx(1.0)
+    assert scores["none"]["components"] == 3 and scores["largest"]["components"] == 1
+    # the islands (8 and 1 mm^3) go with min-size:100 already: every stronger candidate ties at
+    # Dice 1 and HD95 0, and the earliest (mildest) one wins
+    assert out["choice"] == "min-size:100"
+    # a prediction whose largest component is FALSE: keeping the largest loses the tumour
+    wrong = np.zeros((20, 20, 20), np.float32)
+    wrong[10:19, 10:19, 10:19] = 0.9   # big false blob
+    wrong[2:8, 2:8, 2:8] = 0.9         # the tumour
+    assert choose_postprocess([wrong], [ref], [(1, 1, 1)])["choice"] != "largest"
