@@ -21,7 +21,10 @@ pytestmark = pytest.mark.slow
 
 # A small but real budget: a trained model clears this, an untrained or broken one does not
 # (an untrained network predicts ~everything or nothing: Dice < 0.15 on these phantoms).
-E2E = {"method": "semicml-prel", "model": {"base_width": 8, "levels": 3}, "iterations": 160,
+# The paper's tumour-slices protocol: at this 160-iteration budget the default all-slices protocol
+# misses the smallest phantom tumour (477 voxels) entirely, which would make the test measure that
+# one case rather than whether training works (measured; noted in docs/method-notes.md).
+E2E = {"method": "semicml-prel", "slice_filter": "foreground", "model": {"base_width": 8, "levels": 3}, "iterations": 160,
        "labeled_batch": 8, "unlabeled_batch": 8, "labeled_fraction": 0.3, "val_every": 20,
        "optim": {"lr": 3e-3, "milestones": [0.5, 0.75]}, "val_fraction": 0.2, "test_fraction": 0.2}
 DICE_THRESHOLD = 0.5
