@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 
@@ -24,3 +26,24 @@ class DataError(SemicmlError):
 
 class ConfigError(SemicmlError):
     """Invalid configuration or arguments."""
+
+
+class BusyError(SemicmlError):
+    """Another process holds the lock of a run, store or output folder."""
+
+
+#: errno values that mean "the disk refused the write", reported as one line by the CLI.
+STORAGE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG", "EIO")
+    if hasattr(errno, name)
+)
+
+
+def storage_problem(err: BaseException) -> str | None:
+    """One line for a disk-level write failure (disk full, read-only, no permission), else None."""
+    if not isinstance(err, OSError) or err.errno not in STORAGE_ERRNOS:
+        return None
+    what = err.strerror or os.strerror(err.errno)
+    where = f"{err.filename}: " if err.filename else ""
+    return " ".join(f"{where}cannot write: {what} (errno {errno.errorcode.get(err.errno, err.errno)}); "
+                    "files written before are intact".split())

@@ -18,6 +18,7 @@ from semicml.benchmark.tables import RESULT_COLUMNS, summary_line, write_results
 from semicml.errors import ConfigError, DataError, SemicmlError
 from semicml.evaluation.metrics import METRICS
 from semicml.io_utils import atomic_write_json, atomic_write_text
+from semicml.locking import exclusive
 
 __all__ = ["RESULT_MARKER", "run_benchmark"]
 
@@ -140,8 +141,6 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[st
     Raises :class:`ConfigError` / :class:`DataError` for problems of the whole grid (bad names in
     ``only``, missing store or dataset, bad splits file); problems of one run become failed rows.
     """
-    from tqdm.auto import tqdm
-
     if cfg.out is None:
         raise ConfigError("no output folder: set 'out' in the benchmark config or pass --out")
     out = Path(cfg.out).resolve()
@@ -151,6 +150,14 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[st
         if unknown:
             raise ConfigError(f"--only: no method named {', '.join(map(repr, unknown))} (have: {', '.join(names)})")
     selected = set(names if only is None else only)
+
+    with exclusive(out, "benchmark output folder"):  # two benchmarks into one folder would race
+        return _run_grid(cfg, out, progress, selected, echo)
+
+
+def _run_grid(cfg: BenchmarkConfig, out: Path, progress: bool, selected: set[str],
+              echo: Callable[[str], None] | None) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
 
     bar = None
 

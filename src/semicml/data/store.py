@@ -15,6 +15,7 @@ never leaves a folder that looks complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +27,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..io_utils import atomic_write_text, save_npy
+from ..locking import exclusive
 from .preprocess import (
     InPlaneBox,
     axial_axis,
@@ -70,7 +73,9 @@ def _prepare_case(root: str, fmt: str, case_id: str, modalities: list[str], targ
         norms[m] = stats.__dict__
         stacked.append(extract_planes(normed, box))
     images = np.stack(stacked, axis=0).transpose(3, 0, 1, 2)  # (Z, M, H, W)
-    np.save(Path(out_dir) / "images" / f"{case_id}.npy", images.astype(np.float16))
+    stored = np.ascontiguousarray(images, dtype=np.float16)
+    save_npy(Path(out_dir) / "images" / f"{case_id}.npy", stored)
+    digest = hashlib.sha256(stored.tobytes())
     nonempty = np.flatnonzero(np.abs(images).reshape(images.shape[0], -1).max(axis=1) > 0)
     meta = {
         "case_id": case_id,
@@ -88,21 +93,34 @@ def _prepare_case(root: str, fmt: str, case_id: str, modalities: list[str], targ
     if case.label is not None:
         classes = apply_target(to_axial_last(case.label, axis), target)
         planes = extract_planes(classes, box, nearest=True).astype(np.uint8)
-        np.save(Path(out_dir) / "labels" / f"{case_id}.npy", planes.transpose(2, 0, 1))
+        stored_label = np.ascontiguousarray(planes.transpose(2, 0, 1))
+        save_npy(Path(out_dir) / "labels" / f"{case_id}.npy", stored_label)
+        digest.update(stored_label.tobytes())
         meta["foreground_slices"] = np.flatnonzero(planes.reshape(-1, planes.shape[2]).max(0) > 0).tolist()
         total = int((classes > 0).sum())
         meta["label_voxels"] = total
         # Foreground cut off by the fixed crop is reported, never silently lost.
         meta["label_voxels_outside_box"] = total - int((planes > 0).sum()) if opts.in_plane == "crop" else 0
+    meta["sha256"] = digest.hexdigest()  # of the stored arrays: the store's content hash builds on it
     return meta
 
 
 def prepare_store(input_root: str | Path, out: str | Path, opts: PrepareOptions, fmt: str | None = None,
                   overwrite: bool = False, progress: bool = True) -> Path:
-    """Turn a dataset (BraTS / nnU-Net raw / MSD) into a slice store at ``out``."""
+    """Turn a dataset (BraTS / nnU-Net raw / MSD) into a slice store at ``out``.
+
+    One ``prepare`` per store at a time (a second one fails naming the first one's PID). Any
+    failure, a full disk included, removes the partial folder and leaves an earlier store intact.
+    """
     out = Path(out)
     if opts.size % 16 != 0 or opts.size < 16:
         raise DataError(f"in-plane size {opts.size} must be a positive multiple of 16 (U-Net pooling)")
+    with exclusive(out, "slice store"):
+        return _prepare_locked(input_root, out, opts, fmt, overwrite, progress)
+
+
+def _prepare_locked(input_root: str | Path, out: Path, opts: PrepareOptions, fmt: str | None, overwrite: bool,
+                    progress: bool) -> Path:
     if out.exists():
         if not overwrite:
             raise DataError("output exists; pass --overwrite to replace it", out)
@@ -141,12 +159,16 @@ def prepare_store(input_root: str | Path, out: str | Path, opts: PrepareOptions,
             "normalisation": opts.normalisation,
             "cases": [metas[c] for c in info.case_ids],
         }
-        (partial / STORE_FILE).write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
+        atomic_write_text(partial / STORE_FILE, json.dumps(manifest, indent=1))
+        old = out.parent / f"{out.name}.old-{os.getpid()}"
+        if out.exists():  # set aside, not deleted, until the new store is in place
+            os.replace(out, old)
         os.replace(partial, out)
-    except BaseException:
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException as err:
         shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(out)) from err
         raise
     return out
 
@@ -214,6 +236,18 @@ class SliceStore:
         if case_id not in self._labels:
             self._labels[case_id] = np.load(self.root / "labels" / f"{case_id}.npy", mmap_mode="r")
         return self._labels[case_id]
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 over store.json and the sizes of the array files: cheap (no array is read), and it
+        changes whenever the store is prepared again (store.json holds a sha256 of every case's
+        arrays, computed at prepare time)."""
+        digest = hashlib.sha256((self.root / STORE_FILE).read_bytes())
+        for case in sorted(self.cases):
+            for sub in ("images", "labels"):
+                f = self.root / sub / f"{case}.npy"
+                digest.update(f"{sub}/{case}:{f.stat().st_size if f.is_file() else -1};".encode())
+        return digest.hexdigest()
 
     def modality_index(self, name: str) -> int:
         lowered = [m.lower() for m in self.modalities]

@@ -33,7 +33,8 @@ from ..data.readers import read_single_modality
 from ..checkpoint import load_checkpoint
 from ..errors import DataError
 from ..hardware import Precision, resolve_device, resolve_precision
-from ..io_utils import atomic_path, atomic_write_text
+from ..io_utils import atomic_write_bytes, atomic_write_text
+from ..locking import exclusive
 from ..models import build_network
 from .postprocess import NONE, apply_postprocess, check_spec
 from .predictor import predict_planes
@@ -42,8 +43,7 @@ from .predictor import predict_planes
 def atomic_save_nifti(image: nib.Nifti1Image, path: Path, dtype) -> None:
     """Write a .nii.gz without ever leaving a half-written file at ``path``."""
     image.set_data_dtype(dtype)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(gzip.compress(image.to_bytes(), compresslevel=6))
+    atomic_write_bytes(path, gzip.compress(image.to_bytes(), compresslevel=6, mtime=0))  # mtime 0: same bytes twice
 
 
 def load_weights(run: str | Path, modality: str, device: torch.device):
@@ -114,7 +114,15 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
     if not found:
         raise DataError(f"no case with modality {modality!r} found", input_path)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(out_dir, "prediction folder"):  # one writer per folder (another fails naming this PID)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return _predict_all(found, out_dir, net, payload, post, dev, prec, threshold, save_probabilities, tta,
+                            progress, {"run": str(run), "modality": modality, "input": str(input_path)})
+
+
+def _predict_all(found, out_dir: Path, net, payload: dict, post, dev, prec, threshold: float,
+                 save_probabilities: bool, tta: bool, progress: bool, about: dict) -> list[Path]:
+    modality = about["modality"]
     written = []
     with tqdm(found, desc=f"predict {modality}", unit="case", disable=not progress) as bar:
         for case_id, load in bar:
@@ -129,8 +137,7 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
             if save_probabilities:
                 atomic_save_nifti(nib.Nifti1Image(probs.astype(np.float32), case.affine, header),
                                   out_dir / f"{case_id}_prob.nii.gz", dtype=np.float32)
-    atomic_write_text(out_dir / "predict.json", json.dumps({"run": str(run), "modality": modality,
-                                                      "input": str(input_path), "cases": [p.name for p in written],
-                                                      "threshold": threshold, "tta": tta,
-                                                      "postprocessing": post}, indent=1))
+    atomic_write_text(out_dir / "predict.json", json.dumps({**about, "cases": [p.name for p in written],
+                                                           "threshold": threshold, "tta": tta,
+                                                           "postprocessing": post}, indent=1))
     return written
