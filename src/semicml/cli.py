@@ -1,7 +1,9 @@
 """``semicml`` console command: one verb per stage.
 
-Every user error (bad data, bad config) is printed as ONE line on stderr with exit status 2;
-no traceback.
+Every user error (bad data, bad config, a run/store/folder another process is writing) is printed
+as ONE line on stderr with exit status 2; no traceback. A disk that refuses a write (full,
+read-only, no permission) is one line too, with exit status 1: writes are atomic, so the files
+written before (store, checkpoint, masks, tables) are intact.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from .errors import ConfigError, SemicmlError
+from .errors import ConfigError, SemicmlError, storage_problem
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semi-supervised multi-modal segmentation: train with paired modalities (Semi-CML + PReL), "
@@ -145,11 +147,14 @@ def evaluate(pred: Path = typer.Option(..., help="folder of predicted <case>.nii
              out: Path = typer.Option(..., help="report folder (metrics.csv, summary.json, summary.md)"),
              target: str = typer.Option("wt", help="target of the reference labels"),
              format: Optional[str] = typer.Option(None, "--format", help="brats | nnunet | msd"),
-             cases: Optional[str] = typer.Option(None, help="cases that must be evaluated (comma-separated)")) -> None:
+             cases: Optional[str] = typer.Option(None, help="cases that must be evaluated (comma-separated; "
+                                                 "default: every labelled reference case)"),
+             missing: str = typer.Option("error", help="a case without a prediction: error (stop) | worst "
+                                                       "(score it Dice 0, distances = volume diagonal)")) -> None:
     """3D metrics per case (Dice, Jaccard, HD95, ASD, precision, sensitivity) and mean +- std."""
     from .evaluation.evaluate import evaluate_predictions
 
-    summary = evaluate_predictions(pred, ref, target, out, fmt=format, cases=_split_list(cases))
+    summary = evaluate_predictions(pred, ref, target, out, fmt=format, cases=_split_list(cases), missing=missing)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"{summary['n_cases']} cases evaluated -> {out}")
 
@@ -199,6 +204,12 @@ def main() -> None:
     except SemicmlError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except OSError as err:
+        problem = storage_problem(err)
+        if problem is None:
+            raise
+        typer.echo(f"error: {problem}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("error: interrupted (resume training with --resume)", err=True)
         sys.exit(130)

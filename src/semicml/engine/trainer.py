@@ -42,8 +42,10 @@ from ..hardware import resolve_device, resolve_precision
 from ..inference.postprocess import check_spec, choose_postprocess
 from ..inference.predictor import predict_planes
 from ..io_utils import atomic_save_torch, atomic_write_json, atomic_write_text
+from ..locking import ensure_free, exclusive
 from ..methods.base import Method, MethodContext, get_method
 from ..models import build_network, network_spec
+from .provenance import check_provenance, provenance
 from .schedule import lr_factor
 
 # Test hook: simulate a crash (hard exit, no cleanup) right after this iteration.
@@ -83,6 +85,7 @@ class Trainer:
             raise ConfigError(f"method {cfg.method!r} needs unlabelled slices but labeled_fraction="
                               f"{cfg.labeled_fraction} leaves none")
         self.unlabeled_batch = cfg.unlabeled_batch if self.method_cls.needs_unlabeled else 0
+        self.provenance = provenance(self.store, self.splits, self.subset, cfg)
         self.iterations_per_epoch = max(1.0, len(self.subset.labeled) / cfg.labeled_batch)
         # A stage started from another run (``init``) continues that run's schedule: no new warm-up,
         # the learning rate goes on from where the first stage left it (reference PReL: 6e-6, 6e-7).
@@ -125,6 +128,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_run_dir(self) -> None:
+        ensure_free(self.run_dir, "training run")  # a run another process is training: name its PID
         ckpt = self.run_dir / "checkpoint.pt"
         if self.resume:
             if not ckpt.is_file():
@@ -152,6 +156,7 @@ class Trainer:
             "method_state": self.method.extra_state(),
             "best": self.best,
             "schedule_offset": self.schedule_offset,
+            "provenance": self.provenance,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -160,6 +165,7 @@ class Trainer:
         state = self.resume_state
         if state.get("method") != self.cfg.method:
             raise ConfigError(f"checkpoint was written by method {state.get('method')!r}, not {self.cfg.method!r}")
+        check_provenance(state.get("provenance"), self.provenance, self.run_dir)
         self.method.load_state_dict(state["networks"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_extra_state(state["method_state"])
@@ -170,8 +176,13 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         log = self.run_dir / "log.jsonl"
         if log.is_file():  # drop records written after the checkpoint we resume from
-            rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-            self.history = [r for r in rows if r["iteration"] <= self.iteration]
+            rows = []
+            for line in log.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line torn by a crash or a full disk mid-write
+            self.history = [r for r in rows if isinstance(r, dict) and r.get("iteration", 1e18) <= self.iteration]
             atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in self.history))
 
     def _read_init(self, init: str) -> dict[str, Any]:
@@ -216,6 +227,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
+        """Train to the budget; one process per run directory (another one fails naming this PID)."""
+        with exclusive(self.run_dir, "training run"):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_static_files()
         cfg = self.cfg
@@ -273,6 +289,8 @@ class Trainer:
                 record = record or {"iteration": self.iteration, "phase": self.method.phase(it)}
                 record.update({f"val_dice/{m}": d for m, d in last_val.items()})
                 self._log(record, writer)
+                if writer is not None:  # TensorBoard holds what the checkpoint holds, even after a crash
+                    writer.flush()
                 save_checkpoint(self._state(), self.run_dir / "checkpoint.pt")
             elif record is not None:
                 self._log(record, writer)
@@ -385,6 +403,8 @@ class Trainer:
             "method": self.cfg.method,
             "modalities": self.modalities,
             "store": str(self.store.root.resolve()),
+            "store_sha256": self.provenance["store_sha256"],
+            "labeled_subset_sha256": self.provenance["labeled_subset_sha256"],
             "target": self.store.target,
             "preprocessing": self._preprocessing(),
             "network": self.network_spec,
