@@ -97,18 +97,25 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
     from .config import build_config
     from .engine.trainer import Trainer
 
+    overrides = {"method": method, "iterations": iterations, "epochs": epochs, "labeled_fraction": labeled_fraction,
+                 "label_level": label_level, "splits": str(splits) if splits else None,
+                 "modalities": _split_list(modalities), "seed": seed, "precision": precision, "device": device,
+                 "val_every": val_every, "num_workers": num_workers, "augment": augment,
+                 "init": str(init) if init else None, "slice_filter": slice_filter,
+                 "postprocess": postprocess, "config": config, "profile": profile, "width": width, "teacher": teacher}
     if resume:
         saved = out / "config.yaml"
         if not saved.is_file():
             raise ConfigError("nothing to resume (no config.yaml)", out)
-        cfg = build_config(saved)
+        # A resumed run continues with its saved settings; only where it runs may change.
+        changed = [k for k, v in overrides.items() if v is not None and k not in ("device", "num_workers")]
+        if changed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+            raise ConfigError(f"--resume continues the run with its saved settings ({saved.name}); {flags} would "
+                              "change them (only --device and --num-workers may be given)", out)
+        cfg = build_config(saved, None, {"device": device, "num_workers": num_workers})
     else:
-        overrides = {"method": method, "iterations": iterations, "epochs": epochs, "labeled_fraction": labeled_fraction,
-                     "label_level": label_level, "splits": str(splits) if splits else None,
-                     "modalities": _split_list(modalities), "seed": seed, "precision": precision, "device": device,
-                     "val_every": val_every, "num_workers": num_workers, "augment": augment,
-                     "init": str(init) if init else None, "slice_filter": slice_filter,
-                     "postprocess": postprocess}
+        overrides = {k: v for k, v in overrides.items() if k not in ("config", "profile", "width", "teacher")}
         if width is not None:
             overrides["model"] = {"base_width": width}
         if teacher is not None:

@@ -350,7 +350,8 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional at run time
             return None
-        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.iteration or None)
+        # Drop events written after the checkpoint we resume from (its own step is kept: it is in log.jsonl).
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=(self.iteration + 1) if self.iteration else None)
 
     def _write_static_files(self) -> None:
         atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))

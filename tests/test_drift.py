@@ -1,0 +1,91 @@
+"""Splits and subsets that cannot drift: --resume refuses a changed splits.json, labelled fraction,
+store or semicml version, naming the difference; run.json records the store's content hash."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from faults import run_cli
+from semicml.config import build_config
+from semicml.data.store import PrepareOptions, SliceStore, prepare_store
+from semicml.engine.trainer import Trainer
+from semicml.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+TINY = {"iterations": 2, "val_every": 2, "method": "supervised", "num_workers": 0, "labeled_fraction": 0.3}
+
+
+@pytest.fixture(scope="module")
+def store(phantom_root, tmp_path_factory):
+    return prepare_store(phantom_root, tmp_path_factory.mktemp("drift") / "store",
+                         PrepareOptions(modalities=("T2", "T1ce"), size=32, workers=1), progress=False)
+
+
+@pytest.fixture(scope="module")
+def finished(store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("drift_run") / "run"
+    info = Trainer(build_config(profile="tiny", overrides=TINY), store, run, progress=False).fit()
+    return run, info
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(finished[0], copy)
+    return copy
+
+
+def resume(run, store):
+    return Trainer(build_config(run / "config.yaml"), store, run, resume=True, progress=False)
+
+
+def test_unchanged_resume_is_accepted_and_run_json_has_the_store_hash(finished, store):
+    run, info = finished
+    assert info["store_sha256"] == SliceStore(store).content_hash == SliceStore(store).content_hash
+    assert len(info["store_sha256"]) == 64 and len(info["labeled_subset_sha256"]) == 64
+    assert all("sha256" in c for c in SliceStore(store).manifest["cases"])
+    assert resume(run, store).iteration == 2
+
+
+def test_changed_splits_json_is_refused_naming_the_case(run, store):
+    splits = json.loads((run / "splits.json").read_text())
+    moved = splits["val"].pop(0)
+    splits["test"].append(moved)
+    (run / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(ConfigError, match=rf"splits changed.*{moved}.*val -> test"):
+        resume(run, store)
+
+
+def test_changed_labelled_fraction_is_refused(run, store):
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["labeled_fraction"] = 0.6
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"labelled fraction changed.*0\.3 -> 0\.6"):
+        resume(run, store)
+
+
+def test_another_or_reprepared_store_is_refused(run, store, phantom_root, tmp_path):
+    other = prepare_store(phantom_root, tmp_path / "store2", PrepareOptions(modalities=("T2", "T1ce"), size=32,
+                                                                           normalisation="zscore", workers=1),
+                          progress=False)
+    assert SliceStore(other).content_hash != SliceStore(store).content_hash
+    with pytest.raises(ConfigError, match="slice store"):
+        resume(run, other)
+
+
+def test_new_semicml_version_is_refused(run, store, monkeypatch):
+    import semicml.engine.provenance as provenance
+
+    monkeypatch.setattr(provenance, "__version__", "99.0")
+    with pytest.raises(ConfigError, match=r"semicml version changed.*-> '99.0'"):
+        resume(run, store)
+
+
+def test_cli_resume_refuses_options_that_change_the_run(run, store, monkeypatch, capsys):
+    rc, _, err = run_cli(["train", store, "--out", run, "--resume", "--labeled-fraction", "0.5"], monkeypatch, capsys)
+    assert rc == 2 and "--labeled-fraction" in err and len(err.strip().splitlines()) == 1
