@@ -17,7 +17,10 @@ __all__ = [
     "MODALITY_ALIASES",
     "NIFTI_ENDINGS",
     "DatasetInfo",
+    "MAX_JSON_BYTES",
     "as_int",
+    "check_case_id",
+    "check_inside",
     "check_root",
     "finish_info",
     "load_json",
@@ -69,11 +72,53 @@ class DatasetInfo:
         return [c for c in self.case_ids if not self.labeled[c]]
 
 
+#: dataset.json larger than this is refused unread (MSD's largest is well under 1 MB).
+MAX_JSON_BYTES = 16 * 2**20
+
+
+def check_case_id(case_id: str, where: Path) -> str:
+    """A case id becomes a file name (store arrays, predicted masks): refuse anything else."""
+    if (not case_id or case_id in (".", "..") or any(c in case_id for c in "/\\\0")
+            or len(case_id.encode("utf-8", "surrogateescape")) > 200):
+        raise DataError(f"case name {case_id!r} cannot be used as a file name (empty, '.', '..', a path "
+                        "separator, NUL, or too long)", where)
+    return case_id
+
+
+def check_inside(path: Path, root: Path, what: str) -> Path:
+    """A data file must be a regular file (a link to /dev/zero or a FIFO would never end), and
+    one reached through a symlink out of the dataset root must still be a NIfTI file.
+
+    Links that leave the root are allowed for NIfTI files because datasets are commonly assembled
+    from links to case folders elsewhere (a subset of BraTS, say); a link to anything else (a
+    key, a password file, a device) is refused.
+    """
+    if not path.exists() and not path.is_symlink():
+        return path  # a missing file is reported, with its role, when the case is read
+    try:
+        real = path.resolve(strict=True)
+        regular = real.is_file()
+    except (OSError, RuntimeError) as err:  # a dangling link or a symlink loop
+        raise DataError(f"{what} cannot be resolved ({type(err).__name__}: dangling or looping link)", path) from None
+    if not regular:
+        raise DataError(f"{what} is not a regular file (a folder, device or FIFO: {real})", path)
+    real_root = root.resolve()
+    if real_root not in real.parents and strip_nifti(real.name) is None:
+        raise DataError(f"{what} is a link out of the dataset root to {real}, which is not a NIfTI file", path)
+    return path
+
+
 def finish_info(
     root: Path, fmt: str, modalities: list[str], label_names: dict[str, int],
     image_files: dict[str, dict[str, Path]], label_files: dict[str, Path],
     channels: dict[str, int], regions: dict[str, list[int]],
 ) -> DatasetInfo:
+    for case_id, files in image_files.items():
+        check_case_id(case_id, root)
+        for name, f in files.items():
+            check_inside(f, root, f"{name} image of case {case_id!r}")
+    for case_id, f in label_files.items():
+        check_inside(f, root, f"label of case {case_id!r}")
     labelled = sorted(c for c in image_files if c in label_files)
     unlabelled = sorted(c for c in image_files if c not in label_files)
     return DatasetInfo(
@@ -147,11 +192,17 @@ def pick_modality(available: list[str], modality: str, where: Path) -> str:
 
 def load_json(path: Path) -> dict:
     try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise DataError(f"{size / 2**20:.1f} MB, larger than the {MAX_JSON_BYTES // 2**20} MB a dataset.json "
+                            "may have", path)
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DataError(f"not valid JSON ({err.msg} at line {err.lineno})", path) from None
+    except RecursionError:
+        raise DataError("not valid dataset.json: nested too deeply", path) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read ({err})", path) from None
+        raise DataError(f"cannot read ({type(err).__name__}: {getattr(err, 'strerror', None) or err})", path) from None
     if not isinstance(data, dict):
         raise DataError("not valid dataset.json: expected a JSON object at the top level", path)
     return data

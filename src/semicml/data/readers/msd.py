@@ -18,6 +18,9 @@ __all__ = ["open_msd", "single_modality_cases"]
 def _msd_path(root: Path, entry: object, meta_path: Path, what: str) -> Path:
     if not isinstance(entry, str) or not entry:
         raise DataError(f"{what} entry {entry!r} is not a file path", meta_path)
+    if "\0" in entry or os.path.isabs(entry) or Path(entry).drive or ".." in Path(entry).parts:
+        raise DataError(f"{what} entry {entry!r} is not a path inside the dataset folder (absolute, '..' "
+                        "or NUL)", meta_path)
     # normpath, not resolve(): keep the user's spelling (symlinks) in messages and sources
     return Path(os.path.normpath(root / entry))
 

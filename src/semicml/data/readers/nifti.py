@@ -6,6 +6,8 @@ Every problem is a one-line :class:`DataError` that names the offending file.
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -15,12 +17,14 @@ from typing import Callable
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
 from semicml.data.case import Case
 from semicml.errors import DataError
 
 __all__ = [
     "AFFINE_TOLERANCE_MM",
+    "MAX_VOXELS",
     "CaseLoader",
     "Volume",
     "check_same_grid",
@@ -37,7 +41,8 @@ __all__ = [
 AFFINE_TOLERANCE_MM = 1e-3
 
 # Errors that nibabel / gzip / zlib raise on unreadable or truncated files.
-_READ_ERRORS = (ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, struct.error)
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError,
+                OverflowError, struct.error)
 
 CaseLoader = Callable[[], Case]
 
@@ -49,8 +54,21 @@ class Volume:
     header: nib.Nifti1Header
 
 
+#: The most voxels one volume may claim (2^29: a 2 GB float32 volume; BraTS has 8.9 M). A header
+#: that claims more, or more bytes than its file holds, is refused before anything is allocated.
+MAX_VOXELS = 2**29
+_HEADER_BYTES = 540  # a NIfTI-2 header; a NIfTI-1 header (348 bytes) is a prefix of that much
+_TRAILING_SLACK = 1 << 20  # bytes after the voxel data that are tolerated (and CRC-checked)
+_CHUNK = 1 << 20  # reads allocate their size up front: keep them small
+
+
 def load_volume(path: Path, what: str) -> Volume:
-    """Load header and data eagerly so corrupt and truncated files fail here, with the file name."""
+    """Load header and data eagerly so corrupt and truncated files fail here, with the file name.
+
+    The header is parsed and checked first: its claimed size (voxels x bytes per voxel + offset)
+    must be under :data:`MAX_VOXELS` and present in the file, so a hostile header that claims 2^31
+    voxels costs nothing; memory stays bounded by the data the file really holds.
+    """
     if not path.is_file():
         raise DataError(f"missing {what} file", path)
     try:
@@ -58,16 +76,78 @@ def load_volume(path: Path, what: str) -> Volume:
             # Decompress the whole stream ourselves: gzip checks the CRC and length at the end,
             # which nibabel never reaches (it stops after the voxel bytes), so a damaged deflate
             # stream would otherwise decode silently into garbage voxels.
-            img = _nifti_from_bytes(gzip.decompress(path.read_bytes()))
+            img = _nifti_from_bytes(_read_gzip_checked(path))
         else:
+            with open(path, "rb") as fh:
+                _checked_size(_parse_header(fh.read(_HEADER_BYTES)), path.stat().st_size)
             img = nib.load(str(path))
         data = np.asarray(img.dataobj)  # eager: a truncated file fails now, not later
+        affine = np.asarray(img.affine, dtype=np.float64)
     except DataError as err:
         raise DataError(err.problem, path) from None
     except _READ_ERRORS as err:
         detail = " ".join(str(err).replace(str(path), path.name).split())[:160]
         raise DataError(f"corrupt or truncated NIfTI file ({type(err).__name__}: {detail})", path) from None
-    return Volume(data, np.asarray(img.affine, dtype=np.float64), img.header)
+    if not np.isfinite(affine).all():
+        raise DataError("header holds a non-finite affine (qform/sform)", path)
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise DataError(f"header holds voxel sizes {zooms}; every one must be a positive number", path)
+    return Volume(data, affine, img.header)
+
+
+def _parse_header(head: bytes):
+    """The NIfTI-1 or NIfTI-2 header at the start of ``head`` (raises DataError when it is none)."""
+    if len(head) < 348:
+        raise DataError(f"corrupt or truncated NIfTI file ({len(head)} bytes, shorter than a header)")
+    sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")}
+    if 348 in sizes:
+        return nib.Nifti1Header.from_fileobj(io.BytesIO(head[:348]), check=True)
+    if 540 in sizes and len(head) >= 540:
+        return nib.Nifti2Header.from_fileobj(io.BytesIO(head[:540]), check=True)
+    raise DataError("not a NIfTI file (bad header size; corrupt?)")
+
+
+def _checked_size(header, available: int | None) -> int:
+    """Bytes the header says the file holds (offset + voxel data), after checking the claim."""
+    shape = tuple(int(d) for d in header.get_data_shape())
+    if any(d < 0 for d in shape):
+        raise DataError(f"header holds a negative dimension (shape {shape})")
+    n = math.prod(shape)
+    if n > MAX_VOXELS:
+        raise DataError(f"header claims {n} voxels (shape {shape}), more than the limit of {MAX_VOXELS}")
+    dtype = header.get_data_dtype()
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise DataError(f"unsupported voxel data type {dtype} (expected integers or floats)")
+    need = int(header.get_data_offset()) + n * dtype.itemsize
+    if available is not None and need > available:
+        raise DataError(f"header claims shape {shape} of {dtype} ({need} bytes with the offset) but the file "
+                        f"holds only {available} bytes: truncated, or a corrupt header")
+    return need
+
+
+def _read_gzip_checked(path: Path) -> bytes:
+    """The decompressed bytes of a .nii.gz, read no further than its header's (checked) claim."""
+    with gzip.open(path, "rb") as fh:
+        head = fh.read(_HEADER_BYTES)
+        need = _checked_size(_parse_header(head), None)
+        chunks, have = [head], len(head)
+        while have < need:
+            chunk = fh.read(min(_CHUNK, need - have))
+            if not chunk:
+                raise DataError(f"truncated NIfTI file: the header claims {need} bytes, the file holds {have}")
+            chunks.append(chunk)
+            have += len(chunk)
+        trailing = 0
+        while True:  # read to the end so gzip checks the CRC; tolerate (drop) a little padding
+            chunk = fh.read(_CHUNK)
+            if not chunk:
+                break
+            trailing += len(chunk)
+            if trailing > _TRAILING_SLACK:
+                raise DataError(f"the file holds more than {_TRAILING_SLACK} bytes beyond the data its header "
+                                "describes (corrupt header?)")
+    return b"".join(chunks)[: max(need, len(head))]
 
 
 def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image:
