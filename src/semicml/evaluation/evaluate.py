@@ -7,10 +7,12 @@ from typing import Iterable
 
 import nibabel as nib
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..data.readers import open_dataset, read_case
 from ..data.targets import apply_target, resolve_target
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from .metrics import volume_diagonal_mm
 from .report import evaluate_pairs, write_report
 
 
@@ -37,37 +39,69 @@ def _load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data > 0, img.affine
 
 
+MISSING_POLICIES = ("error", "worst")
+
+
+def worst_row(case: str, ref: np.ndarray, spacing) -> dict:
+    """The row of a case without a prediction: the worst value of every metric (overlap 0,
+    distances the volume diagonal), whatever the reference holds, so a missing case can only lower
+    the mean."""
+    diag = volume_diagonal_mm(ref.shape, spacing)
+    return {"case": case, "dice": 0.0, "jaccard": 0.0, "hd95": diag, "asd": diag, "precision": 0.0,
+            "sensitivity": 0.0, "pred_voxels": 0, "ref_voxels": int(np.count_nonzero(ref))}
+
+
 def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, target: str, out_dir: str | Path,
                          fmt: str | None = None, cases: Iterable[str] | None = None, title: str = "evaluation",
-                         extra: dict | None = None, progress: bool = True) -> dict:
+                         extra: dict | None = None, progress: bool = True, missing: str = "error") -> dict:
     """Compare ``pred_dir/<case>.nii.gz`` with the labels of the dataset at ``ref_root``.
 
-    ``cases``: the cases that must be evaluated (e.g. the test split); a missing prediction is an
-    error, never a silently dropped case. Default: every prediction in the folder.
+    Expected cases: ``cases`` (e.g. the test split), else every labelled reference case. A
+    missing prediction is never silently dropped: ``missing="error"`` stops with a one-line
+    DataError, ``missing="worst"`` scores it with :func:`worst_row`. The summary states how many
+    cases were expected, found and missing (and lists the missing ones); predictions of cases
+    that are not expected are not evaluated and listed as ``cases_not_expected``.
     """
+    if missing not in MISSING_POLICIES:
+        raise ConfigError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, not {missing!r}")
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     preds = _prediction_files(pred_dir)
     info = open_dataset(ref_root, fmt)
     tgt = resolve_target(info, target)
-    wanted = list(cases) if cases is not None else list(preds)
+    wanted = list(dict.fromkeys(cases)) if cases is not None else info.labeled_ids
     if not wanted:
-        raise DataError("no predictions (*.nii.gz) to evaluate", pred_dir)
+        raise DataError("no labelled reference case to evaluate", ref_root)
     for case in wanted:
-        if case not in preds:
-            raise DataError(f"no prediction for case {case!r}", pred_dir)
         if case not in info.labeled or not info.labeled[case]:
             raise DataError(f"case {case!r} has no reference label", ref_root)
+    absent = [c for c in wanted if c not in preds]
+    if absent and missing == "error":
+        shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+        raise DataError(f"no prediction for {len(absent)} of {len(wanted)} expected cases ({shown}); predict "
+                        "them, restrict the evaluation with --cases, or score them as failures with --missing worst",
+                        pred_dir)
 
     def pairs():
         for case in wanted:
-            pred, pred_affine = _load_mask(preds[case])
             ref_case = read_case(info, case, info.modalities[:1], with_label=True)
             ref = apply_target(ref_case.label, tgt) > 0
+            if case not in preds:
+                yield case, None, ref, ref_case.spacing
+                continue
+            pred, pred_affine = _load_mask(preds[case])
             if pred.shape != ref.shape:
                 raise DataError(f"prediction shape {pred.shape} differs from the reference {ref.shape}", preds[case])
             if not np.allclose(pred_affine, ref_case.affine, atol=1e-3):
                 raise DataError("prediction affine differs from the reference image's affine", preds[case])
             yield case, pred, ref, ref_case.spacing
 
-    rows = evaluate_pairs(pairs(), progress=progress)
-    return write_report(rows, out_dir, title, extra=extra)
+    rows: list[dict] = []
+    for case, pred, ref, sp in tqdm(pairs(), total=len(wanted), desc="evaluate", unit="case", disable=not progress):
+        if pred is None:
+            rows.append({**worst_row(case, ref, sp), "prediction": "missing"})
+        else:
+            rows.extend({**row, "prediction": "found"} for row in evaluate_pairs([(case, pred, ref, sp)], progress=False))
+    coverage = {"n_expected": len(wanted), "n_found": len(wanted) - len(absent), "n_missing": len(absent),
+                "missing_policy": missing, "cases_missing": absent,
+                "cases_not_expected": sorted(set(preds) - set(wanted))}
+    return write_report(rows, out_dir, title, extra={**(extra or {}), "coverage": coverage})

@@ -110,13 +110,27 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
     return rows_to_csv(rows, ["case", *metrics, *others])
 
 
-def _markdown_text(rows: Sequence[dict[str, Any]], summary: dict[str, Any], title: str) -> str:
+def _coverage_line(coverage: dict[str, Any] | None) -> list[str]:
+    if not coverage:
+        return []
+    text = (f"Cases expected: {coverage['n_expected']}, found: {coverage['n_found']}, "
+            f"missing: {coverage['n_missing']}")
+    if coverage["n_missing"]:
+        text += (f" ({', '.join(map(_md_cell, coverage['cases_missing'][:10]))}"
+                 f"{' ...' if coverage['n_missing'] > 10 else ''}; scored as the worst case: Dice 0, "
+                 "distances = volume diagonal)")
+    return [text + "."]
+
+
+def _markdown_text(rows: Sequence[dict[str, Any]], summary: dict[str, Any], title: str,
+                   coverage: dict[str, Any] | None = None) -> str:
     metrics = list(summary["mean"])
     header = ["Case", *(METRIC_LABELS.get(m, m) for m in metrics)]
     lines = [
         f"# {title}",
         "",
         f"{summary['n_cases']} cases; last row: mean ± sample std (ddof={STD_DDOF}) over all cases.",
+        *_coverage_line(coverage),
         f"Empty masks: {EMPTY_MASK_RULE}.",
         "",
         "| " + " | ".join(header) + " |",
@@ -141,7 +155,9 @@ def write_report(
     - ``metrics.csv``: one line per case (no summary lines); columns ``case``, the metrics in
       :data:`METRICS` order, then any other row keys.
     - ``summary.json``: ``title``, the :func:`summarize` result, ``std_ddof``,
-      ``empty_mask_rule``, and the keys of ``extra`` merged at the top level.
+      ``empty_mask_rule``, and the keys of ``extra`` merged at the top level (an ``extra``
+      ``coverage`` dict, as :func:`~semicml.evaluation.evaluate.evaluate_predictions` passes it, is
+      also stated in ``summary.md``: cases expected, found, missing).
     - ``summary.md``: a Markdown table with per-case lines and a final ``mean ± std`` line;
       4 decimals for fractions, 2 for distances (mm).
 
@@ -165,7 +181,7 @@ def write_report(
     }
     atomic_write_text(out_dir / "metrics.csv", _csv_text(rows))
     atomic_write_json(out_dir / "summary.json", payload)
-    atomic_write_text(out_dir / "summary.md", _markdown_text(rows, summary, title))
+    atomic_write_text(out_dir / "summary.md", _markdown_text(rows, summary, title, extra.get("coverage")))
     return summary
 
 
