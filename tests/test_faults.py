@@ -42,7 +42,7 @@ def run(store, workdir):
 
     out = workdir / "run"
     cfg = build_config(profile="tiny", overrides={"iterations": 4, "val_every": 2, "method": "supervised",
-                                                  "num_workers": 0})
+                                                  "num_workers": 0, "postprocess": "none"})
     Trainer(cfg, store, out, progress=False).fit()
     return out
 
@@ -69,7 +69,7 @@ def test_prepare_overwrite_fails_and_keeps_the_previous_store(code, store, phant
 def test_checkpoint_write_fails_previous_checkpoint_intact_and_resumable(store, workdir, monkeypatch, capsys):
     out = workdir / "ckpt_run"
     args = ["train", store, "--out", out, "--profile", "tiny", "--iterations", "6", "--val-every", "2",
-            "--method", "supervised", "--num-workers", "0", "--device", "cpu"]
+            "--method", "supervised", "--num-workers", "0", "--device", "cpu", "--postprocess", "none"]
     failed = fail_writes(monkeypatch, match=lambda p: "checkpoint.pt" in p.name, skip=1, budget=4096)
     rc, _, err = run_cli(args, monkeypatch, capsys)
     assert rc == 1 and len(failed) == 1
