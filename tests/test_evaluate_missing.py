@@ -13,7 +13,7 @@ import pytest
 from conftest import phantom_case_ids
 from faults import run_cli
 from semicml.evaluation.evaluate import worst_row
-from semicml.evaluation.metrics import volume_diagonal_mm
+from semicml.evaluation.metrics import METRICS, volume_diagonal_mm
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +75,4 @@ def test_worst_row_is_worst_even_for_an_empty_reference():
     row = worst_row("c", ref, (1.0, 2.0, 3.0))
     assert row["dice"] == row["jaccard"] == row["precision"] == row["sensitivity"] == 0.0
     assert row["hd95"] == row["asd"] == volume_diagonal_mm(ref.shape, (1.0, 2.0, 3.0))
+    assert set(METRICS) <= set(row)  # every metric, so the summary can average it with the found cases

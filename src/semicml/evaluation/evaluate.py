@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..data.readers import open_dataset, read_case
 from ..data.targets import apply_target, resolve_target
 from ..errors import ConfigError, DataError
-from .metrics import volume_diagonal_mm
+from .metrics import DISTANCE_METRICS, METRICS, volume_diagonal_mm
 from .report import evaluate_pairs, write_report
 
 
@@ -47,8 +47,10 @@ def worst_row(case: str, ref: np.ndarray, spacing) -> dict:
     distances the volume diagonal), whatever the reference holds, so a missing case can only lower
     the mean."""
     diag = volume_diagonal_mm(ref.shape, spacing)
-    return {"case": case, "dice": 0.0, "jaccard": 0.0, "hd95": diag, "asd": diag, "precision": 0.0,
-            "sensitivity": 0.0, "pred_voxels": 0, "ref_voxels": int(np.count_nonzero(ref))}
+    # Every metric in METRICS: distances the diagonal, fractions 0; a count (components) is that of
+    # the absent mask, 0 (the overlap and distance penalties carry the failure).
+    values = {m: diag if m in DISTANCE_METRICS else 0.0 for m in METRICS}
+    return {"case": case, **values, "pred_voxels": 0, "ref_voxels": int(np.count_nonzero(ref))}
 
 
 def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, target: str, out_dir: str | Path,
