@@ -1,0 +1,247 @@
+"""Preprocessing, the two-stream sampler and paired augmentation, against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semicml.data.preprocess import (
+    CLIP_PERCENTILES,
+    InPlaneBox,
+    extract_planes,
+    foreground_box,
+    normalise,
+    paste_planes,
+    to_axial_last,
+    whole_plane_box,
+)
+from semicml.data.sampler import AugmentOptions, TwoStreamBatchSampler, augment_pair
+from semicml.data.store import PrepareOptions, SliceStore, prepare_store
+
+from conftest import phantom_arrays, phantom_case_ids
+
+
+# --------------------------------------------------------------------------- normalisation
+def documented_zscore(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The formula of the docs, written out: clip the masked voxels to the 0.5 / 99.5 percentiles
+    of the masked voxels, z-score them with the clipped mean and std, leave the rest at 0."""
+    values = image[mask].astype(np.float64)
+    low, high = np.percentile(values, [0.5, 99.5])
+    clipped = np.clip(values, low, high)
+    out = np.zeros(image.shape, np.float64)
+    out[mask] = (clipped - clipped.mean()) / clipped.std()
+    return out
+
+
+def test_normalise_zscore_nonzero_by_hand():
+    image = np.zeros((4, 5, 6), np.float32)
+    image[1:3, 1:4, 1:5] = np.arange(24, dtype=np.float32).reshape(2, 3, 4) + 10
+    image[1, 1, 1] = 1000.0  # an outlier, clipped
+    out, stats = normalise(image, "zscore_nonzero")
+    mask = image != 0
+    assert out.dtype == np.float32 and np.all(out[~mask] == 0)
+    assert np.allclose(out, documented_zscore(image, mask), atol=1e-5)
+    assert CLIP_PERCENTILES == (0.5, 99.5)
+    values = image[mask]
+    low, high = np.percentile(values, [0.5, 99.5])
+    assert stats.method == "zscore_nonzero" and stats.low == pytest.approx(low) and stats.high == pytest.approx(high)
+    assert stats.mean == pytest.approx(np.clip(values, low, high).mean(), rel=1e-6)
+    assert stats.std == pytest.approx(np.clip(values, low, high).std(), rel=1e-6)
+    assert out[mask].mean() == pytest.approx(0, abs=1e-5) and out[mask].std() == pytest.approx(1, abs=1e-4)
+
+
+def test_normalise_other_methods_and_edge_cases():
+    image = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    out, stats = normalise(image, "zscore")
+    assert np.allclose(out, documented_zscore(image, np.ones(image.shape, bool)), atol=1e-5)
+    assert out[0, 0, 0] != 0  # zero voxels are normalised too
+    same, stats = normalise(image.astype(np.int16), "none")
+    assert same.dtype == np.float32 and np.array_equal(same, image) and (stats.mean, stats.std) == (0.0, 1.0)
+    sparse = np.zeros((4, 4, 4), np.float32)
+    sparse.flat[:9] = 5.0  # fewer than 10 non-zero voxels: all zeros
+    out, stats = normalise(sparse, "zscore_nonzero")
+    assert not out.any() and stats.std == 1.0
+    sparse.flat[:10] = np.arange(1, 11)  # ten are enough
+    assert normalise(sparse, "zscore_nonzero")[0].any()
+    flat = np.zeros((4, 4, 4), np.float32)
+    flat[:2] = 7.0  # constant: std 0 -> 1, the brain becomes 0
+    out, stats = normalise(flat, "zscore_nonzero")
+    assert stats.std == 1.0 and stats.mean == 7.0 and not out.any()
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        normalise(image, "minmax")
+
+
+@pytest.fixture(scope="module")
+def store(phantom_root, tmp_path_factory) -> SliceStore:
+    out = tmp_path_factory.mktemp("core-store") / "s"
+    prepare_store(phantom_root, out, PrepareOptions(modalities=("T2", "T1ce"), size=64, workers=1), progress=False)
+    return SliceStore(out)
+
+
+def test_stored_slices_are_the_documented_normalisation_of_each_whole_modality(store, phantom_root):
+    """Catches statistics computed without the tumour voxels (or with another modality's)."""
+    case = phantom_case_ids(phantom_root)[0]
+    arrays = phantom_arrays(phantom_root, case)
+    meta = store.cases[case]
+    stored = np.asarray(store.images(case), dtype=np.float32)  # (Z, M, H, W) float16 on disk
+    label = to_axial_last(arrays["label"], meta.axial_axis)
+    for m, name in enumerate(store.modalities):
+        vol = to_axial_last(arrays[name], meta.axial_axis)
+        expected = extract_planes(documented_zscore(vol, vol != 0), meta.box).transpose(2, 0, 1)
+        assert np.allclose(stored[:, m], expected, atol=2e-2), name
+        # the tumour is part of the statistics: without it the numbers differ by far more
+        brain = (vol != 0) & (label == 0)
+        without = extract_planes(documented_zscore(np.where(brain, vol, 0), brain), meta.box).transpose(2, 0, 1)
+        inside = extract_planes((vol != 0) & (label == 0), meta.box).transpose(2, 0, 1)
+        assert np.abs(stored[:, m][inside] - without[inside]).max() > 0.1
+
+
+# --------------------------------------------------------------------------- geometry
+def test_foreground_box_by_hand():
+    ref = np.zeros((40, 30, 5), np.float32)
+    ref[10:20, 5:15, 2] = -1.0  # negative values count as non-zero
+    assert foreground_box(ref, 16) == InPlaneBox("crop", x0=7, y0=2, side=16, size=16)
+    assert foreground_box(ref, 32, "resize") == InPlaneBox("resize", x0=10, y0=5, side=10, size=32)
+    ref[10:25, 5:12, 3] = 1.0  # x extent 15 > y extent 10: the side is the larger one
+    assert foreground_box(ref, 32, "resize") == InPlaneBox("resize", x0=10, y0=3, side=15, size=32)
+    empty = np.zeros((40, 30, 5))
+    assert foreground_box(empty, 16) == InPlaneBox("crop", x0=12, y0=7, side=16, size=16)
+    with pytest.raises(ValueError, match="in-plane mode"):
+        foreground_box(ref, 16, "pad")
+
+
+def test_whole_plane_box_by_hand():
+    assert whole_plane_box((40, 36), 16) == InPlaneBox("crop", x0=-4, y0=-6, side=48, size=48)
+    assert whole_plane_box((32, 32), 16) == InPlaneBox("crop", x0=0, y0=0, side=32, size=32)
+    assert whole_plane_box((33, 10), 4) == InPlaneBox("crop", x0=-2, y0=-13, side=36, size=36)
+
+
+def test_extract_and_paste_are_inverse_on_the_box():
+    rng = np.random.default_rng(0)
+    vol = rng.random((20, 14, 3)).astype(np.float32)
+    box = InPlaneBox("crop", x0=-3, y0=4, side=16, size=16)
+    planes = extract_planes(vol, box)
+    assert planes.shape == (16, 16, 3)
+    assert np.array_equal(planes[3:16, 0:10], vol[0:13, 4:14]) and not planes[:3].any() and not planes[:, 10:].any()
+    back = paste_planes(planes, box, (20, 14))
+    assert np.array_equal(back[0:13, 4:14], vol[0:13, 4:14]) and not back[13:].any() and not back[:, :4].any()
+    whole = whole_plane_box((20, 14), 4)
+    assert np.array_equal(paste_planes(extract_planes(vol, whole), whole, (20, 14)), vol)
+    rbox = InPlaneBox("resize", x0=2, y0=1, side=8, size=16)
+    up = extract_planes(np.ones((20, 14, 1), np.float32), rbox)
+    assert up.shape == (16, 16, 1) and np.allclose(up, 1.0)
+    down = paste_planes(up, rbox, (20, 14))
+    assert np.allclose(down[2:10, 1:9], 1.0) and down.sum() == pytest.approx(64)
+
+
+# --------------------------------------------------------------------------- sampler
+def test_sampler_foreground_positions_hold_foreground_slices():
+    fg = [2, 5, 7]
+    s = TwoStreamBatchSampler(10, 5, 4, 2, seed=3, start=0, stop=30, labeled_foreground=fg, foreground_fraction=0.5)
+    assert s.n_foreground == 2 and len(s) == 30
+    seen_rest = set()
+    for k, batch in enumerate(s):
+        assert [pos for _, it, pos in batch] == list(range(6)) and {it for _, it, _ in batch} == {k}
+        idx = [i for i, _, _ in batch]
+        assert set(idx[:2]) <= set(fg)
+        assert all(0 <= i < 10 for i in idx[2:4]) and all(10 <= i < 15 for i in idx[4:])
+        seen_rest.update(idx[2:4])
+    # the foreground stream is a walk through permutations of the foreground list: in 3 batches
+    # (6 picks) each foreground slice comes exactly twice
+    picks = [i for k in range(3) for i, _, _ in s.batch(k)[:2]]
+    assert sorted(picks) == sorted(fg * 2)
+    assert seen_rest == set(range(10))  # the rest of the batch still sees every labelled slice
+
+
+def test_sampler_foreground_fraction_rounding_and_fallbacks():
+    assert TwoStreamBatchSampler(10, 5, 4, 2, 0, 0, 1, [1], foreground_fraction=0.3).n_foreground == 1
+    assert TwoStreamBatchSampler(10, 5, 4, 2, 0, 0, 1, [1], foreground_fraction=1.0).n_foreground == 4
+    assert TwoStreamBatchSampler(10, 5, 4, 2, 0, 0, 1, [], foreground_fraction=1.0).n_foreground == 0
+    assert TwoStreamBatchSampler(10, 5, 4, 2, 0, 0, 1, [1, 2]).n_foreground == 0
+    assert len(TwoStreamBatchSampler(10, 5, 4, 2, 0, 5, 3)) == 0
+    for bad in (dict(n_labeled=0), dict(n_unlabeled=0), dict(foreground_fraction=1.5),
+                dict(foreground_fraction=-0.1), dict(labeled_foreground=[10]), dict(labeled_foreground=[-1])):
+        args = dict(n_labeled=10, n_unlabeled=5, labeled_batch=4, unlabeled_batch=2, seed=0, start=0, stop=1,
+                    labeled_foreground=[1], foreground_fraction=0.5)
+        args.update(bad)
+        with pytest.raises(ValueError):
+            TwoStreamBatchSampler(**args)
+    TwoStreamBatchSampler(0, 5, 0, 2, 0, 0, 1)  # no labelled batch: an empty pool is fine
+    TwoStreamBatchSampler(10, 0, 4, 0, 0, 0, 1)
+
+
+def test_sampler_streams_are_seeded_permutations():
+    a = TwoStreamBatchSampler(7, 5, 1, 1, seed=1, start=0, stop=14)
+    lab = [b[0][0] for b in a]
+    assert sorted(lab[:7]) == list(range(7)) and sorted(lab[7:]) == list(range(7)) and lab[:7] != lab[7:]
+    unl = [b[1][0] for b in a]
+    assert sorted(unl[:5]) == list(range(7, 12)) and sorted(unl[5:10]) == list(range(7, 12))
+    b = TwoStreamBatchSampler(7, 5, 1, 1, seed=2, start=0, stop=14)
+    assert [x[0][0] for x in b] != lab
+    assert list(TwoStreamBatchSampler(7, 5, 1, 1, seed=1, start=3, stop=5)) == [a.batch(3), a.batch(4)]
+
+
+# --------------------------------------------------------------------------- paired augmentation
+def l_shape(h: int = 48, w: int = 40) -> np.ndarray:
+    label = np.zeros((h, w), np.uint8)
+    label[6:30, 8:14] = 1
+    label[24:30, 8:32] = 1  # an L: no flip or rotation maps it onto itself
+    label[10:13, 25:28] = 1
+    return label
+
+
+FLIPS_ONLY = AugmentOptions(enabled=True, rotate_degrees=0.0, scale=(1.0, 1.0), intensity_scale=0.0,
+                            intensity_shift=0.0, noise_std=0.0)
+ALL_SPATIAL = AugmentOptions(enabled=True, rotate_degrees=30.0, scale=(0.8, 1.2), intensity_scale=0.0,
+                             intensity_shift=0.0, noise_std=0.0)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_flip_moves_label_and_every_modality_together(seed):
+    """An image equal to its label: after every flip label == (image > 0.5), in each modality.
+    Catches the label flipped on a different axis than the images."""
+    label = l_shape()
+    images = np.stack([label, label]).astype(np.float32)
+    out, lab = augment_pair(images, label, np.random.default_rng(seed), FLIPS_ONLY)
+    assert out.shape == images.shape and out.dtype == np.float32 and lab.shape == label.shape
+    for m in range(2):
+        assert np.array_equal(lab, (out[m] > 0.5).astype(np.uint8))
+    assert lab.flags["C_CONTIGUOUS"]
+
+
+def test_flips_cover_both_axes():
+    label = l_shape()
+    images = label[None].astype(np.float32)
+    results = {augment_pair(images, label, np.random.default_rng(s), FLIPS_ONLY)[1].tobytes() for s in range(16)}
+    expected = {label[::a, ::b].tobytes() for a in (1, -1) for b in (1, -1)}
+    assert results == expected
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_rotation_and_zoom_move_label_and_every_modality_together(seed):
+    """Catches the label rotated (or zoomed) differently from the images. Bilinear images and a
+    nearest-neighbour label may differ on boundary voxels only."""
+    label = l_shape()
+    images = np.stack([label, label]).astype(np.float32)
+    out, lab = augment_pair(images, label, np.random.default_rng(seed), ALL_SPATIAL)
+    assert lab.dtype == np.uint8 and set(np.unique(lab)) <= {0, 1}
+    assert np.array_equal(out[0], out[1])
+    differ = np.count_nonzero(lab != (out[0] > 0.5))
+    assert differ <= 0.08 * label.sum()
+    assert not np.array_equal(lab, label)  # something did move
+
+
+def test_intensity_changes_differ_per_modality_and_label_is_optional():
+    rng = np.random.default_rng(0)
+    images = np.ones((2, 16, 16), np.float32)
+    opts = AugmentOptions(enabled=True, flip=False, rotate_degrees=0.0, scale=(1.0, 1.0), intensity_scale=0.2,
+                          intensity_shift=0.1, noise_std=0.0)
+    out, lab = augment_pair(images, None, rng, opts)
+    assert lab is None
+    a, b = float(out[0].mean()), float(out[1].mean())
+    assert np.allclose(out[0], a) and np.allclose(out[1], b) and a != b
+    assert 0.7 <= a <= 1.3 and 0.7 <= b <= 1.3
+    noisy, _ = augment_pair(images, None, np.random.default_rng(1),
+                            AugmentOptions(enabled=True, flip=False, rotate_degrees=0.0, scale=(1.0, 1.0),
+                                           intensity_scale=0.0, intensity_shift=0.0, noise_std=0.5))
+    assert 0.3 < noisy.std() < 0.7 and abs(noisy.mean() - 1.0) < 0.1
