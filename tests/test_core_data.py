@@ -245,3 +245,74 @@ def test_intensity_changes_differ_per_modality_and_label_is_optional():
                             AugmentOptions(enabled=True, flip=False, rotate_degrees=0.0, scale=(1.0, 1.0),
                                            intensity_scale=0.0, intensity_shift=0.0, noise_std=0.5))
     assert 0.3 < noisy.std() < 0.7 and abs(noisy.mean() - 1.0) < 0.1
+
+
+def test_rotation_and_zoom_turn_about_the_slice_centre():
+    yy, xx = np.mgrid[:41, :41]
+    disk = (((yy - 20) ** 2 + (xx - 20) ** 2) < 64).astype(np.uint8)  # centred on the middle voxel
+    for seed in range(6):
+        out, lab = augment_pair(disk[None].astype(np.float32), disk, np.random.default_rng(seed), ALL_SPATIAL)
+        for mask in (lab > 0, out[0] > 0.5):
+            ys, xs = np.nonzero(mask)
+            assert abs(ys.mean() - 20) < 0.3 and abs(xs.mean() - 20) < 0.3
+        # the zoom of (0.8, 1.2) changes the area by at most its square
+        assert 0.6 * disk.sum() < lab.sum() < 1.5 * disk.sum()
+
+
+def test_intensity_gain_and_shift_are_drawn_on_both_sides():
+    ones = np.ones((1, 4, 4), np.float32)
+    base = dict(enabled=True, flip=False, rotate_degrees=0.0, scale=(1.0, 1.0), noise_std=0.0)
+    gains = [float(augment_pair(ones, None, np.random.default_rng(s),
+                                AugmentOptions(**base, intensity_scale=0.2, intensity_shift=0.0))[0].mean())
+             for s in range(20)]
+    shifts = [float(augment_pair(ones, None, np.random.default_rng(s),
+                                 AugmentOptions(**base, intensity_scale=0.0, intensity_shift=0.1))[0].mean()) - 1
+              for s in range(20)]
+    assert 0.8 <= min(gains) < 1.0 < max(gains) <= 1.2
+    assert -0.1 <= min(shifts) < 0.0 < max(shifts) <= 0.1
+    plain, lab = augment_pair(ones, np.ones((4, 4), np.uint8), np.random.default_rng(0),
+                              AugmentOptions(**base, intensity_scale=0.0, intensity_shift=0.0))
+    assert np.array_equal(plain, ones) and np.array_equal(lab, np.ones((4, 4)))
+
+
+def test_collate_two_stream_shapes_and_empty_streams():
+    import torch
+
+    from semicml.data.sampler import collate_two_stream
+
+    lab = {"images": torch.ones(2, 8, 6), "labeled": True, "label": torch.ones(8, 6, dtype=torch.int64)}
+    unl = {"images": torch.zeros(2, 8, 6), "labeled": False}
+    batch = collate_two_stream([lab, unl, unl])
+    assert batch["images_l"].shape == (1, 2, 8, 6) and batch["images_u"].shape == (2, 2, 8, 6)
+    assert batch["label_l"].shape == (1, 8, 6) and torch.all(batch["images_l"] == 1)
+    only_u = collate_two_stream([unl])
+    assert only_u["images_l"].shape == (0, 2, 8, 6) and only_u["label_l"].shape == (0, 8, 6)
+    assert only_u["label_l"].dtype == torch.int64 and only_u["images_l"].dtype == torch.float32
+    only_l = collate_two_stream([lab])
+    assert only_l["images_u"].shape == (0, 2, 8, 6)
+    # methods concatenate the two streams (unlabelled_batch = 0 is a valid setting)
+    assert torch.cat([only_l["images_l"], only_l["images_u"]]).shape == (1, 2, 8, 6)
+
+
+def test_dataset_items_label_only_the_labelled_pool_and_augment_per_position(store):
+    from semicml.data.sampler import PairedSliceDataset
+
+    keys = [(c, z) for c, m in store.cases.items() if m.labeled for z in m.foreground_slices[:2]]
+    ds = PairedSliceDataset(store, keys[:3], keys[3:6], ["T1ce", "T2"], augment=FLIPS_ONLY, seed=5)
+    assert len(ds) == 6 and ds.n_labeled == 3 and ds.channels == [1, 0]
+    plain = PairedSliceDataset(store, keys[:3], keys[3:6], ["T1ce", "T2"])
+    item, raw = plain[1], np.asarray(store.images(keys[1][0])[keys[1][1]], dtype=np.float32)
+    assert item["labeled"] and np.array_equal(item["images"].numpy(), raw[[1, 0]])
+    assert np.array_equal(item["label"].numpy(), np.asarray(store.label(keys[1][0])[keys[1][1]]))
+    assert not plain[4]["labeled"] and "label" not in plain[4]
+    # the augmentation is a function of (seed, iteration, position): label and images flip together
+    for it, pos in ((0, 0), (1, 0), (0, 1), (3, 2)):
+        a, b = ds[(1, it, pos)], ds[(1, it, pos)]
+        assert np.array_equal(a["images"], b["images"])
+        flips = {(sy, sx): plain[1]["images"].numpy()[:, ::sy, ::sx] for sy in (1, -1) for sx in (1, -1)}
+        match = [k for k, v in flips.items() if np.array_equal(v, a["images"].numpy())]
+        assert len(match) >= 1
+        sy, sx = match[0]
+        assert np.array_equal(a["label"].numpy(), plain[1]["label"].numpy()[::sy, ::sx])
+    draws = {ds[(1, it, 0)]["images"].numpy().tobytes() for it in range(12)}
+    assert len(draws) > 1
