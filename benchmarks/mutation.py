@@ -59,11 +59,11 @@ IMPORTANT = ["methods/base.py", "methods/semicml.py", "methods/prel.py", "method
 
 # The fast test files that kill the mutants (the runner command of mutmut).
 FAST_TESTS = ["tests/test_core_methods.py", "tests/test_core_inference.py", "tests/test_core_data.py",
-              "tests/test_losses.py", "tests/test_baselines.py", "tests/test_metrics.py", "tests/test_store.py"]
-# Whole-engine tests of the baselines (10 s each under load), left out of the mutation runner.
+              "tests/test_losses.py", "tests/test_store.py"]
+# Test keywords left out of the runner (``-k "not ..."``), e.g. whole-engine tests; none by default.
 SLOW_KEYWORDS: list[str] = []
 # The same selection on the code as found (before the core tests existed).
-BEFORE_TESTS = ["tests/test_losses.py", "tests/test_baselines.py", "tests/test_metrics.py", "tests/test_store.py"]
+BEFORE_TESTS = ["tests/test_losses.py", "tests/test_store.py"]
 
 
 def mutmut_command() -> list[str]:

@@ -316,3 +316,53 @@ def test_dataset_items_label_only_the_labelled_pool_and_augment_per_position(sto
         assert np.array_equal(a["label"].numpy(), plain[1]["label"].numpy()[::sy, ::sx])
     draws = {ds[(1, it, 0)]["images"].numpy().tobytes() for it in range(12)}
     assert len(draws) > 1
+
+
+def _moments(mask: np.ndarray) -> tuple[float, float, float, float]:
+    ys, xs = np.nonzero(mask)
+    cov = np.cov(np.stack([ys, xs]).astype(float))
+    return float(mask.sum()), cov[0, 0], cov[1, 1], cov[0, 1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_spatial_transform_is_a_rotation_with_the_drawn_zoom(seed):
+    """A disk stays a round disk scaled by the drawn zoom; a bar turns by the drawn angle."""
+    opts = AugmentOptions(enabled=True, flip=False, rotate_degrees=30.0, scale=(0.7, 1.3), intensity_scale=0.0,
+                          intensity_shift=0.0, noise_std=0.0)
+    draw = np.random.default_rng(seed)  # the draws augment_pair makes without flips: angle, then zoom
+    angle, zoom = np.deg2rad(draw.uniform(-30.0, 30.0)), draw.uniform(0.7, 1.3)
+    yy, xx = np.mgrid[:61, :61]
+    disk = (((yy - 30) ** 2 + (xx - 30) ** 2) <= 100).astype(np.uint8)
+    _, lab = augment_pair(disk[None].astype(np.float32), disk, np.random.default_rng(seed), opts)
+    area, vy, vx, cxy = _moments(lab)
+    assert area == pytest.approx(disk.sum() * zoom ** 2, rel=0.06)
+    assert vy == pytest.approx(vx, rel=0.08) and abs(cxy) < 0.05 * vy
+    bar = ((np.abs(yy - 30) <= 2) & (np.abs(xx - 30) <= 20)).astype(np.uint8)
+    out, lab = augment_pair(bar[None].astype(np.float32), bar, np.random.default_rng(seed), opts)
+    for mask in (lab > 0, out[0] > 0.5):
+        _, vy, vx, cxy = _moments(mask)
+        turned = 0.5 * np.arctan2(2 * cxy, vx - vy)  # principal axis vs the column axis
+        assert abs(abs(turned) - abs(angle)) < np.deg2rad(2.0)
+
+
+def test_zoom_alone_is_applied_and_interpolation_does_not_overshoot():
+    opts = AugmentOptions(enabled=True, flip=False, rotate_degrees=0.0, scale=(1.5, 1.5), intensity_scale=0.0,
+                          intensity_shift=0.0, noise_std=0.0)
+    label = l_shape() * 2  # class values 0 and 2 only
+    images = label[None].astype(np.float32) / 2
+    out, lab = augment_pair(images, label, np.random.default_rng(0), opts)
+    assert lab.sum() / 2 == pytest.approx(label.sum() / 2 * 1.5 ** 2, rel=0.15)
+    assert set(np.unique(lab)) == {0, 2}  # nearest neighbour: no class appears between 0 and 2
+    for seed in range(4):
+        out, lab = augment_pair(images, label, np.random.default_rng(seed), ALL_SPATIAL)
+        assert out.min() >= 0.0 and out.max() <= 1.0  # bilinear: no spline overshoot
+        assert set(np.unique(lab)) <= {0, 2}
+
+
+def test_noise_is_per_voxel_and_per_modality():
+    opts = AugmentOptions(enabled=True, flip=False, rotate_degrees=0.0, scale=(1.0, 1.0), intensity_scale=0.0,
+                          intensity_shift=0.0, noise_std=0.5)
+    out, _ = augment_pair(np.ones((2, 32, 32), np.float32), None, np.random.default_rng(3), opts)
+    for m in range(2):
+        assert out[m].std() == pytest.approx(0.5, rel=0.15) and out[m].mean() == pytest.approx(1.0, abs=0.1)
+    assert not np.allclose(out[0], out[1])
