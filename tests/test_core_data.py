@@ -159,12 +159,18 @@ def test_sampler_foreground_fraction_rounding_and_fallbacks():
     assert TwoStreamBatchSampler(10, 5, 4, 2, 0, 0, 1, [], foreground_fraction=1.0).n_foreground == 0
     assert TwoStreamBatchSampler(10, 5, 4, 2, 0, 0, 1, [1, 2]).n_foreground == 0
     assert len(TwoStreamBatchSampler(10, 5, 4, 2, 0, 5, 3)) == 0
+    messages = {
+        "n_labeled": r"^labelled batch requested but the labelled pool is empty$",
+        "n_unlabeled": r"^unlabelled batch requested but the unlabelled pool is empty$",
+        "foreground_fraction": r"^foreground_fraction must be in \[0, 1\], got ",
+        "labeled_foreground": r"^labeled_foreground indices must address the labelled pool$",
+    }
     for bad in (dict(n_labeled=0), dict(n_unlabeled=0), dict(foreground_fraction=1.5),
                 dict(foreground_fraction=-0.1), dict(labeled_foreground=[10]), dict(labeled_foreground=[-1])):
         args = dict(n_labeled=10, n_unlabeled=5, labeled_batch=4, unlabeled_batch=2, seed=0, start=0, stop=1,
                     labeled_foreground=[1], foreground_fraction=0.5)
         args.update(bad)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=messages[next(iter(bad))]):
             TwoStreamBatchSampler(**args)
     TwoStreamBatchSampler(0, 5, 0, 2, 0, 0, 1)  # no labelled batch: an empty pool is fine
     TwoStreamBatchSampler(10, 0, 4, 0, 0, 0, 1)
@@ -366,3 +372,23 @@ def test_noise_is_per_voxel_and_per_modality():
     for m in range(2):
         assert out[m].std() == pytest.approx(0.5, rel=0.15) and out[m].mean() == pytest.approx(1.0, abs=0.1)
     assert not np.allclose(out[0], out[1])
+
+
+def test_make_loader_uses_the_sampler_and_a_private_generator(store):
+    import torch
+
+    from semicml.data.sampler import PairedSliceDataset, make_loader
+
+    keys = [(c, z) for c, m in store.cases.items() if m.labeled for z in m.foreground_slices[:2]]
+    ds = PairedSliceDataset(store, keys[:3], keys[3:6], seed=11)
+    sampler = TwoStreamBatchSampler(3, 3, 2, 1, seed=0, start=0, stop=2)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    loader = make_loader(ds, sampler, num_workers=0, pin_memory=False)
+    batches = list(loader)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global torch RNG is not drawn from
+    assert loader.batch_sampler is sampler and loader.num_workers == 0 and not loader.pin_memory
+    assert loader.generator.initial_seed() == 11 and not loader.persistent_workers
+    assert [tuple(b["images_l"].shape) for b in batches] == [(2, 2, 64, 64)] * 2
+    assert batches[0]["images_u"].shape == (1, 2, 64, 64) and batches[0]["label_l"].dtype == torch.int64
+    assert make_loader(ds, sampler, num_workers=1, pin_memory=True).num_workers == 1
