@@ -11,6 +11,7 @@ files to run), runs ``mutmut run`` and writes, under ``benchmarks/results/mutati
 
     summary.json / summary.md   killed / survived / no tests / timeout per module
     survivors.txt               the diff of every surviving mutant (``mutmut show``)
+    no_tests.txt                mutants no selected test runs (names only)
 
 ``--known-bugs`` applies each of the deliberate bugs listed in issue 14 to a scratch copy and
 runs the fast core tests: every bug must make at least one test fail (it prints which).
@@ -132,35 +133,48 @@ def collect(work: Path, modules: list[str], out: Path, seconds: float) -> dict:
     text = subprocess.run([*mutmut_command(), "results", "--all", "true"], cwd=work, env=env, check=True,
                           capture_output=True, text=True).stdout
     per: dict[str, Counter] = defaultdict(Counter)
-    survivors = []
+    survivors, untested = [], []
     for line in text.splitlines():
         if ":" not in line:
             continue
         name, status = (s.strip() for s in line.rsplit(":", 1))
         per[module_of(name, modules)][status] += 1
-        if status in ("survived", "no tests"):
+        if status == "survived":
             survivors.append(name)
+        elif status == "no tests":
+            untested.append(name)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "survivors.txt", "w") as fh:
-        for name in survivors:
-            diff = subprocess.run([*mutmut_command(), "show", name], cwd=work, env=env, capture_output=True, text=True)
-            fh.write(diff.stdout + "\n")
+    (out / "no_tests.txt").write_text("".join(f"{name}\n" for name in untested))
+    with open(out / "survivors.txt", "w") as fh:  # one mutmut process for every diff
+        script = ("import sys\nfrom mutmut.__main__ import cli\n"
+                  "for name in sys.argv[1:]:\n"
+                  "    try:\n        cli(['show', name], standalone_mode=False)\n"
+                  "    except SystemExit:\n        pass\n")
+        if survivors:
+            fh.write(subprocess.run([sys.executable, "-c", script, *survivors], cwd=work, env=env,
+                                    capture_output=True, text=True).stdout)
     rows = {}
     for mod in sorted(per):
         c = per[mod]
         total = sum(c.values())
         killed = c["killed"] + c["timeout"] + c["caught by type check"]
+        checked = total - c["not checked"]
         rows[mod] = {"total": total, "killed": c["killed"], "timeout": c["timeout"], "survived": c["survived"],
-                     "no_tests": c["no tests"], "other": total - killed - c["survived"] - c["no tests"],
-                     "score": round(killed / total, 4) if total else None}
-    total = {k: sum(r[k] for r in rows.values()) for k in ("total", "killed", "timeout", "survived", "no_tests", "other")}
-    total["score"] = round((total["killed"] + total["timeout"]) / total["total"], 4) if total["total"] else None
+                     "no_tests": c["no tests"], "not_checked": c["not checked"],
+                     "other": checked - killed - c["survived"] - c["no tests"],
+                     "score": round(killed / checked, 4) if checked else None}
+    keys = ("total", "killed", "timeout", "survived", "no_tests", "not_checked", "other")
+    total = {k: sum(r[k] for r in rows.values()) for k in keys}
+    checked = total["total"] - total["not_checked"]
+    total["score"] = round((total["killed"] + total["timeout"]) / checked, 4) if checked else None
     summary = {"modules": rows, "total": total, "seconds": round(seconds), "survivors": survivors}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    lines = ["| module | mutants | killed | timeout | survived | no tests | killed % |", "|---|---|---|---|---|---|---|"]
+    lines = ["| module | mutants | killed | timeout | survived | no tests | not run | killed % of run |",
+             "|---|---|---|---|---|---|---|---|"]
     for mod, r in list(rows.items()) + [("**all**", total)]:
         score = "-" if r["score"] is None else f"{100 * r['score']:.1f}"
-        lines.append(f"| {mod} | {r['total']} | {r['killed']} | {r['timeout']} | {r['survived']} | {r['no_tests']} | {score} |")
+        lines.append(f"| {mod} | {r['total']} | {r['killed']} | {r['timeout']} | {r['survived']} | {r['no_tests']} "
+                     f"| {r['not_checked']} | {score} |")
     (out / "summary.md").write_text("\n".join(lines) + f"\n\nwall time: {seconds / 60:.1f} min\n")
     print("\n".join(lines))
     return summary
@@ -236,6 +250,8 @@ def main() -> int:
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one, kept)")
     parser.add_argument("--resume", action="store_true", help="reuse --workdir as it is (mutmut keeps its results)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only write the report of the results already in --workdir (e.g. an interrupted run)")
     parser.add_argument("--known-bugs", action="store_true", help="check the issue-14 hand mutations instead")
     args = parser.parse_args()
     if args.known_bugs:
@@ -243,6 +259,9 @@ def main() -> int:
     tests = {"default": FAST_TESTS, "default-before": BEFORE_TESTS}.get(args.tests[0], args.tests) \
         if len(args.tests) == 1 else args.tests
     work = Path(args.workdir or tempfile.mkdtemp(prefix=f"semicml-mutation-{args.label.replace('/', '-')}-"))
+    if args.report_only:
+        collect(work, args.modules, RESULTS / args.label, 0.0)
+        return 0
     if not (args.resume and work.is_dir()):
         copy_tree(args.ref, work)
     write_config(work, args.modules, tests)
