@@ -392,3 +392,62 @@ def test_make_loader_uses_the_sampler_and_a_private_generator(store):
     assert [tuple(b["images_l"].shape) for b in batches] == [(2, 2, 64, 64)] * 2
     assert batches[0]["images_u"].shape == (1, 2, 64, 64) and batches[0]["label_l"].dtype == torch.int64
     assert make_loader(ds, sampler, num_workers=1, pin_memory=True).num_workers == 1
+
+
+def test_sampler_streams_follow_the_documented_seeded_permutations():
+    """Batch k is a pure function of (seed, k): pinned here so that a resumed run of a later
+    version still sees the same batches. Streams: 0 labelled, 1 unlabelled, 2 labelled foreground."""
+    def element(n, position, seed, stream):
+        epoch, offset = divmod(position, n)
+        return int(np.random.default_rng([seed, stream, epoch]).permutation(n)[offset])
+
+    fg = [0, 3, 4, 6]
+    s = TwoStreamBatchSampler(7, 7, 3, 2, seed=9, start=0, stop=5, labeled_foreground=fg, foreground_fraction=0.34)
+    assert s.n_foreground == 1
+    for k in range(5):
+        expected = [(fg[element(4, k, 9, 2)], k, 0)]
+        expected += [(element(7, k * 2 + j, 9, 0), k, 1 + j) for j in range(2)]
+        expected += [(7 + element(7, k * 2 + j, 9, 1), k, 3 + j) for j in range(2)]
+        assert s.batch(k) == expected
+
+
+def test_sampler_boundaries_of_the_argument_checks():
+    with pytest.raises(ValueError, match="labelled pool is empty"):
+        TwoStreamBatchSampler(0, 5, 1, 1, 0, 0, 1)
+    with pytest.raises(ValueError, match="unlabelled pool is empty"):
+        TwoStreamBatchSampler(5, 0, 1, 1, 0, 0, 1)
+    s = TwoStreamBatchSampler(5, 5, 2, 1, 0, 0, 1, labeled_foreground=[0, 4], foreground_fraction=1.0)
+    assert {i for i, _, _ in s.batch(0)[:2]} <= {0, 4}
+
+
+def test_dataset_defaults_and_augmentation_seed(store):
+    from semicml.data.sampler import PairedSliceDataset
+
+    keys = [(c, z) for c, m in store.cases.items() if m.labeled for z in m.foreground_slices[:1]]
+    assert PairedSliceDataset(store, keys[:2], keys[2:3]).seed == 0
+    ds = PairedSliceDataset(store, keys[:2], keys[2:3], augment=ALL_SPATIAL, seed=4)
+    assert np.array_equal(ds[1]["images"], ds[(1, 0, 0)]["images"])  # a plain index is (index, 0, 0)
+    raw = np.asarray(store.images(keys[1][0])[keys[1][1]], dtype=np.float32)
+    label = np.asarray(store.label(keys[1][0])[keys[1][1]])
+    for it, pos in ((0, 0), (2, 1)):
+        images, lab = augment_pair(raw, label, np.random.default_rng([4, 7, it, pos]), ALL_SPATIAL)
+        item = ds[(1, it, pos)]
+        assert np.array_equal(item["images"].numpy(), images) and np.array_equal(item["label"].numpy(), lab)
+
+
+def test_make_loader_defaults(store):
+    from semicml.data.sampler import PairedSliceDataset, make_loader
+
+    keys = [(c, z) for c, m in store.cases.items() if m.labeled for z in m.foreground_slices[:1]]
+    ds = PairedSliceDataset(store, keys[:2], keys[2:3])
+    sampler = TwoStreamBatchSampler(2, 1, 1, 1, seed=0, start=0, stop=1)
+    loader = make_loader(ds, sampler)
+    assert loader.num_workers == 0 and loader.pin_memory is False and loader.persistent_workers is False
+    assert make_loader(ds, sampler, pin_memory=True).pin_memory is True
+
+
+def test_flips_without_a_label():
+    images = l_shape()[None].astype(np.float32)
+    for seed in range(4):
+        out, lab = augment_pair(images, None, np.random.default_rng(seed), FLIPS_ONLY)
+        assert lab is None and out.shape == images.shape

@@ -402,3 +402,26 @@ def test_prel_alone_needs_init_and_starts_at_zero():
         make(PReL)
     m = make(PReL, init="somewhere")
     assert m.start_iteration == 0 and m.phase(0) == "prel" and PReL.continues_schedule
+
+
+def test_predictors_and_trainable_parameters_are_the_students():
+    m = make(SemiCMLPReL)
+    assert m.predictors() == {"T2": m.students["0"], "T1ce": m.students["1"]}
+    ids = {id(p) for p in m.trainable_parameters()}
+    assert ids == {id(p) for p in m.students.parameters()}
+    assert not ids & {id(p) for p in m.teachers.parameters()}
+
+
+def test_semicml_train_step_is_the_stage_one_loss():
+    m = make(SemiCML)
+    batch = make_batch()
+    a, b = m.train_step(batch, 3), m.semicml_losses(batch, 3)
+    assert set(a) == set(b) and all(a[k].item() == pytest.approx(b[k].item(), rel=1e-6) for k in a)
+
+
+def test_error_messages_name_the_problem_exactly():
+    with pytest.raises(ConfigError, match=r"^method 'prel' needs --init RUN \(a finished semicml run to start from\)$"):
+        make(PReL)
+    with pytest.raises(ConfigError, match=r"^unknown method 'x' \(choose from [a-z-]+(, [a-z0-9%-]+)+\)$") as err:
+        get_method("x")
+    assert ", ".join(sorted(METHODS)) in str(err.value)
