@@ -425,3 +425,45 @@ def test_error_messages_name_the_problem_exactly():
     with pytest.raises(ConfigError, match=r"^unknown method 'x' \(choose from [a-z-]+(, [a-z0-9%-]+)+\)$") as err:
         get_method("x")
     assert ", ".join(sorted(METHODS)) in str(err.value)
+
+
+def test_prel_loss_uses_the_configured_weights_similarity_temperature_and_reduction():
+    cfg = dict(alpha=0.3)
+    m = stub_prel(0, refine_teacher_from=0.0, **cfg)
+    m.cfg.semicml.bce_weight, m.cfg.semicml.dice_weight = 2.0, 5.0
+    m.cfg.semicml.similarity, m.cfg.semicml.temperature, m.cfg.semicml.dice_reduction = "cosine", 0.5, "slice"
+    batch = make_batch()
+    losses = m.prel_losses(batch, 9)
+    x = torch.cat([batch["images_l"], batch["images_u"]])
+    soft = torch.sigmoid(3.0 * x[:, 0:1])
+    logits = -2.0 * x[:, 1:2] + 0.5
+    expected = prel_loss(logits, soft, alpha=0.3, bce_weight=2.0, dice_weight=5.0, similarity="cosine",
+                         temperature=0.5, dice_reduction="slice")
+    assert losses["prel/T1ce"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert expected.item() != pytest.approx(prel_loss(logits, soft).item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("n_lab", [0, 1, 3])
+def test_prel_keep_supervised_on_the_labelled_slices_only(n_lab):
+    m = stub_prel(1, refine_teacher_from=0.9, keep_supervised=True)
+    batch = make_batch(n_lab=max(n_lab, 1))
+    if n_lab == 0:
+        batch["images_l"], batch["label_l"] = batch["images_l"][:0], batch["label_l"][:0]
+    losses = m.prel_losses(batch, 0)
+    assert ("sup/T2" in losses) == (n_lab > 0)
+    if n_lab:
+        y = (batch["label_l"] > 0).float().unsqueeze(1)
+        assert losses["sup/T2"].item() == pytest.approx(supervised_loss(batch["images_l"][:, 0:1], y).item(), rel=1e-5)
+
+
+def test_state_defaults_and_best_validation_kept():
+    m = make(SemiCMLPReL, prel={"bma_from": 0.0})
+    assert m.extra_state()["teacher_info"] == {}
+    m.on_validation(0, {"T2": 0.5})
+    m.on_validation(1, {"T2": 0.3, "T1ce": 0.2})
+    assert m.best_val == {"T2": 0.5, "T1ce": 0.2}
+    fresh = make(SemiCMLPReL)
+    fresh.load_extra_state({})  # an older checkpoint without method state
+    assert fresh.teacher_index is None and fresh.best_val == {} and fresh.bma["0"].pool == []
+    fresh.load_extra_state({"teacher_index": 0})
+    assert fresh.teacher_index == 0
