@@ -117,3 +117,79 @@ def test_metric_bars_without_values(tmp_path):
     with pytest.raises(ValueError, match="hd95"):
         plot_metric_bars([{"method": "a", "modality": "CT", "seed": 0, "dice": 0.5}], "hd95", tmp_path / "b.png")
 
+
+
+# --------------------------------------------------------------------------- what is drawn
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions save, captured instead of written."""
+    import semicml.evaluation.plots as plots
+
+    captured = []
+    monkeypatch.setattr(plots, "_save_png", lambda fig, path: captured.append(fig) or path)
+    return captured
+
+
+def test_overlays_draw_the_image_the_label_and_the_prediction_where_they_are(figures, tmp_path):
+    yy, xx = np.mgrid[:32, :32]
+    image = (xx + 2 * yy).astype(np.float32)
+    label = (yy - 16) ** 2 + (xx - 12) ** 2 < 40
+    pred = np.zeros_like(label)
+    pred[10:20, 14:26] = True
+    plot_overlays([{"title": "case z=3", "image": image, "label": label, "pred": pred},
+                   {"title": "empty", "image": image, "label": label, "pred": np.zeros_like(label)}], tmp_path / "o.png")
+    (fig,) = figures
+    axes = np.array(fig.axes[:6]).reshape(2, 3)
+    ax_img, ax_lab, ax_pred = axes[0]
+    assert np.array_equal(ax_img.images[0].get_array(), image)
+    assert ax_img.images[0].get_clim() == pytest.approx(tuple(np.percentile(image, [1, 99])))
+    assert len(ax_img.images) == 1 and ax_img.get_ylabel() == "case z=3"
+    # the overlay is opaque exactly on the mask it shows, green for the label, red for the prediction
+    lab_rgba, pred_rgba = ax_lab.images[1].get_array(), ax_pred.images[1].get_array()
+    assert np.array_equal(lab_rgba[..., 3] > 0, label) and np.array_equal(pred_rgba[..., 3] > 0, pred)
+    assert lab_rgba[label][0, 1] > lab_rgba[label][0, 0] and pred_rgba[pred][0, 0] > pred_rgba[pred][0, 1]
+    inter = np.count_nonzero(label & pred)
+    assert f"Dice {2 * inter / (label.sum() + pred.sum()):.3f}" in ax_pred.get_title()
+    # an empty prediction draws no overlay and scores 0
+    assert len(axes[1, 2].images) == 1 and "Dice 0.000" in axes[1, 2].get_title()
+
+
+def test_metric_bars_draw_the_mean_over_seeds_and_every_seed(figures, tmp_path):
+    rows = [{"method": m, "modality": mod, "seed": s, "hd95": v}
+            for m, mod, s, v in [("a", "T2", 0, 1.0), ("a", "T2", 1, 3.0), ("a", "T1ce", 0, 5.0),
+                                 ("b", "T2", 0, 2.0), ("b", "T2", 1, float("nan")), ("b", "T1ce", 0, 7.0),
+                                 ("b", "T1ce", 1, 9.0)]]
+    plot_metric_bars(rows, "hd95", tmp_path / "b.png")
+    (fig,) = figures
+    (ax,) = fig.axes
+    bars = {(round(p.get_x() + p.get_width() / 2, 6)): p.get_height() for p in ax.patches}
+    # x: method i, modality j of 2 -> i - 0.4 + 0.4 (j + 0.5)
+    assert bars == pytest.approx({-0.2: 2.0, 0.2: 5.0, 0.8: 2.0, 1.2: 8.0})
+    points = sorted(float(y) for c in ax.collections for y in c.get_offsets()[:, 1])
+    assert points == [1.0, 2.0, 3.0, 5.0, 7.0, 9.0]  # the NaN seed is skipped
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["T2", "T1ce"]
+    assert ax.get_ylabel() == "hd95 (mm)"
+
+
+def test_val_curves_draw_each_seed_and_the_mean_at_common_iterations(figures, tmp_path):
+    from semicml.evaluation.plots import plot_val_curves
+
+    curves = {
+        "semicml": {0: [{"iteration": 10, "val_dice/T2": 0.2}, {"iteration": 20, "val_dice/T2": 0.4},
+                        {"iteration": 30, "val_dice/T2": 0.6}],
+                    1: [{"iteration": 10, "val_dice/T2": 0.4}, {"iteration": 30, "val_dice/T2": 0.8},
+                        {"iteration": 40, "val_dice/T2": float("nan")}]},
+        "cps": {0: [{"iteration": 10, "val_dice/T1ce": 0.5}, {"loss": 1.0}]},
+    }
+    plot_val_curves(curves, tmp_path / "v.png")
+    (fig,) = figures
+    ax_t2, ax_t1ce = fig.axes
+    lines = [(line.get_linewidth(), [tuple(p) for p in line.get_xydata()]) for line in ax_t2.get_lines()]
+    thin = sorted(xy for w, xy in lines if w < 1)
+    thick = [xy for w, xy in lines if w == 2]
+    assert thin == [[(10, 0.2), (20, 0.4), (30, 0.6)], [(10, 0.4), (30, 0.8)]]
+    assert thick == [[(10, pytest.approx(0.3)), (30, pytest.approx(0.7))]]
+    assert [t.get_text() for t in ax_t2.get_legend().get_texts()] == ["semicml (n=2)"]
+    assert [tuple(p) for p in ax_t1ce.get_lines()[-1].get_xydata()] == [(10, 0.5)]
+    assert ax_t2.get_ylim() == (0.0, 1.0) and "T2" in ax_t2.get_title()

@@ -158,7 +158,7 @@ def collate_two_stream(items: list[dict]) -> dict:
     """-> {"images_l": (L,M,H,W), "label_l": (L,H,W) int64, "images_u": (U,M,H,W)}."""
     lab = [it for it in items if it["labeled"]]
     unl = [it for it in items if not it["labeled"]]
-    empty = items[0]["images"][:0].unsqueeze(0)[:0]  # (0, M, H, W) with the right dtype
+    empty = items[0]["images"].new_zeros((0, *items[0]["images"].shape))  # (0, M, H, W), same dtype
     batch = {
         "images_l": torch.stack([it["images"] for it in lab]) if lab else empty,
         "images_u": torch.stack([it["images"] for it in unl]) if unl else empty,

@@ -1,0 +1,277 @@
+"""Mutation testing of the core modules with mutmut (not part of CI: it takes tens of minutes).
+
+    pip install "mutmut==3.8.1"
+    nice -n 19 python benchmarks/mutation.py --label after            # working tree, core modules
+    nice -n 19 python benchmarks/mutation.py --label before --ref issue9 --tests default-before
+    python benchmarks/mutation.py --known-bugs                         # the issue-14 hand mutations
+
+What it does: copies the tracked files of ``--ref`` (default: the working tree) to a scratch
+directory, writes a ``[tool.mutmut]`` section there (which modules to mutate, which FAST test
+files to run), runs ``mutmut run`` and writes, under ``benchmarks/results/mutation/<label>/``:
+
+    summary.json / summary.md   killed / survived / no tests / timeout per module
+    survivors.txt               the diff of every surviving mutant (``mutmut show``)
+    no_tests.txt                mutants no selected test runs (names only)
+
+``--known-bugs`` applies each of the deliberate bugs listed in issue 14 to a scratch copy and
+runs the fast core tests: every bug must make at least one test fail (it prints which).
+
+mutmut 3 mutates functions through a trampoline and does not mutate functions with decorators
+other than @staticmethod/@classmethod (here: ``blend_``, ``mc_soft_labels``, ``predict_planes``
+under ``@torch.no_grad()``); those are covered by the direct tests only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "mutation"
+
+# Modules named in issue 14 (relative to src/semicml). The first four are the most important.
+MODULES = {
+    "methods": "src/semicml/methods/*",
+    # Semi-CML's own methods: the base class, stage 1, stage 2 and the teachers (not the
+    # single-modality baselines cps / mean_teacher / uamt / supervised).
+    "methods/base.py": "src/semicml/methods/base.py",
+    "methods/semicml.py": "src/semicml/methods/semicml.py",
+    "methods/prel.py": "src/semicml/methods/prel.py",
+    "methods/teachers.py": "src/semicml/methods/teachers.py",
+    "losses": "src/semicml/losses/*",
+    "inference/postprocess.py": "src/semicml/inference/postprocess.py",
+    "data/sampler.py": "src/semicml/data/sampler.py",
+    "inference": "src/semicml/inference/*",
+    "evaluation/metrics.py": "src/semicml/evaluation/metrics.py",
+    "data/splits.py": "src/semicml/data/splits.py",
+    "data/preprocess.py": "src/semicml/data/preprocess.py",
+}
+IMPORTANT = ["methods/base.py", "methods/semicml.py", "methods/prel.py", "methods/teachers.py", "losses",
+             "inference/postprocess.py", "data/sampler.py"]
+
+# The fast test files that kill the mutants (the runner command of mutmut).
+FAST_TESTS = ["tests/test_core_methods.py", "tests/test_core_inference.py", "tests/test_core_data.py",
+              "tests/test_losses.py", "tests/test_store.py"]
+# Test keywords left out of the runner (``-k "not ..."``), e.g. whole-engine tests; none by default.
+SLOW_KEYWORDS: list[str] = []
+# The same selection on the code as found (before the core tests existed).
+BEFORE_TESTS = ["tests/test_losses.py", "tests/test_store.py"]
+
+
+def mutmut_command() -> list[str]:
+    return [sys.executable, "-c", "import sys; from mutmut.__main__ import cli; sys.exit(cli())"]
+
+
+def copy_tree(ref: str | None, dest: Path) -> None:
+    """Tracked (and, for the working tree, untracked non-ignored) files of ``ref`` into ``dest``."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    if ref:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"], check=True,
+                           capture_output=True, text=True).stdout.split()
+    for name in files:
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def write_config(dest: Path, modules: list[str], tests: list[str]) -> None:
+    toml = (dest / "pyproject.toml").read_text()
+    toml = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", toml)
+    patterns = ", ".join(json.dumps(MODULES[m]) for m in modules)
+    pytest_args = ["-m", "not slow and not realdata", "-p", "no:cacheprovider", "-q"]
+    if SLOW_KEYWORDS:
+        pytest_args[2:2] = ["-k", " and ".join(f"not {k}" for k in SLOW_KEYWORDS)]
+    toml += (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["src"]\n'
+        f"only_mutate = [{patterns}]\n"
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
+        f"pytest_add_cli_args = {json.dumps(pytest_args)}\n"
+        'process_isolation = "forkserver"\n'
+    )
+    (dest / "pyproject.toml").write_text(toml)
+
+
+def module_of(mutant: str, modules: list[str]) -> str:
+    """``semicml.methods.prel.x_fn__mutmut_3`` -> the MODULES key it belongs to (most specific)."""
+    path = "src/" + mutant.split(".x")[0].split(".xǁ")[0].replace(".", "/") + ".py"
+    import fnmatch
+
+    hits = [m for m in modules if fnmatch.fnmatch(path, MODULES[m])]
+    return min(hits, key=lambda m: len(MODULES[m].replace("*", "~" * 99))) if hits else path
+
+
+def run_mutmut(work: Path, max_children: int) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    extra = os.environ.get("MUTMUT_SITE")  # a --target install of mutmut, if not in the venv
+    if extra:
+        env["PYTHONPATH"] = extra
+    cmd = ["nice", "-n", "19", *mutmut_command(), "run", "--max-children", str(max_children)]
+    print("running", " ".join(cmd[:3]), "... mutmut run in", work, flush=True)
+    subprocess.run(cmd, cwd=work, env=env, check=False)
+
+
+def collect(work: Path, modules: list[str], out: Path, seconds: float) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if os.environ.get("MUTMUT_SITE"):
+        env["PYTHONPATH"] = os.environ["MUTMUT_SITE"]
+    text = subprocess.run([*mutmut_command(), "results", "--all", "true"], cwd=work, env=env, check=True,
+                          capture_output=True, text=True).stdout
+    per: dict[str, Counter] = defaultdict(Counter)
+    survivors, untested = [], []
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        name, status = (s.strip() for s in line.rsplit(":", 1))
+        per[module_of(name, modules)][status] += 1
+        if status == "survived":
+            survivors.append(name)
+        elif status == "no tests":
+            untested.append(name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "no_tests.txt").write_text("".join(f"{name}\n" for name in untested))
+    with open(out / "survivors.txt", "w") as fh:  # one mutmut process for every diff
+        script = ("import sys\nfrom mutmut.__main__ import cli\n"
+                  "for name in sys.argv[1:]:\n"
+                  "    try:\n        cli(['show', name], standalone_mode=False)\n"
+                  "    except SystemExit:\n        pass\n")
+        if survivors:
+            fh.write(subprocess.run([sys.executable, "-c", script, *survivors], cwd=work, env=env,
+                                    capture_output=True, text=True).stdout)
+    rows = {}
+    for mod in sorted(per):
+        c = per[mod]
+        total = sum(c.values())
+        killed = c["killed"] + c["timeout"] + c["caught by type check"]
+        checked = total - c["not checked"]
+        rows[mod] = {"total": total, "killed": c["killed"], "timeout": c["timeout"], "survived": c["survived"],
+                     "no_tests": c["no tests"], "not_checked": c["not checked"],
+                     "other": checked - killed - c["survived"] - c["no tests"],
+                     "score": round(killed / checked, 4) if checked else None}
+    keys = ("total", "killed", "timeout", "survived", "no_tests", "not_checked", "other")
+    total = {k: sum(r[k] for r in rows.values()) for k in keys}
+    checked = total["total"] - total["not_checked"]
+    total["score"] = round((total["killed"] + total["timeout"]) / checked, 4) if checked else None
+    summary = {"modules": rows, "total": total, "seconds": round(seconds), "survivors": survivors}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    lines = ["| module | mutants | killed | timeout | survived | no tests | not run | killed % of run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for mod, r in list(rows.items()) + [("**all**", total)]:
+        score = "-" if r["score"] is None else f"{100 * r['score']:.1f}"
+        lines.append(f"| {mod} | {r['total']} | {r['killed']} | {r['timeout']} | {r['survived']} | {r['no_tests']} "
+                     f"| {r['not_checked']} | {score} |")
+    (out / "summary.md").write_text("\n".join(lines) + f"\n\nwall time: {seconds / 60:.1f} min\n")
+    print("\n".join(lines))
+    return summary
+
+
+# --------------------------------------------------------------------------- issue 14 hand bugs
+KNOWN_BUGS = [
+    ("BMA alpha inverted", "src/semicml/methods/teachers.py",
+     "min(1 - (score - pool_min) / score, self.max_alpha)", "min((score - pool_min) / score, self.max_alpha)"),
+    ("ASC dropped from the Semi-CML loss", "src/semicml/methods/semicml.py",
+     "total = total + sc.asc_weight * losses[\"asc\"]", "total = total"),
+    ("PReL students fed the teacher's modality", "src/semicml/methods/prel.py",
+     "logits = self.students[str(i)](self.channel(x, i)).float()",
+     "logits = self.students[str(i)](self.channel(x, t)).float()"),
+    ("predict not moved back to the input orientation", "src/semicml/inference/predict.py",
+     "return from_axial_last(on_grid, axis)", "return on_grid"),
+    ("label flipped on another axis than the images", "src/semicml/data/sampler.py",
+     "label = None if label is None else np.flip(label, axis=axis - 1)",
+     "label = None if label is None else np.flip(label, axis=2 - axis)"),
+    ("label rotated the other way", "src/semicml/data/sampler.py",
+     "label = ndimage.affine_transform(label, matrix, offset, order=0",
+     "label = ndimage.affine_transform(label, matrix.T, centre - matrix.T @ centre, order=0"),
+    ("normalisation statistics without the tumour", "src/semicml/data/store.py",
+     "normed, stats = normalise(vols[m], opts.normalisation)",
+     "normed, stats = normalise(np.where(apply_target(to_axial_last(case.label, axis), target) > 0, 0, vols[m]) "
+     "if case.label is not None else vols[m], opts.normalisation)\n"
+     "        normed = np.where(vols[m] != 0, normed, 0)"),
+    ("teacher chosen as the WORST modality", "src/semicml/methods/prel.py",
+     "index, how = max(range(len(mods))", "index, how = min(range(len(mods))"),
+]
+CORE_TESTS = ["tests/test_core_methods.py", "tests/test_core_inference.py", "tests/test_core_data.py"]
+
+
+def known_bugs() -> int:
+    """Apply each bug of issue 14 to a scratch copy; the fast core tests must fail on every one."""
+    failures = 0
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="semicml-bugs-") as tmp:
+        work = Path(tmp) / "repo"
+        copy_tree(None, work)
+        for title, rel, old, new in KNOWN_BUGS:
+            path = work / rel
+            original = path.read_text()
+            if original.count(old) != 1:
+                print(f"!! {title}: pattern not found once in {rel}")
+                failures += 1
+                continue
+            path.write_text(original.replace(old, new))
+            env = dict(os.environ, PYTHONPATH=str(work / "src"))
+            res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                                  "-rf", *CORE_TESTS], cwd=work, env=env, capture_output=True, text=True)
+            path.write_text(original)
+            failed = sorted({m.group(1) for m in re.finditer(r"^FAILED (\S+)", res.stdout, re.M)})
+            ok = res.returncode == 1 and failed
+            failures += not ok
+            rows.append({"bug": title, "file": rel, "caught": bool(ok), "failing_tests": failed})
+            print(("caught " if ok else "MISSED ") + title)
+            for name in failed:
+                print("    ", name)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "known_bugs.json").write_text(json.dumps(rows, indent=1))
+    return 1 if failures else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--label", default="after", help="results go to benchmarks/results/mutation/<label>")
+    parser.add_argument("--ref", default=None, help="git ref to test (default: the working tree)")
+    parser.add_argument("--modules", nargs="+", default=IMPORTANT, choices=sorted(MODULES),
+                        help=f"modules to mutate (default: {' '.join(IMPORTANT)})")
+    parser.add_argument("--tests", nargs="+", default=["default"],
+                        help="test files for mutmut ('default': FAST_TESTS; 'default-before': BEFORE_TESTS)")
+    parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one, kept)")
+    parser.add_argument("--resume", action="store_true", help="reuse --workdir as it is (mutmut keeps its results)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only write the report of the results already in --workdir (e.g. an interrupted run)")
+    parser.add_argument("--known-bugs", action="store_true", help="check the issue-14 hand mutations instead")
+    args = parser.parse_args()
+    if args.known_bugs:
+        return known_bugs()
+    tests = {"default": FAST_TESTS, "default-before": BEFORE_TESTS}.get(args.tests[0], args.tests) \
+        if len(args.tests) == 1 else args.tests
+    work = Path(args.workdir or tempfile.mkdtemp(prefix=f"semicml-mutation-{args.label.replace('/', '-')}-"))
+    if args.report_only:
+        collect(work, args.modules, RESULTS / args.label, 0.0)
+        return 0
+    if not (args.resume and work.is_dir()):
+        copy_tree(args.ref, work)
+    write_config(work, args.modules, tests)
+    start = time.monotonic()
+    run_mutmut(work, args.max_children)
+    summary = collect(work, args.modules, RESULTS / args.label, time.monotonic() - start)
+    meta = {"ref": args.ref or "working tree", "modules": args.modules, "tests": tests, "workdir": str(work)}
+    (RESULTS / args.label / "run.json").write_text(json.dumps(meta, indent=1))
+    return 0 if summary["total"]["total"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
