@@ -156,7 +156,8 @@ def test_apply_postprocess_by_hand():
     assert small.sum() == 27 and small[15, 15, 15] == 0
     assert np.array_equal(apply_postprocess(mask, "min-size:5", (2.0, 2.0, 2.0)), mask)
     assert np.array_equal(apply_postprocess(mask, "min-size:27", (1, 1, 1)), largest)  # >= keeps 27
-    assert apply_postprocess(mask, "min-size:28", (1, 1, 1)).sum() == 0
+    # above every size: the largest component is still kept (a prediction is never emptied)
+    assert np.array_equal(apply_postprocess(mask, "min-size:28", (1, 1, 1)), largest)
     empty = np.zeros((4, 4, 4), np.uint8)
     assert apply_postprocess(empty, "largest", (1, 1, 1)).sum() == 0
     single = np.zeros((4, 4, 4), bool)
@@ -191,7 +192,7 @@ def test_choose_postprocess_removes_a_far_false_island():
     assert scores["none"]["dice"] == pytest.approx(2 * 125 / (133 + 125))
     assert scores["none"]["components"] == 2 and scores["largest"]["components"] == 1
     assert scores["min-size:100"]["dice"] == pytest.approx(1.0) and scores["min-size:100"]["hd95"] == 0
-    assert scores["min-size:1000"]["dice"] == 0.0  # the tumour itself (125 mm^3) removed
+    assert scores["min-size:1000"]["dice"] == pytest.approx(1.0)  # above the tumour (125 mm^3): the largest stays
     assert scores["largest"]["dice"] == pytest.approx(1.0)
     assert out["choice"] == "min-size:100"  # ties with "largest": the earlier (milder) one wins
     assert scores["none"]["hd95"] > 5
