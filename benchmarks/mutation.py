@@ -116,12 +116,24 @@ def module_of(mutant: str, modules: list[str]) -> str:
     return min(hits, key=lambda m: len(MODULES[m].replace("*", "~" * 99))) if hits else path
 
 
-def run_mutmut(work: Path, max_children: int) -> None:
+def mutmut_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     extra = os.environ.get("MUTMUT_SITE")  # a --target install of mutmut, if not in the venv
     if extra:
         env["PYTHONPATH"] = extra
-    cmd = ["nice", "-n", "19", *mutmut_command(), "run", "--max-children", str(max_children)]
+    return env
+
+
+def survivors_in(work: Path) -> list[str]:
+    text = subprocess.run([*mutmut_command(), "results"], cwd=work, env=mutmut_env(), check=True,
+                          capture_output=True, text=True).stdout
+    return [line.rsplit(":", 1)[0].strip() for line in text.splitlines()
+            if line.rstrip().endswith((": survived", ": no tests"))]
+
+
+def run_mutmut(work: Path, max_children: int, names: list[str] = ()) -> None:
+    env = mutmut_env()
+    cmd = ["nice", "-n", "19", *mutmut_command(), "run", "--max-children", str(max_children), *names]
     print("running", " ".join(cmd[:3]), "... mutmut run in", work, flush=True)
     subprocess.run(cmd, cwd=work, env=env, check=False)
 
@@ -252,6 +264,9 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true", help="reuse --workdir as it is (mutmut keeps its results)")
     parser.add_argument("--report-only", action="store_true",
                         help="only write the report of the results already in --workdir (e.g. an interrupted run)")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="with --resume: copy the working tree's tests/ into --workdir and run only the "
+                             "mutants that survived (or had no test) there")
     parser.add_argument("--known-bugs", action="store_true", help="check the issue-14 hand mutations instead")
     args = parser.parse_args()
     if args.known_bugs:
@@ -265,8 +280,16 @@ def main() -> int:
     if not (args.resume and work.is_dir()):
         copy_tree(args.ref, work)
     write_config(work, args.modules, tests)
+    names: list[str] = []
+    if args.rerun_survivors:
+        names = survivors_in(work)
+        shutil.rmtree(work / "tests")
+        shutil.copytree(REPO / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.rmtree(work / "mutants" / "tests", ignore_errors=True)
+        shutil.copytree(REPO / "tests", work / "mutants" / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        print(f"re-running {len(names)} surviving mutants with the current tests", flush=True)
     start = time.monotonic()
-    run_mutmut(work, args.max_children)
+    run_mutmut(work, args.max_children, names)
     summary = collect(work, args.modules, RESULTS / args.label, time.monotonic() - start)
     meta = {"ref": args.ref or "working tree", "modules": args.modules, "tests": tests, "workdir": str(work)}
     (RESULTS / args.label / "run.json").write_text(json.dumps(meta, indent=1))

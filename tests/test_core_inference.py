@@ -137,6 +137,15 @@ def two_blobs() -> np.ndarray:
     return mask
 
 
+def test_largest_keeps_the_largest_component_whatever_its_label():
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[0, 0, 0] = 1  # found first: component 1
+    mask[10:13, 10:13, 10:13] = 1  # component 2, the largest
+    mask[18, 18, 18] = 1
+    out = apply_postprocess(mask, "largest", (1, 1, 1))
+    assert out.sum() == 27 and out[11, 11, 11] == 1 and out[0, 0, 0] == 0
+
+
 def test_components_are_26_connected():
     mask = np.zeros((5, 5, 5), np.uint8)
     mask[1, 1, 1] = mask[2, 2, 2] = 1  # corner contact only
@@ -186,6 +195,7 @@ def test_choose_postprocess_removes_a_far_false_island():
     prob = ref.astype(np.float32) * 0.9
     prob[15:17, 15:17, 15:17] = 0.8  # an 8-voxel false positive island
     prob[10, 10, 10] = 0.4  # below the threshold
+    prob[0, 19, 0] = 0.5  # AT the threshold: not foreground (> threshold)
     out = choose_postprocess([prob], [ref], [(1.0, 1.0, 1.0)])
     scores = out["candidates"]
     assert list(scores) == list(CANDIDATES)

@@ -467,3 +467,80 @@ def test_state_defaults_and_best_validation_kept():
     assert fresh.teacher_index is None and fresh.best_val == {} and fresh.bma["0"].pool == []
     fresh.load_extra_state({"teacher_index": 0})
     assert fresh.teacher_index == 0
+
+
+def test_semicml_reads_its_settings_from_the_config():
+    m = make(SemiCML, prel={"max_alpha": 0.9, "pool_size": 3},
+             semicml={"temperature": 0.5, "bce_weight": 2.0, "dice_weight": 5.0, "dice_reduction": "slice"})
+    assert all(b.max_alpha == 0.9 and b.pool_size == 3 for b in m.bma.values())
+    batch = make_batch(n_lab=3)
+    logits, n_lab = m.forward_all(batch)
+    assert n_lab == 3 and logits[0].shape == (6, 1, 32, 32)
+    losses = m.semicml_losses(batch, 0)
+    y = (batch["label_l"] > 0).float().unsqueeze(1)
+    sup = supervised_loss(logits[0][:3], y, bce_weight=2.0, dice_weight=5.0, dice_reduction="slice")
+    assert losses["sup/T2"].item() == pytest.approx(sup.item(), rel=1e-5)
+    assert m.supervised(logits[0][:3], y).item() == pytest.approx(sup.item(), rel=1e-5)
+    probs = [torch.sigmoid(lg[3:]) for lg in logits]
+    assert losses["asc"].item() == pytest.approx(multi_asc_loss(probs, temperature=0.5).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("asc, mse, keys", [(0.0, 1.0, {"mse"}), (1.0, 0.0, {"asc"}), (1.0, 1.0, {"asc", "mse"})])
+def test_zero_weights_switch_terms_off(asc, mse, keys):
+    losses = make(SemiCML, semicml={"asc_weight": asc, "mse_weight": mse}).semicml_losses(make_batch(), 0)
+    assert {k for k in losses if k in ("asc", "mse")} == keys
+
+
+def test_three_modalities_average_every_pair():
+    torch.manual_seed(0)
+    ctx = MethodContext(cfg=TrainConfig(model={"base_width": 4, "levels": 2}), modalities=["A", "B", "C"],
+                        out_channels=1, total_iterations=10, iterations_per_epoch=2.0, device=torch.device("cpu"),
+                        new_network=lambda: UNet2D(1, 1, widths=(4, 8, 16), dropout=(0.05, 0.1, 0.2)))
+    m = SemiCML(ctx)
+    m.train()
+    g = torch.Generator().manual_seed(2)
+    batch = {"images_l": torch.randn(2, 3, 32, 32, generator=g), "label_l": torch.zeros(2, 32, 32, dtype=torch.int64),
+             "images_u": torch.randn(3, 3, 32, 32, generator=g)}
+    losses = m.semicml_losses(batch, 0)
+    logits, n_lab = m.forward_all(batch)
+    probs = [torch.sigmoid(lg[n_lab:]) for lg in logits]
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    assert losses["mse"].item() == pytest.approx(sum(mutual_mse(probs[a], probs[b]) for a, b in pairs).item() / 3,
+                                                 rel=1e-5)
+    assert set(losses) == {"sup/A", "sup/B", "sup/C", "asc", "mse", "loss"}
+
+
+def test_progress_over_the_whole_schedule():
+    ctx = make(SemiCML, total=1).ctx
+    assert ctx.progress(1) == 1.0 and ctx.progress(0) == 0.0
+    ctx.total_iterations, ctx.schedule_offset, ctx.schedule_total = 4, 6, 10
+    assert ctx.progress(2) == pytest.approx(0.8)
+
+
+def test_register_adds_to_the_registry():
+    from semicml.methods.base import Method, register
+
+    class Dummy(Method):
+        name = "dummy-for-test"
+
+    try:
+        assert register(Dummy) is Dummy and get_method("dummy-for-test") is Dummy
+    finally:
+        METHODS.pop("dummy-for-test", None)
+
+
+def test_bma_defaults_are_the_reference():
+    bma = BestModelAverage()
+    assert (bma.pool_size, bma.max_alpha, bma.pool) == (6, 0.99, []) and bma.started is False
+
+
+def test_choose_teacher_with_a_missing_score_and_exact_messages():
+    m = make(SemiCMLPReL)
+    m.best_val = {"T1ce": 0.1}  # T2 never validated
+    assert m.choose_teacher() == 1
+    assert m.ctx.info["teacher"]["val_dice_after_stage1"] == {"T2": None, "T1ce": 0.1}
+    with pytest.raises(ConfigError, match=r"^prel\.teacher 'FLAIR' is not a trained modality \(T2, T1ce\)$"):
+        make(SemiCMLPReL, prel={"teacher": "FLAIR"}).choose_teacher()
+    with pytest.raises(ConfigError, match=r"^cannot choose the PReL teacher: no validation score yet \(validate more "
+                                          r"often, give a val split, or name prel\.teacher\)$"):
+        make(SemiCMLPReL).choose_teacher()
