@@ -91,7 +91,7 @@ def copy_tree(ref: str | None, dest: Path) -> None:
 
 def write_config(dest: Path, modules: list[str], tests: list[str]) -> None:
     toml = (dest / "pyproject.toml").read_text()
-    toml = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", toml)
+    toml = toml.split("\n[tool.mutmut]\n")[0]  # written last by this script: drop an earlier one
     patterns = ", ".join(json.dumps(MODULES[m]) for m in modules)
     pytest_args = ["-m", "not slow and not realdata", "-p", "no:cacheprovider", "-q"]
     if SLOW_KEYWORDS:
@@ -287,6 +287,15 @@ def main() -> int:
         shutil.copytree(REPO / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.rmtree(work / "mutants" / "tests", ignore_errors=True)
         shutil.copytree(REPO / "tests", work / "mutants" / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        # forget their verdicts and the test-to-function map, so that mutmut re-collects which
+        # tests run each function (the new tests included) and re-checks these mutants
+        for meta_path in (work / "mutants").rglob("*.py.meta"):
+            meta = json.loads(meta_path.read_text())
+            codes = meta.get("exit_code_by_key", {})
+            if any(n in codes for n in names):
+                meta["exit_code_by_key"] = {k: (None if k in names else v) for k, v in codes.items()}
+                meta_path.write_text(json.dumps(meta))
+        (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         print(f"re-running {len(names)} surviving mutants with the current tests", flush=True)
     start = time.monotonic()
     run_mutmut(work, args.max_children, names)
