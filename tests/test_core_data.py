@@ -451,3 +451,11 @@ def test_flips_without_a_label():
     for seed in range(4):
         out, lab = augment_pair(images, None, np.random.default_rng(seed), FLIPS_ONLY)
         assert lab is None and out.shape == images.shape
+
+
+def test_rotation_alone_is_applied():
+    opts = AugmentOptions(enabled=True, flip=False, rotate_degrees=30.0, scale=(1.0, 1.0), intensity_scale=0.0,
+                          intensity_shift=0.0, noise_std=0.0)
+    label = l_shape()
+    out, lab = augment_pair(label[None].astype(np.float32), label, np.random.default_rng(0), opts)
+    assert not np.array_equal(lab, label) and np.count_nonzero(lab != (out[0] > 0.5)) <= 0.08 * label.sum()
