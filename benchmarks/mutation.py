@@ -59,7 +59,8 @@ IMPORTANT = ["methods/base.py", "methods/semicml.py", "methods/prel.py", "method
              "inference/postprocess.py", "data/sampler.py"]
 
 # The fast test files that kill the mutants (the runner command of mutmut).
-FAST_TESTS = ["tests/test_core_methods.py", "tests/test_core_inference.py", "tests/test_core_data.py",
+FAST_TESTS = ["tests/test_core_methods.py", "tests/test_core_prel.py", "tests/test_core_inference.py",
+              "tests/test_core_data.py",
               "tests/test_losses.py", "tests/test_store.py"]
 # Test keywords left out of the runner (``-k "not ..."``), e.g. whole-engine tests; none by default.
 SLOW_KEYWORDS: list[str] = []
@@ -217,7 +218,8 @@ KNOWN_BUGS = [
     ("teacher chosen as the WORST modality", "src/semicml/methods/prel.py",
      "index, how = max(range(len(mods))", "index, how = min(range(len(mods))"),
 ]
-CORE_TESTS = ["tests/test_core_methods.py", "tests/test_core_inference.py", "tests/test_core_data.py"]
+CORE_TESTS = ["tests/test_core_methods.py", "tests/test_core_prel.py", "tests/test_core_inference.py",
+              "tests/test_core_data.py"]
 
 
 def known_bugs() -> int:
