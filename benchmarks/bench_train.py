@@ -5,6 +5,11 @@ Dice of a short phantom run per setting (so a faster setting cannot silently cos
 All settings are measured in ONE process, interleaved, so ratios are comparable on a noisy machine.
 
     python benchmarks/bench_train.py [--width 32] [--size 160] [--steps 6] [--dice-iterations 300]
+                                     [--device cuda] [--settings default,fp32_nchw,bf16_cl,compile]
+
+On CUDA the timings synchronize the device and the table adds the peak GPU memory per setting.
+"compile" is the default setting with every U-Net compiled in place (torch.compile); its first
+steps include the compilation, so it gets extra warm-up steps.
 """
 
 from __future__ import annotations
@@ -22,27 +27,43 @@ SETTINGS = {
     "default": {"precision": "auto", "channels_last": True},
     "fp32_nchw": {"precision": "fp32", "channels_last": False},
     "bf16_cl": {"precision": "bf16", "channels_last": True},
+    "compile": {"precision": "auto", "channels_last": True, "compile": True},
 }
+WARMUP = {"compile": 3}  # steps not timed: compilation (and recompilation for the 2nd batch shape)
 
 
-def _trainer(store, out: Path, setting: dict, width: int, lb: int, ub: int, iterations: int = 100, seed: int = 0):
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _trainer(store, out: Path, setting: dict, width: int, lb: int, ub: int, iterations: int = 100, seed: int = 0,
+             device: str = "auto"):
     from semicml.config import build_config
     from semicml.engine.trainer import Trainer
+    from semicml.models.unet import UNet2D
 
+    setting = dict(setting)
+    compile_nets = setting.pop("compile", False)
     cfg = build_config(overrides={"method": "semicml-prel", "model": {"base_width": width}, "labeled_batch": lb,
-                                  "unlabeled_batch": ub, "iterations": iterations, "seed": seed,
+                                  "unlabeled_batch": ub, "iterations": iterations, "seed": seed, "device": device,
                                   "labeled_fraction": 0.3, "val_fraction": 0.2, "test_fraction": 0.2,
                                   "optim": {"lr": 3e-3, "milestones": [0.7, 0.9]}, **setting})
-    return Trainer(cfg, store, out, progress=False)
+    trainer = Trainer(cfg, store, out, progress=False)
+    if compile_nets:
+        for module in trainer.method.modules():
+            if isinstance(module, UNet2D):
+                module.compile()  # in place: state_dict keys unchanged
+    return trainer
 
 
-def _step_rate(trainer, stage: str, steps: int) -> float:
+def _step_rate(trainer, stage: str, steps: int, warmup: int = 1) -> float:
     """Paired slices per second of full optimisation steps (forward, backward, update)."""
     from semicml.data.sampler import PairedSliceDataset, TwoStreamBatchSampler, collate_two_stream
 
     ds = PairedSliceDataset(trainer.store, trainer.subset.labeled, trainer.subset.unlabeled, trainer.modalities)
     sampler = TwoStreamBatchSampler(len(ds.keys[: ds.n_labeled]), len(ds.keys) - ds.n_labeled,
-                                    trainer.cfg.labeled_batch, trainer.cfg.unlabeled_batch, 0, 0, steps + 1)
+                                    trainer.cfg.labeled_batch, trainer.cfg.unlabeled_batch, 0, 0, steps + warmup)
     method = trainer.method
     method.train()
     if stage == "prel":
@@ -50,13 +71,15 @@ def _step_rate(trainer, stage: str, steps: int) -> float:
     times = []
     for k, idx in enumerate(sampler):
         batch = {key: trainer._to_device(v) for key, v in collate_two_stream([ds[i] for i in idx]).items()}
+        _sync(trainer.device)
         t0 = time.perf_counter()
         with trainer.precision.autocast():
-            losses = method.prel_losses(batch) if stage == "prel" else method.semicml_losses(batch, k)
+            losses = method.prel_losses(batch, k) if stage == "prel" else method.semicml_losses(batch, k)
         trainer.optimizer.zero_grad()
         losses["loss"].backward()
         trainer.optimizer.step()
-        if k > 0:  # first step warms up kernels / allocator
+        _sync(trainer.device)
+        if k >= warmup:  # the first steps warm up kernels / allocator / compiler
             times.append(time.perf_counter() - t0)
     n = trainer.cfg.labeled_batch + trainer.cfg.unlabeled_batch
     return n / float(np.median(times))
@@ -77,6 +100,7 @@ def _inference_seconds(trainer, repeats: int = 2) -> float:
         t0 = time.perf_counter()
         probabilities_on_grid(net, vol, affine, prep, trainer.device, trainer.precision,
                               channels_last=trainer.cfg.channels_last)
+        _sync(trainer.device)
         out.append(time.perf_counter() - t0)
     return min(out)
 
@@ -91,6 +115,7 @@ def main() -> None:
     ap.add_argument("--settings", default="default,fp32_nchw,bf16_cl")
     ap.add_argument("--dice-iterations", type=int, default=0, help="short phantom run per setting (0: skip)")
     ap.add_argument("--dice-settings", default="default,fp32_nchw", help="settings that get the short run")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -106,20 +131,30 @@ def main() -> None:
     data = write_phantom(work / "phantom", cases=10, seed=0, shape=shape)
     store = prepare_store(data, work / "store", PrepareOptions(modalities=("T2", "T1ce"), size=args.size),
                           progress=False)
-    device = resolve_device("auto")
+    device = resolve_device(args.device)
     rows = {n: {"precision": resolve_precision(SETTINGS[n]["precision"], device).name,
-                "channels_last": SETTINGS[n]["channels_last"]} for n in names}
+                "channels_last": SETTINGS[n]["channels_last"], "compile": SETTINGS[n].get("compile", False)} for n in names}
     trainers = {n: _trainer(store, work / f"r_{n}", SETTINGS[n], args.width, args.labeled_batch,
-                            args.unlabeled_batch) for n in names}
+                            args.unlabeled_batch, device=args.device) for n in names}
     for stage in ("semicml", "prel"):
         for n in names:  # interleaved: every setting sees the same machine state
-            rows[n][f"{stage}_slices_per_s"] = round(_step_rate(trainers[n], stage, args.steps), 2)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            try:
+                rate = _step_rate(trainers[n], stage, args.steps, WARMUP.get(n, 1))
+            except Exception as err:  # noqa: BLE001 - e.g. no compiler for torch.compile: report, go on
+                rows[n][f"{stage}_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                rows[n][f"{stage}_slices_per_s"] = float("nan")
+                continue
+            rows[n][f"{stage}_slices_per_s"] = round(rate, 2)
+            if device.type == "cuda":
+                rows[n][f"{stage}_peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
     for n in names:
         rows[n]["inference_s_per_volume"] = round(_inference_seconds(trainers[n]), 2)
     if args.dice_iterations:
         for n in [s for s in args.dice_settings.split(",") if s in names]:
             run = work / f"dice_{n}"
-            tr = _trainer(store, run, SETTINGS[n], 8, 8, 8, iterations=args.dice_iterations)
+            tr = _trainer(store, run, SETTINGS[n], 8, 8, 8, iterations=args.dice_iterations, device=args.device)
             t0 = time.perf_counter()
             tr.fit()
             rows[n]["short_run_seconds"] = round(time.perf_counter() - t0, 1)
@@ -131,7 +166,8 @@ def main() -> None:
             for stage in ("semicml", "prel"):
                 rows[n][f"{stage}_speedup_vs_fp32_nchw"] = round(rows[n][f"{stage}_slices_per_s"]
                                                                  / base[f"{stage}_slices_per_s"], 2)
-    result = {"device": str(device), "cpu_fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__,
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    result = {"device": str(device), "gpu": gpu, "cpu_fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "width": args.width, "size": args.size,
               "batch": [args.labeled_batch, args.unlabeled_batch], "settings": rows}
     out = Path(args.out)

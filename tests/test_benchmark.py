@@ -263,3 +263,28 @@ def test_cross_validation_and_fixed_splits_are_exclusive(tmp_path):
     with pytest.raises(Exception, match="not both"):
         BenchmarkConfig.model_validate({"store": "s", "dataset": "d", "splits": "x.json", "methods": ["supervised"],
                                         "cross_validation": {"folds": 2}})
+
+
+def test_parallel_jobs_give_the_serial_results(grid, tmp_path):
+    """--jobs 2 (spawned processes) trains the same runs as the serial grid: same labelled subset,
+    same metrics up to float reduction order (the workers use fewer threads), rows in grid order,
+    the failed run still isolated, and a rerun skips everything."""
+    spec = yaml.safe_load(grid["config"].read_text())
+    spec.update(store=str(grid["root"] / "store"), dataset=str(grid["root"] / "data"), out=str(tmp_path / "par"))
+    (tmp_path / "par.yaml").write_text(yaml.safe_dump(spec))
+    cfg = load_benchmark_config(tmp_path / "par.yaml")
+    rows = run_benchmark(cfg, progress=False, echo=lambda line: None, jobs=2)
+    serial = grid["rows"]
+    key = lambda r: (r["method"], r["modality"])  # noqa: E731
+    assert [key(r) for r in rows] == [key(r) for r in serial]
+    for got, want in zip(rows, serial):
+        assert got["status"].split(":")[0] == want["status"].split(":")[0]
+        if want["status"] == "ok":
+            assert got["dice"] == pytest.approx(want["dice"], abs=1e-4)
+            subset = "labeled_subset.json"
+            assert (tmp_path / "par" / got["run_dir"] / subset).read_text() == \
+                (grid["out"] / want["run_dir"] / subset).read_text()
+    assert {r["action"] for r in run_benchmark(cfg, progress=False, echo=lambda line: None, jobs=2)
+            if r["status"] == "ok"} == {"skipped"}
+    with pytest.raises(ConfigError, match="--jobs"):
+        run_benchmark(cfg, progress=False, jobs=0)

@@ -99,3 +99,26 @@ def test_same_command_twice_gives_identical_weights_metrics_and_masks(store, pha
     assert (e1 / "metrics.csv").read_bytes() == (e2 / "metrics.csv").read_bytes()
     masks = sorted(p.name for p in p1.glob("*.nii.gz"))
     assert len(masks) == len(CASES) and all((p1 / n).read_bytes() == (p2 / n).read_bytes() for n in masks)
+
+
+def test_rng_states_go_back_as_cpu_tensors_on_the_gpus_present(monkeypatch):
+    """A CUDA resume failed with 'RNG state must be a torch.ByteTensor': the checkpoint is loaded
+    onto the training device, so its RNG states came back as CUDA tensors. Every state must be
+    handed back on the CPU, and only for the GPUs this machine has."""
+    import torch
+
+    from semicml.engine.trainer import restore_rng_states
+
+    class NotOnCpu(torch.Tensor):  # stands in for a CUDA tensor on this CPU-only machine
+        def cpu(self, *args, **kwargs):
+            return torch.Tensor.cpu(self).as_subclass(torch.Tensor)
+
+    given = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda rng, index: given.append((type(rng), rng.dtype, index)))
+    cpu_state = torch.get_rng_state()
+    states = [torch.zeros(16, dtype=torch.uint8).as_subclass(NotOnCpu) for _ in range(2)]  # written on 2 GPUs
+    restore_rng_states({"torch_rng": cpu_state.as_subclass(NotOnCpu), "cuda_rng": states})
+    assert given == [(torch.Tensor, torch.uint8, 0)]
+    assert torch.equal(torch.get_rng_state(), cpu_state)

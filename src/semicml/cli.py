@@ -181,12 +181,18 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="output folder"),
 def benchmark(config: Path = typer.Argument(..., help="benchmark YAML (relative paths: relative to its folder)"),
               out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: the file's 'out')"),
               only: Optional[str] = typer.Option(None, help="run only these method names (comma-separated)"),
+              jobs: int = typer.Option(1, "--jobs", "-j", min=1,
+                                       help="runs trained at once, each in its own process (a GPU or many cores)"),
+              report_only: bool = typer.Option(False, "--report-only",
+                                                help="train nothing: tables and plots of the runs finished so far"),
               progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars")) -> None:
     """Run a grid of methods x seeds with one budget; tables and plots of the results."""
     from .benchmark import load_benchmark_config, run_benchmark
 
     cfg = load_benchmark_config(config, out=out)
-    rows = run_benchmark(cfg, progress=progress, only=_split_list(only))
+    if report_only and only:
+        raise ConfigError("--report-only trains nothing; it cannot be combined with --only")
+    rows = run_benchmark(cfg, progress=progress, only=[] if report_only else _split_list(only), jobs=jobs)
     failed = sorted({(r["method"], r["seed"]) for r in rows if r["status"] != "ok"})
     skipped = len({(r["method"], r["seed"]) for r in rows if r["action"] == "skipped"})
     typer.echo((Path(cfg.out) / "results.md").read_text())

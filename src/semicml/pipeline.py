@@ -59,12 +59,14 @@ def overlay_rows(store: SliceStore, case: str, predictions: dict[str, Path], run
     return rows
 
 
-def evaluate_run(run_dir: Path, dataset: Path, out: Path, progress: bool = True) -> dict[str, dict[str, float]]:
-    """Predict every test case with each modality's network ALONE and evaluate it in 3D."""
+def evaluate_run(run_dir: Path, dataset: Path, out: Path, progress: bool = True,
+                 split: str = "test") -> dict[str, dict[str, float]]:
+    """Predict every case of ``split`` (test; train to check the fit) with each modality's network
+    ALONE and evaluate it in 3D."""
     info = json.loads((run_dir / "run.json").read_text())
-    test = info["splits"]["test"]
+    test = info["splits"].get(split)
     if not test:
-        raise DataError("the run has no test split to evaluate", run_dir)
+        raise DataError(f"the run has no {split} split to evaluate", run_dir)
     target = info["target"]["name"]
     results: dict[str, dict[str, float]] = {}
     for m in info["modalities"]:

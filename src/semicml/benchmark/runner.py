@@ -4,6 +4,7 @@ resuming what an earlier invocation left; one run's failure never stops the grid
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import traceback
@@ -132,7 +133,7 @@ def _train_and_evaluate(tcfg, store, dataset: Path, run_dir: Path, progress: boo
 
 
 def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[str] | None = None,
-                  echo: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                  echo: Callable[[str], None] | None = None, jobs: int = 1) -> list[dict[str, Any]]:
     """Run the grid (resuming), write the result files into ``cfg.out``; return the result rows.
 
     ``only``: entry names to run; other entries are not trained, but their finished runs still
@@ -140,7 +141,11 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[st
     earlier invocation) | failed, and ``status`` = ok | failed: <one-line error>.
     Raises :class:`ConfigError` / :class:`DataError` for problems of the whole grid (bad names in
     ``only``, missing store or dataset, bad splits file); problems of one run become failed rows.
+    ``jobs`` > 1 trains that many runs at once, each in its own process (one GPU or many cores
+    shared); every run is still seeded, so the results do not depend on ``jobs``.
     """
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1 (got {jobs})")
     if cfg.out is None:
         raise ConfigError("no output folder: set 'out' in the benchmark config or pass --out")
     out = Path(cfg.out).resolve()
@@ -152,11 +157,11 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[st
     selected = set(names if only is None else only)
 
     with exclusive(out, "benchmark output folder"):  # two benchmarks into one folder would race
-        return _run_grid(cfg, out, progress, selected, echo)
+        return _run_grid(cfg, out, progress, selected, echo, jobs)
 
 
 def _run_grid(cfg: BenchmarkConfig, out: Path, progress: bool, selected: set[str],
-              echo: Callable[[str], None] | None) -> list[dict[str, Any]]:
+              echo: Callable[[str], None] | None, jobs: int = 1) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
     bar = None
@@ -186,26 +191,91 @@ def _run_grid(cfg: BenchmarkConfig, out: Path, progress: bool, selected: set[str
 
     # Seeds outer, then folds: a grid stopped early still compares every method on what it finished.
     grid = [(e, s, f) for s in cfg.seeds for f in cfg.folds() for e in cfg.methods]
-    rows: list[dict[str, Any]] = []
+    tasks = []
+    for entry, seed, fold in grid:
+        run_rel = f"runs/{entry.name}/seed{seed}" + ("" if fold is None else f"/fold{fold}")
+        where = f"seed {seed}" + ("" if fold is None else f" fold {fold}")
+        tasks.append((entry, seed, fold, run_rel, where, splits if fold is None else fold_splits[fold]))
+    done: dict[int, list[dict[str, Any]]] = {}
     bar = tqdm(total=len(grid), desc="benchmark", unit="run", disable=not progress, dynamic_ncols=True)
+
+    def record(k: int, run_rows: list[dict[str, Any]]) -> None:
+        entry, seed, fold, run_rel, where, _ = tasks[k]
+        done[k] = run_rows
+        say(f"[{k + 1}/{len(grid)}] {entry.name} {where}: {summary_line(run_rows)}")
+        bar.update()
+        if run_rows and run_rows[0]["action"] not in ("skipped", None):
+            # after every run, in grid order: an interrupted grid keeps its table
+            write_tables([r for j in sorted(done) for r in done[j]], out)
+
     try:
-        for k, (entry, seed, fold) in enumerate(grid, 1):
-            run_rel = f"runs/{entry.name}/seed{seed}" + ("" if fold is None else f"/fold{fold}")
-            run_dir = out / run_rel
-            where = f"seed {seed}" + ("" if fold is None else f" fold {fold}")
-            tag = f"[{k}/{len(grid)}] {entry.name} {where}"
-            bar.set_postfix_str(f"{entry.name} {where}")
-            run_rows = _run_one(cfg, entry, seed, store, dataset, run_dir, run_rel,
-                                splits if fold is None else fold_splits[fold], progress, entry.name in selected, fold)
-            rows.extend(run_rows)
-            say(f"{tag}: {summary_line(run_rows)}")
-            bar.update()
-            if run_rows and run_rows[0]["action"] not in ("skipped", None):
-                write_tables(rows, out)  # after every run: an interrupted grid keeps its table
+        if jobs == 1:
+            for k, (entry, seed, fold, run_rel, where, run_splits) in enumerate(tasks):
+                bar.set_postfix_str(f"{entry.name} {where}")
+                record(k, _run_one(cfg, entry, seed, store, dataset, out / run_rel, run_rel, run_splits, progress,
+                                   entry.name in selected, fold))
+        else:
+            _run_parallel(cfg, tasks, store, dataset, out, selected, jobs, record)
     finally:
         bar.close()
+    rows = [r for k in sorted(done) for r in done[k]]
     write_results(rows, out, labeled_fraction=cfg.labeled_fraction, benchmark=cfg)
     return rows
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # jobs share the cores instead of oversubscribing them
+
+
+def _run_in_worker(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store_path: str, dataset: Path,
+                   run_dir: Path, run_rel: str, splits: str | None, fold: int | None) -> list[dict[str, Any]]:
+    from semicml.data.store import SliceStore
+
+    return _run_one(cfg, entry, seed, SliceStore(store_path), dataset, run_dir, run_rel, splits, False, True, fold)
+
+
+def _run_parallel(cfg: BenchmarkConfig, tasks: list, store, dataset: Path, out: Path, selected: set[str],
+                  jobs: int, record: Callable[[int, list[dict[str, Any]]], None]) -> None:
+    """Finished and unselected runs are answered here; the rest go to ``jobs`` spawned processes
+    (spawn, not fork: CUDA cannot be used in a forked child)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pending = []
+    for k, (entry, seed, fold, run_rel, _, run_splits) in enumerate(tasks):
+        if (out / run_rel / RESULT_MARKER).is_file() or entry.name not in selected:
+            record(k, _run_one(cfg, entry, seed, store, dataset, out / run_rel, run_rel, run_splits, False,
+                               entry.name in selected, fold))
+        else:
+            pending.append(k)
+    # Many runs at once finish a method on every fold before the next method starts: a grid stopped
+    # early then holds complete per-patient comparisons for the entries listed first.
+    order = {e.name: i for i, e in enumerate(cfg.methods)}
+    pending.sort(key=lambda k: (tasks[k][1], order[tasks[k][0].name], -1 if tasks[k][2] is None else tasks[k][2]))
+    if not pending:
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = {}
+        for k in pending:
+            entry, seed, fold, run_rel, _, run_splits = tasks[k]
+            futures[pool.submit(_run_in_worker, cfg, entry, seed, str(store.root), dataset, out / run_rel, run_rel,
+                                run_splits, fold)] = k
+        for future in as_completed(futures):
+            k = futures[future]
+            try:
+                run_rows = future.result()
+            except Exception as err:  # noqa: BLE001 - a worker that died (OOM, signal) fails its run only
+                entry, seed, fold, run_rel, _, _ = tasks[k]
+                run_rows = []
+                for m in store.modalities:
+                    row = _row(entry, cfg, seed, m, run_rel, fold)
+                    row.update(status=f"failed: {_one_line(err)}", action="failed")
+                    run_rows.append(row)
+            record(k, run_rows)
 
 
 def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset: Path, run_dir: Path,

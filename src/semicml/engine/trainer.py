@@ -58,6 +58,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+
+def restore_rng_states(state: dict[str, Any]) -> None:
+    """Put back the RNG states of a checkpoint. The checkpoint is loaded onto the training device,
+    but RNG states must be CPU byte tensors (a CUDA resume failed on exactly this); a machine with
+    fewer GPUs than the one that wrote the checkpoint restores the GPUs it has."""
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        for index, rng in enumerate(state["cuda_rng"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng.cpu(), index)
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, store: SliceStore | str | Path, run_dir: str | Path,
                  resume: bool = False, progress: bool = True):
@@ -171,9 +181,7 @@ class Trainer:
         self.method.load_extra_state(state["method_state"])
         self.best = state["best"]
         self.iteration = int(state["iteration"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        restore_rng_states(state)
         log = self.run_dir / "log.jsonl"
         if log.is_file():  # drop records written after the checkpoint we resume from
             rows = []
@@ -421,6 +429,8 @@ class Trainer:
             "platform": platform.platform(),
             "torch": torch.__version__,
             "seconds_last_session": round(seconds, 1),
+            "peak_gpu_memory_mib": (round(torch.cuda.max_memory_allocated(self.device) / 2**20)
+                                    if self.device.type == "cuda" else None),
             "best_val": self.best,
             "postprocessing": postprocessing,
             "weights": {m: f"weights/{m}.pt" for m in self.modalities},
