@@ -97,6 +97,10 @@ class Method(nn.Module):
         """Losses for one batch; ``"loss"`` is what the engine back-propagates."""
         raise NotImplementedError
 
+    def forward(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
+        """:meth:`train_step`, so that the engine can run a step through DistributedDataParallel."""
+        return self.train_step(batch, iteration)
+
     def predictors(self) -> dict[str, nn.Module]:
         """Modality name -> the network that segments that modality alone."""
         return {m: self.students[str(i)] for i, m in enumerate(self.ctx.modalities)}
