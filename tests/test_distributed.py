@@ -79,6 +79,32 @@ def test_step_seeds_differ_between_ranks_and_steps():
     assert len(seeds) == 12 and step_seed(0, 1, 1) == step_seed(0, 1, 1)
 
 
+def test_sync_batchnorm_conversion_keeps_the_checkpoint_format():
+    from torch import nn
+
+    from semicml.models import build_network, network_spec
+    from semicml.models.syncbn import CPUSyncBatchNorm2d, convert_sync_batchnorm
+
+    cfg = build_config(profile="tiny")
+    torch.manual_seed(0)
+    plain = build_network(network_spec(cfg, 1))
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    x = torch.randn(3, 1, 32, 32)
+    plain.train()
+    torch.manual_seed(1)  # same dropout masks in both forwards
+    expected = plain(x)
+    torch.manual_seed(0)
+    synced = convert_sync_batchnorm(build_network(network_spec(cfg, 1)), torch.device("cpu"))
+    kinds = [type(m) for m in synced.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert kinds and set(kinds) == {CPUSyncBatchNorm2d}
+    assert synced.state_dict().keys() == before.keys()
+    assert all(torch.equal(synced.state_dict()[k], before[k]) for k in before)
+    synced.train()
+    torch.manual_seed(1)
+    torch.testing.assert_close(synced(x), expected)  # no process group: plain BatchNorm
+    torch.testing.assert_close(synced.state_dict(), plain.state_dict())  # same running statistics
+
+
 @pytest.fixture(scope="module")
 def small_store(phantom_root, tmp_path_factory) -> Path:
     return prepare_store(phantom_root, tmp_path_factory.mktemp("s") / "store",
@@ -176,7 +202,8 @@ def test_losses_and_syncbn_on_shards_equal_the_global_batch(runs):
 def test_two_ranks_match_one_process(runs):
     root = runs["root"]
     one, two = _log(root / "one"), _log(root / "ddp")
-    assert sorted(one) == sorted(two) == list(range(1, 11))  # rank 0 alone logged: one record per iteration
+    assert sorted(one) == sorted(two) == list(range(1, 11))
+    assert len((root / "ddp" / "log.jsonl").read_text().splitlines()) == 10  # rank 0 alone logged
     for it in one:
         assert one[it]["phase"] == two[it]["phase"]
         tol = 1e-6 if it == 1 else 1e-4

@@ -96,12 +96,13 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def wrap_ddp(method: nn.Module, device: torch.device) -> nn.Module:
-    """The method behind DDP (its ``forward`` is ``train_step``). Unused parameters are expected:
-    during PReL the teacher modality's network is not trained until late, and DDP must leave their
-    gradients empty as one process does (Adam then skips them)."""
+def wrap_ddp(method: nn.Module, device: torch.device, every_network: bool = True) -> nn.Module:
+    """The method behind DDP (its ``forward`` is ``train_step``). ``every_network=False``: some
+    steps leave a network without gradient (PReL's teacher modality until late); DDP then finds
+    those parameters each step and leaves their gradients empty, as one process does (so Adam skips
+    them: no moment update, no weight decay)."""
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(method, device_ids=ids, find_unused_parameters=True)
+    return DistributedDataParallel(method, device_ids=ids, find_unused_parameters=not every_network)
 
 
 def step_seed(seed: int, iteration: int, rank: int) -> int:

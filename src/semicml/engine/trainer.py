@@ -139,7 +139,8 @@ class Trainer:
         self.ctx.info["distributed"] = {"world_size": self.dist.world_size, "sync_batchnorm": bool(
             sync_bn and self.dist.distributed), "backend": "nccl" if self.device.type == "cuda" else "gloo"}
         # The step runs through DDP when distributed (``Method.forward`` is ``train_step``).
-        self.model = wrap_ddp(self.method, self.device) if self.dist.distributed else self.method
+        self.model = (wrap_ddp(self.method, self.device, self.method_cls.uses_every_network) if self.dist.distributed
+                      else self.method)
         barrier()  # every rank has checked and read the run directory before rank 0 writes to it
 
     # ------------------------------------------------------------------ set-up helpers

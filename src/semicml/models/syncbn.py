@@ -26,7 +26,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         dims = [0, *range(2, x.dim())]
         xf = x.float()
         count = x.numel() // x.shape[1]
-        var, mean = torch.var_mean(xf, dim=dims, unbiased=False)
+        var, mean = torch.var_mean(xf, dim=dims, correction=0)
         stats = torch.cat([mean, var * count, mean.new_tensor([count])])
         parts = [torch.empty_like(stats) for _ in range(w)]
         dist.all_gather(parts, stats)
