@@ -88,12 +88,17 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
           val_every: Optional[int] = typer.Option(None, help="validate every N iterations"),
           num_workers: Optional[int] = typer.Option(None, help="DataLoader workers"),
           augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="paired augmentation"),
+          sync_batchnorm: Optional[bool] = typer.Option(None, "--sync-batchnorm/--no-sync-batchnorm",
+                                                        help="under torchrun: BatchNorm statistics over the global "
+                                                        "batch (default: on with more than one process)"),
           slice_filter: Optional[str] = typer.Option(None, help="nonempty (all brain slices, default) | foreground "
                                                      "(tumour slices only: the paper's protocol)"),
           postprocess: Optional[str] = typer.Option(None, help="auto (chosen on validation, default) | none | "
                                                     "largest | min-size:<mm^3>"),
           resume: bool = typer.Option(False, help="continue an interrupted run in --out")) -> None:
-    """Train a method (default: Semi-CML + PReL); writes one weights file per modality."""
+    """Train a method (default: Semi-CML + PReL); writes one weights file per modality.
+
+    Data-parallel on N processes: torchrun --nproc_per_node N -m semicml train ... (rank 0 writes)."""
     from .config import build_config
     from .engine.trainer import Trainer
 
@@ -101,6 +106,7 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
                  "label_level": label_level, "splits": str(splits) if splits else None,
                  "modalities": _split_list(modalities), "seed": seed, "precision": precision, "device": device,
                  "val_every": val_every, "num_workers": num_workers, "augment": augment,
+                 "sync_batchnorm": sync_batchnorm,
                  "init": str(init) if init else None, "slice_filter": slice_filter,
                  "postprocess": postprocess, "config": config, "profile": profile, "width": width, "teacher": teacher}
     if resume:
@@ -121,7 +127,10 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
         if teacher is not None:
             overrides["prel"] = {"teacher": teacher}
         cfg = build_config(config, profile, overrides)
-    info = Trainer(cfg, store, out, resume=resume).fit()
+    trainer = Trainer(cfg, store, out, resume=resume)
+    info = trainer.fit()
+    if not trainer.dist.is_main:  # under torchrun rank 0 reports
+        return
     best = ", ".join(f"{m} {v['dice']:.4f} (it {v['iteration']})" for m, v in info["best_val"].items())
     typer.echo(f"done: {out} | best val Dice: {best or 'n/a (no val split)'}")
     if "teacher" in info:

@@ -133,6 +133,9 @@ class TrainConfig(_TrainModel):
     device: str = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
+    # Under DDP each rank's BatchNorm would otherwise see only its shard of the batch.
+    sync_batchnorm: Optional[bool] = Field(None, description="BatchNorm statistics over the global batch of all "
+                                           "ranks; default (null): on when training with more than one process")
     num_workers: int = Field(0, ge=0)
     augment: bool = False
     postprocess: str = Field("auto", pattern=r"^(auto|none|largest|min-size:\d+(\.\d+)?)$",

@@ -37,11 +37,16 @@ class TwoStreamBatchSampler(Sampler[list[tuple[int, int, int]]]):
     labelled pool of slices that contain target), the rest from the whole labelled pool, so the
     network sees healthy slices without the tumour slices becoming rare. The unlabelled stream
     never looks at labels.
+
+    Distributed (``world_size > 1``): :meth:`batch` is still the global batch, and the sampler
+    yields rank ``rank``'s contiguous slice of each stream (labelled, unlabelled) of it. The ranks'
+    slices, concatenated in rank order, are the one-process batch, so the sequence of global
+    batches does not depend on the number of processes.
     """
 
     def __init__(self, n_labeled: int, n_unlabeled: int, labeled_batch: int, unlabeled_batch: int,
                  seed: int, start: int, stop: int, labeled_foreground: Sequence[int] = (),
-                 foreground_fraction: float = 0.0):
+                 foreground_fraction: float = 0.0, rank: int = 0, world_size: int = 1):
         if labeled_batch > 0 and n_labeled == 0:
             raise ValueError("labelled batch requested but the labelled pool is empty")
         if unlabeled_batch > 0 and n_unlabeled == 0:
@@ -50,6 +55,10 @@ class TwoStreamBatchSampler(Sampler[list[tuple[int, int, int]]]):
             raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
         if any(not 0 <= i < n_labeled for i in labeled_foreground):
             raise ValueError("labeled_foreground indices must address the labelled pool")
+        if not 0 <= rank < world_size or labeled_batch % world_size or unlabeled_batch % world_size:
+            raise ValueError(f"rank {rank} of {world_size}: labelled ({labeled_batch}) and unlabelled "
+                             f"({unlabeled_batch}) batches must be divisible by the world size")
+        self.rank, self.world_size = rank, world_size
         self.n_labeled, self.n_unlabeled = n_labeled, n_unlabeled
         self.labeled_batch, self.unlabeled_batch = labeled_batch, unlabeled_batch
         self.seed, self.start, self.stop = seed, start, stop
@@ -70,9 +79,18 @@ class TwoStreamBatchSampler(Sampler[list[tuple[int, int, int]]]):
             out.append((self.n_labeled + idx, k, self.labeled_batch + j))
         return out
 
+    def shard(self, batch: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        """This rank's slice of each stream of a global ``batch`` (the whole batch on one process)."""
+        if self.world_size == 1:
+            return batch
+        nl, nu = self.labeled_batch // self.world_size, self.unlabeled_batch // self.world_size
+        lab = batch[self.rank * nl : (self.rank + 1) * nl]
+        unl = batch[self.labeled_batch + self.rank * nu : self.labeled_batch + (self.rank + 1) * nu]
+        return lab + unl
+
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         for k in range(self.start, self.stop):
-            yield self.batch(k)
+            yield self.shard(self.batch(k))
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)

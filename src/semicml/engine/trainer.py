@@ -14,10 +14,14 @@ Run directory::
     tensorboard/           the same scalars for TensorBoard
     checkpoint.pt          full state for --resume (atomic)
     weights/<modality>.pt  best-validation network of each modality; ``predict`` needs only this
+
+Distributed (torchrun, see ``engine/distributed.py``): every rank runs this loop on its shard of
+each global batch; rank 0 alone writes the run directory, validation is sharded by case.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -38,13 +42,16 @@ from ..data.splits import Splits, load_or_make_subset, load_splits, make_splits,
 from ..data.store import SliceStore
 from ..errors import ConfigError, DataError
 from ..evaluation.metrics import dice_score
-from ..hardware import resolve_device, resolve_precision
+from ..hardware import resolve_precision
 from ..inference.postprocess import check_spec, choose_postprocess
 from ..inference.predictor import predict_planes
 from ..io_utils import atomic_save_torch, atomic_write_json, atomic_write_text
 from ..locking import ensure_free, exclusive
 from ..methods.base import Method, MethodContext, get_method
 from ..models import build_network, network_spec
+from ..models.syncbn import convert_sync_batchnorm
+from ..parallel import all_gather_objects, barrier, mean_over_ranks, sharded_batch
+from .distributed import check_shardable, launched_world_size, setup_distributed, shutdown, step_seed, wrap_ddp
 from .provenance import check_provenance, provenance
 from .schedule import lr_factor
 
@@ -80,11 +87,13 @@ class Trainer:
         if self.store.n_classes != 1:
             raise ConfigError("multi-class targets are not supported by the training methods yet; "
                               "prepare a binary target (e.g. --target wt)")
-        self.device = resolve_device(cfg.device)
+        self.method_cls = get_method(cfg.method)
+        self.unlabeled_batch = cfg.unlabeled_batch if self.method_cls.needs_unlabeled else 0
+        check_shardable(cfg.labeled_batch, self.unlabeled_batch, launched_world_size())  # before joining a group
+        self.dist, self.device = setup_distributed(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.modalities = [self.store.modalities[self.store.modality_index(m)] for m in (cfg.modalities or
                                                                                           self.store.modalities)]
-        self.method_cls = get_method(cfg.method)
         seed_everything(cfg.seed)
 
         self.splits = self._splits()
@@ -94,7 +103,6 @@ class Trainer:
         if self.method_cls.needs_unlabeled and not self.subset.unlabeled:
             raise ConfigError(f"method {cfg.method!r} needs unlabelled slices but labeled_fraction="
                               f"{cfg.labeled_fraction} leaves none")
-        self.unlabeled_batch = cfg.unlabeled_batch if self.method_cls.needs_unlabeled else 0
         self.provenance = provenance(self.store, self.splits, self.subset, cfg)
         self.iterations_per_epoch = max(1.0, len(self.subset.labeled) / cfg.labeled_batch)
         # A stage started from another run (``init``) continues that run's schedule: no new warm-up,
@@ -113,9 +121,12 @@ class Trainer:
 
         spec = network_spec(cfg, self.store.n_classes)
         self.network_spec = spec
+        sync_bn = self.dist.distributed if cfg.sync_batchnorm is None else cfg.sync_batchnorm
 
         def new_network() -> torch.nn.Module:
             net = build_network(spec).to(self.device)
+            if sync_bn and self.dist.distributed:  # same parameters and buffers: checkpoints do not change
+                net = convert_sync_batchnorm(net, self.device)
             return net.to(memory_format=torch.channels_last) if cfg.channels_last else net
 
         self.ctx = MethodContext(cfg=cfg, modalities=self.modalities, out_channels=self.store.n_classes,
@@ -135,6 +146,12 @@ class Trainer:
             self._load_resume()
         elif self.init_state is not None:
             self._load_init(self.init_state, Path(cfg.init))
+        self.ctx.info["distributed"] = {"world_size": self.dist.world_size, "sync_batchnorm": bool(
+            sync_bn and self.dist.distributed), "backend": "nccl" if self.device.type == "cuda" else "gloo"}
+        # The step runs through DDP when distributed (``Method.forward`` is ``train_step``).
+        self.model = (wrap_ddp(self.method, self.device, self.method_cls.uses_every_network) if self.dist.distributed
+                      else self.method)
+        barrier()  # every rank has checked and read the run directory before rank 0 writes to it
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_run_dir(self) -> None:
@@ -183,7 +200,7 @@ class Trainer:
         self.iteration = int(state["iteration"])
         restore_rng_states(state)
         log = self.run_dir / "log.jsonl"
-        if log.is_file():  # drop records written after the checkpoint we resume from
+        if log.is_file() and self.dist.is_main:  # drop records written after the checkpoint we resume from
             rows = []
             for line in log.read_text().splitlines():
                 try:
@@ -222,38 +239,48 @@ class Trainer:
         """Mean 3D Dice over the val cases, per modality (in the stored slice frame)."""
         if not self.splits.val:
             return {}
-        scores: dict[str, list[float]] = {m: [] for m in self.modalities}
-        for case in self.splits.val:
+        mine: dict[str, dict[str, float]] = {}  # distributed: rank r scores cases r, r + W, ...
+        for case in self.splits.val[self.dist.rank :: self.dist.world_size]:
             images = self.store.images(case)
             label = np.asarray(self.store.label(case)) > 0
+            mine[case] = {}
             for m, net in self.method.predictors().items():
                 planes = images[:, self.store.modality_index(m)]
                 probs = predict_planes(net, planes, self.device, self.precision,
                                        channels_last=self.cfg.channels_last)
-                scores[m].append(dice_score(probs > 0.5, label))
-        return {m: float(np.mean(v)) for m, v in scores.items()}
+                mine[case][m] = dice_score(probs > 0.5, label)
+        per_case = {c: d for part in all_gather_objects(mine) for c, d in part.items()}
+        # The mean in the val list's order: the same number whatever the world size.
+        return {m: float(np.mean([per_case[c][m] for c in self.splits.val])) for m in self.modalities}
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
-        """Train to the budget; one process per run directory (another one fails naming this PID)."""
-        with exclusive(self.run_dir, "training run"):
-            return self._fit()
+        """Train to the budget; one process per run directory (another one fails naming this PID).
+        Distributed: rank 0 holds the lock and writes; the other ranks return after the last step."""
+        lock = exclusive(self.run_dir, "training run") if self.dist.is_main else contextlib.nullcontext()
+        try:
+            with lock:
+                return self._fit()
+        finally:
+            shutdown(self.dist)
 
     def _fit(self) -> dict[str, Any]:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._write_static_files()
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_static_files()
         cfg = self.cfg
         dataset = PairedSliceDataset(self.store, self.subset.labeled, self.subset.unlabeled, self.modalities,
                                      AugmentOptions(enabled=cfg.augment), seed=cfg.seed)
         sampler = TwoStreamBatchSampler(len(self.subset.labeled), len(self.subset.unlabeled), cfg.labeled_batch,
                                         self.unlabeled_batch, cfg.seed, self.iteration, self.total,
                                         labeled_foreground=self._labeled_foreground(),
-                                        foreground_fraction=cfg.foreground_fraction)
+                                        foreground_fraction=cfg.foreground_fraction, rank=self.dist.rank,
+                                        world_size=self.dist.world_size)
         loader = make_loader(dataset, sampler, cfg.num_workers, pin_memory=self.device.type == "cuda")
-        writer = self._tensorboard()
+        writer = self._tensorboard() if self.dist.is_main else None
         fault_at = int(os.environ.get(FAULT_ENV, "-1"))
-        bar = tqdm(total=self.total, initial=self.iteration, desc=cfg.method, unit="it", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.total, initial=self.iteration, desc=cfg.method, unit="it",
+                   disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
         t0 = time.time()
         self.method.train()
         try:
@@ -262,6 +289,8 @@ class Trainer:
             bar.close()
             if writer is not None:
                 writer.close()
+        if not self.dist.is_main:
+            return {"best_val": self.best, "rank": self.dist.rank}
         return self._finish(time.time() - t0)
 
     def _loop(self, loader, bar, writer, fault_at: int) -> None:
@@ -272,8 +301,10 @@ class Trainer:
             batch = {k: self._to_device(v) for k, v in batch.items()}
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.optim.lr * lr_factor(self.schedule_offset + it, self.schedule_total, cfg.optim)
-            with self.precision.autocast():
-                losses = self.method.train_step(batch, it)
+            if self.dist.distributed:  # per rank and step: differs between ranks, reproducible on resume
+                torch.manual_seed(step_seed(cfg.seed, it, self.dist.rank))
+            with self.precision.autocast(), sharded_batch(self.dist.distributed):
+                losses = self.model(batch, it)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise DataError(f"training diverged: loss is {loss.item()} at iteration {it} "
@@ -285,9 +316,10 @@ class Trainer:
             self.iteration = it + 1
             record: dict[str, Any] | None = None
             if self.iteration % cfg.log_every == 0 or self.iteration == self.total:
+                # Distributed: the mean over the ranks, i.e. the loss of the global batch.
                 record = {"iteration": self.iteration, "phase": self.method.phase(it),
                           "lr": self.optimizer.param_groups[0]["lr"],
-                          **{k: float(v.detach()) for k, v in losses.items()}}
+                          **mean_over_ranks({k: float(v.detach()) for k, v in losses.items()})}
             # Also validate at a phase boundary (e.g. Semi-CML -> PReL picks its teacher on val).
             boundary = self.method.phase(self.iteration) != self.method.phase(it)
             if self.iteration % self.val_every == 0 or self.iteration == self.total or boundary:
@@ -299,12 +331,14 @@ class Trainer:
                 self._log(record, writer)
                 if writer is not None:  # TensorBoard holds what the checkpoint holds, even after a crash
                     writer.flush()
-                save_checkpoint(self._state(), self.run_dir / "checkpoint.pt")
+                if self.dist.is_main:
+                    save_checkpoint(self._state(), self.run_dir / "checkpoint.pt")
             elif record is not None:
                 self._log(record, writer)
             bar.update()
             bar.set_postfix({"loss": f"{loss.item():.3f}", **{f"val_{m}": f"{d:.3f}" for m, d in last_val.items()}})
             if self.iteration == fault_at:
+                barrier()  # the hook crashes the whole job at one point (after rank 0's checkpoint)
                 os._exit(17)
 
     def _labeled_foreground(self) -> list[int]:
@@ -323,7 +357,8 @@ class Trainer:
         for m, d in val.items():
             if m not in self.best or d > self.best[m]["dice"]:
                 self.best[m] = {"dice": d, "iteration": self.iteration}
-                self._save_weights(m, nets[m])
+                if self.dist.is_main:
+                    self._save_weights(m, nets[m])
 
     def _save_weights(self, modality: str, net: torch.nn.Module) -> None:
         payload = {
@@ -345,6 +380,8 @@ class Trainer:
                 "predict_window": "whole slice" if m["in_plane"] == "crop" else "box", "slice_axis": "axial (from affine)"}
 
     def _log(self, record: dict, writer) -> None:
+        if not self.dist.is_main:
+            return
         self.history.append(record)
         with open(self.run_dir / "log.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")

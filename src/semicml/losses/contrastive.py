@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from semicml.losses.segmentation import fp32_region
 from semicml.losses.validation import check_pair, zero_with_graph
+from semicml.parallel import gather_rows
 
 __all__ = ["ASCLoss", "asc_loss", "multi_asc_loss", "similarity_matrix"]
 
@@ -60,13 +61,16 @@ def asc_loss(p_a: Tensor, p_b: Tensor, *, similarity: str = "dice", temperature:
     i.e. cross-entropy over the rows of ``S / tau`` with the diagonal masked out. Any batch size
     works. Edge cases: ``U == 1`` has no negatives, the positive is the only term, so the loss is
     exactly 0 with zero gradient; ``U == 0`` returns a zero that is still attached to the graph.
-    Symmetric: ``asc_loss(a, b) == asc_loss(b, a)``.
+    Symmetric: ``asc_loss(a, b) == asc_loss(b, a)``. Under DDP (``semicml.parallel.sharded_batch``)
+    ``U`` counts the slices of the global batch: every rank's maps are gathered and contrasted.
     """
     check_pair("asc_loss", p_a, p_b, "p_a", "p_b")
     if similarity not in _SIMILARITIES:
         raise ValueError(f"asc_loss: similarity must be one of {_SIMILARITIES}, got {similarity!r}")
     if not temperature > 0:
         raise ValueError(f"asc_loss: temperature must be > 0, got {temperature}")
+    # Under DDP the maps of every rank (the global batch) are contrasted; identity on one process.
+    p_a, p_b = gather_rows(p_a), gather_rows(p_b)
     u = p_a.shape[0]
     if u == 0:
         return zero_with_graph(p_a, p_b)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semicml.losses.validation import check_pair, zero_with_graph
+from semicml.parallel import global_sum
 
 __all__ = [
     "SupervisedLoss",
@@ -56,6 +57,7 @@ def dice_loss(probs: Tensor, target: Tensor, eps: float = 1e-5, reduction: str =
     every slice of the batch, then the mean over channels. A tumour-free slice then costs only
     what it adds to the batch's false positives, instead of a loss near 1 for any faint
     prediction. ``reduction="slice"``: the mean over samples of per-sample Dice over ``(C, H, W)``.
+    Under DDP (``semicml.parallel.sharded_batch``) the batch sums are those of the global batch.
 
     Shape contract: ``probs`` (probabilities, not logits) and ``target`` (hard or soft labels in
     [0, 1]): ``(B, C, H, W)``, same shape. Returns a float32 scalar; an empty batch gives 0.
@@ -70,8 +72,10 @@ def dice_loss(probs: Tensor, target: Tensor, eps: float = 1e-5, reduction: str =
     with fp32_region(probs):
         p = probs.float().transpose(0, 1).flatten(1)  # (C, B*H*W)
         y = target.float().transpose(0, 1).flatten(1)
-        num = 2.0 * (p * y).sum(1) + eps
-        den = (p * p).sum(1) + (y * y).sum(1) + eps
+        # Under DDP the sums cover the global batch (one all-reduce; identity on one process).
+        py, pp, yy = global_sum(torch.stack([(p * y).sum(1), (p * p).sum(1), (y * y).sum(1)]))
+        num = 2.0 * py + eps
+        den = pp + yy + eps
         return (1.0 - num / den).mean()
 
 

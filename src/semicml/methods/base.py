@@ -56,6 +56,9 @@ class Method(nn.Module):
     # With ``init``, a method that is the second stage of another's schedule (PReL) defaults to
     # the rest of that schedule; others start from the init weights with a budget of their own.
     continues_schedule: ClassVar[bool] = False
+    # False when a step may leave a student without gradient (PReL: the teacher modality's network
+    # until late); DDP must then search for unused parameters every step.
+    uses_every_network: ClassVar[bool] = True
 
     def __init__(self, ctx: MethodContext):
         super().__init__()
@@ -96,6 +99,10 @@ class Method(nn.Module):
     def train_step(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
         """Losses for one batch; ``"loss"`` is what the engine back-propagates."""
         raise NotImplementedError
+
+    def forward(self, batch: Batch, iteration: int) -> dict[str, torch.Tensor]:
+        """:meth:`train_step`, so that the engine can run a step through DistributedDataParallel."""
+        return self.train_step(batch, iteration)
 
     def predictors(self) -> dict[str, nn.Module]:
         """Modality name -> the network that segments that modality alone."""

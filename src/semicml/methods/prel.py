@@ -28,6 +28,7 @@ from .teachers import mc_soft_labels
 @register
 class SemiCMLPReL(SemiCML):
     name = "semicml-prel"
+    uses_every_network = False  # the teacher modality's student rests until prel.refine_teacher_from
 
     def __init__(self, ctx: MethodContext):
         super().__init__(ctx)

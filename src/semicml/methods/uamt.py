@@ -34,6 +34,7 @@ import torch
 
 from ..losses import sigmoid_rampup
 from ..losses.segmentation import fp32_region
+from ..parallel import global_sum
 from .base import register
 from .mean_teacher import MeanTeacher, mc_dropout_mode
 
@@ -50,7 +51,9 @@ def masked_mse(p_student: torch.Tensor, p_teacher: torch.Tensor, mask: torch.Ten
     """``sum(mask * (p_s - p_t)^2) / (sum(mask) + 1e-16)``; 0 when the mask is empty."""
     with fp32_region(p_student):
         dist = (p_student.float() - p_teacher.float()) ** 2
-        return (mask * dist).sum() / (mask.sum() + 1e-16)
+        # Both sums over the global batch under DDP (identity on one process).
+        masked, count = global_sum(torch.stack([(mask * dist).sum(), mask.sum()]))
+        return masked / (count + 1e-16)
 
 
 @register

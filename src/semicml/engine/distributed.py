@@ -1,0 +1,110 @@
+"""Distributed data-parallel training (torch DDP), launched by torchrun.
+
+``torchrun --nproc_per_node N -m semicml train ...`` (multi-node: torchrun's ``--nnodes``,
+``--node_rank``, ``--rdzv_endpoint``) starts N copies of the same command; torchrun's environment
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) tells each one its
+place. The process group uses NCCL on CUDA (one GPU per local rank) and gloo on CPU.
+
+What is kept in step (see docs/method-notes.md, "Distributed training"):
+
+* every rank trains on its contiguous slice of the global batch the one-process sampler draws;
+* DDP averages gradients; losses that are not means over samples are made global
+  (``semicml.parallel``), so the gradient is the one-process gradient of the global batch;
+* BatchNorm statistics over the global batch (SyncBatchNorm, default on with world size > 1);
+* random draws inside a step (input noise, dropout) are seeded by (seed, iteration, rank): they
+  differ between ranks as they would between the samples of one process, and a resumed run draws
+  what an uninterrupted one would have, whatever the world size;
+* teachers (EMA, BMA) follow the synchronized students, so they are identical on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import ConfigError
+from ..hardware import resolve_device
+
+__all__ = ["DistContext", "check_shardable", "launched_world_size", "setup_distributed", "shutdown",
+           "step_seed", "wrap_ddp"]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this process created the process group (and destroys it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
+
+
+def launched_world_size() -> int:
+    """World size of an existing process group, else the one torchrun announced, else 1."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return max(1, _env_int("WORLD_SIZE", 1))
+
+
+def check_shardable(labeled_batch: int, unlabeled_batch: int, world_size: int) -> None:
+    """Every rank takes an equal slice of each stream of the global batch."""
+    bad = [f"{name} {n}" for name, n in (("labeled_batch", labeled_batch), ("unlabeled_batch", unlabeled_batch))
+           if n % world_size]
+    if bad:
+        raise ConfigError(f"{' and '.join(bad)} not divisible by the world size {world_size}: each rank takes an "
+                          "equal share of the global batch (change the batch or --nproc_per_node)")
+
+
+def setup_distributed(device_name: str) -> tuple[DistContext, torch.device]:
+    """Join (or create, under torchrun) the process group; the device of this rank."""
+    if not dist.is_available() or launched_world_size() == 1:
+        return DistContext(), resolve_device(device_name)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        if device.index is None:  # "auto" / "cuda": one GPU per local rank
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owns), device
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_ddp(method: nn.Module, device: torch.device, every_network: bool = True) -> nn.Module:
+    """The method behind DDP (its ``forward`` is ``train_step``). ``every_network=False``: some
+    steps leave a network without gradient (PReL's teacher modality until late); DDP then finds
+    those parameters each step and leaves their gradients empty, as one process does (so Adam skips
+    them: no moment update, no weight decay)."""
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(method, device_ids=ids, find_unused_parameters=not every_network)
+
+
+def step_seed(seed: int, iteration: int, rank: int) -> int:
+    """Seed of the torch RNG for step ``iteration`` on ``rank`` (distributed runs only)."""
+    return int(np.random.SeedSequence([seed, 101, iteration, rank]).generate_state(1)[0])
