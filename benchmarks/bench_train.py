@@ -22,6 +22,8 @@ SETTINGS = {
     "default": {"precision": "auto", "channels_last": True},
     "fp32_nchw": {"precision": "fp32", "channels_last": False},
     "bf16_cl": {"precision": "bf16", "channels_last": True},
+    # torch.compile of the trained networks (config ``compile``); its first step compiles.
+    "compile": {"precision": "auto", "channels_last": True, "compile": True},
 }
 
 
@@ -36,8 +38,9 @@ def _trainer(store, out: Path, setting: dict, width: int, lb: int, ub: int, iter
     return Trainer(cfg, store, out, progress=False)
 
 
-def _step_rate(trainer, stage: str, steps: int) -> float:
-    """Paired slices per second of full optimisation steps (forward, backward, update)."""
+def _step_rate(trainer, stage: str, steps: int) -> tuple[float, float]:
+    """Paired slices per second of full optimisation steps (forward, backward, update), and the
+    seconds of the first step (kernel warm-up; with ``compile``, the compilation)."""
     from semicml.data.sampler import PairedSliceDataset, TwoStreamBatchSampler, collate_two_stream
 
     ds = PairedSliceDataset(trainer.store, trainer.subset.labeled, trainer.subset.unlabeled, trainer.modalities)
@@ -56,10 +59,9 @@ def _step_rate(trainer, stage: str, steps: int) -> float:
         trainer.optimizer.zero_grad()
         losses["loss"].backward()
         trainer.optimizer.step()
-        if k > 0:  # first step warms up kernels / allocator
-            times.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
     n = trainer.cfg.labeled_batch + trainer.cfg.unlabeled_batch
-    return n / float(np.median(times))
+    return n / float(np.median(times[1:])), times[0]  # the first step warms up kernels / allocator
 
 
 def _inference_seconds(trainer, repeats: int = 2) -> float:
@@ -89,6 +91,7 @@ def main() -> None:
     ap.add_argument("--unlabeled-batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--settings", default="default,fp32_nchw,bf16_cl")
+    ap.add_argument("--no-inference", action="store_true", help="skip the inference timing (see bench_infer.py)")
     ap.add_argument("--dice-iterations", type=int, default=0, help="short phantom run per setting (0: skip)")
     ap.add_argument("--dice-settings", default="default,fp32_nchw", help="settings that get the short run")
     ap.add_argument("--out", default="bench_out")
@@ -113,8 +116,10 @@ def main() -> None:
                             args.unlabeled_batch) for n in names}
     for stage in ("semicml", "prel"):
         for n in names:  # interleaved: every setting sees the same machine state
-            rows[n][f"{stage}_slices_per_s"] = round(_step_rate(trainers[n], stage, args.steps), 2)
-    for n in names:
+            rate, first = _step_rate(trainers[n], stage, args.steps)
+            rows[n][f"{stage}_slices_per_s"] = round(rate, 2)
+            rows[n][f"{stage}_first_step_s"] = round(first, 1)
+    for n in names if not args.no_inference else []:
         rows[n]["inference_s_per_volume"] = round(_inference_seconds(trainers[n]), 2)
     if args.dice_iterations:
         for n in [s for s in args.dice_settings.split(",") if s in names]:

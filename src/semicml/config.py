@@ -133,6 +133,9 @@ class TrainConfig(_TrainModel):
     device: str = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True
+    # Off by default: measured on a 2-core AVX2 CPU it did not pay (benchmarks/results/compile/);
+    # hosts with AMX or a GPU may differ, so it stays a switch.
+    compile: bool = Field(False, description="torch.compile the trained networks (first steps compile: minutes)")
     num_workers: int = Field(0, ge=0)
     augment: bool = False
     postprocess: str = Field("auto", pattern=r"^(auto|none|largest|min-size:\d+(\.\d+)?)$",

@@ -35,7 +35,7 @@ from ..hardware import Precision, resolve_device, resolve_precision
 from ..io_utils import atomic_write_bytes, atomic_write_text
 from ..locking import exclusive
 from .engines import Engine, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine, check_engine
-from .export import FORMATS, model_format, onnx_model_bytes, read_export, sidecar_path
+from .export import FORMATS, load_torchscript, model_format, onnx_model_bytes, read_export, sidecar_path
 from .postprocess import NONE, apply_postprocess, check_spec
 from .predictor import WINDOWS, engine_planes
 from .weights import load_weights
@@ -107,7 +107,7 @@ def load_model(run: str | Path, modality: str, engine: str = "torch", device: st
             raise ConfigError(f"a TorchScript model runs with --engine torch, not {engine}")
         multiple = 2 ** int(meta["levels"])
         if engine == "torch":
-            net = torch.jit.load(str(run), map_location=dev)
+            net = load_torchscript(run, dev)
             runner: Engine = TorchEngine(net, dev, prec, channels_last=True, compile=compile)
             runner.multiple = multiple
         else:
@@ -117,7 +117,7 @@ def load_model(run: str | Path, modality: str, engine: str = "torch", device: st
     if engine == "torch":
         return TorchEngine(net, dev, prec, channels_last=True, compile=compile), payload
     levels = int(getattr(net, "levels", 4))
-    return _onnx_engine(engine, onnx_model_bytes(net, levels), 2 ** levels, threads), payload
+    return _onnx_engine(engine, onnx_model_bytes(net, levels, optimize=False), 2 ** levels, threads), payload
 
 
 def _onnx_engine(engine: str, model: Path | bytes, multiple: int, threads: int | None) -> Engine:

@@ -41,25 +41,23 @@ def nonempty_slices(planes: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.abs(planes).reshape(planes.shape[0], -1).max(axis=1) > 0)
 
 
-def brain_windows(planes: np.ndarray, multiple: int, margin: int = 0) -> dict[tuple[int, int, int, int], list[int]]:
-    """Slices grouped by their window ``(x0, y0, h, w)``: the box of the slice's non-zero voxels
-    widened by ``margin`` and rounded up to ``multiple``, kept inside the plane.
-
-    The plane's sides must be multiples of ``multiple`` (``predict`` pads them so). Slices are
-    grouped by window size AND place only when identical, so each group is one batch shape.
+def brain_windows(planes: np.ndarray, multiple: int, margin: int = 0) -> dict[tuple[int, int], list[tuple[int, int, int]]]:
+    """Slices grouped by window size ``(h, w)`` -> ``[(z, x0, y0), ...]``: each window is the box
+    of the slice's non-zero voxels widened by ``margin``, rounded up to ``2 * multiple`` (fewer
+    distinct sizes: larger batches, and the engines build one kernel plan per size), centred on
+    the box and kept inside the plane. The plane's sides must be multiples of ``multiple``.
     """
-    height, width = planes.shape[1:]
-    groups: dict[tuple[int, int, int, int], list[int]] = defaultdict(list)
+    step = 2 * multiple
+    groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
     for z in nonempty_slices(planes):
         nz = planes[z] != 0
-        xs, ys = np.flatnonzero(nz.any(axis=1)), np.flatnonzero(nz.any(axis=0))
         box = []
-        for lo, hi, side in ((int(xs[0]), int(xs[-1]) + 1, height), (int(ys[0]), int(ys[-1]) + 1, width)):
-            lo, hi = max(lo - margin, 0), min(hi + margin, side)
-            size = min(-(-(hi - lo) // multiple) * multiple, side)
-            start = min(max((lo + hi - size) // 2, 0), side - size)  # centred, inside the plane
-            box += [start, size]
-        groups[(box[0], box[2], box[1], box[3])].append(int(z))
+        for hits, side in ((np.flatnonzero(nz.any(axis=1)), planes.shape[1]),
+                           (np.flatnonzero(nz.any(axis=0)), planes.shape[2])):
+            lo, hi = max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, side)
+            size = min(-(-(hi - lo) // step) * step, side)
+            box.append((min(max((lo + hi - size) // 2, 0), side - size), size))  # centred, inside the plane
+        groups[(box[0][1], box[1][1])].append((int(z), box[0][0], box[1][0]))
     return groups
 
 
@@ -70,19 +68,21 @@ def engine_planes(engine: Engine, planes: np.ndarray, batch_size: int = 32, tta:
         raise ValueError(f"unknown window {window!r} (choose from {', '.join(WINDOWS)})")
     out = np.zeros(planes.shape, dtype=np.float32)
     if window == "whole":
-        groups = {(0, 0, planes.shape[1], planes.shape[2]): list(nonempty_slices(planes))}
+        groups = {planes.shape[1:]: [(int(z), 0, 0) for z in nonempty_slices(planes)]}
     else:
         groups = brain_windows(planes, engine.multiple, margin)
     flips = ((), (2,), (3,), (2, 3)) if tta else ((),)
     with engine.session():
-        for (x0, y0, h, w), members in groups.items():
+        for (h, w), members in groups.items():
             for start in range(0, len(members), batch_size):
-                idx = members[start : start + batch_size]
-                x = torch.from_numpy(np.ascontiguousarray(planes[idx, x0 : x0 + h, y0 : y0 + w],
-                                                          dtype=np.float32)).unsqueeze(1)
+                part = members[start : start + batch_size]
+                batch = np.stack([planes[z, x0 : x0 + h, y0 : y0 + w] for z, x0, y0 in part])
+                x = torch.from_numpy(batch.astype(np.float32, copy=False)).unsqueeze(1)
                 acc = torch.zeros(x.shape[0], h, w)
                 for dims in flips:
                     probs = torch.sigmoid(engine(torch.flip(x, dims) if dims else x))
                     acc += (torch.flip(probs, dims) if dims else probs)[:, 0]
-                out[idx, x0 : x0 + h, y0 : y0 + w] = (acc / len(flips)).numpy()
+                acc /= len(flips)
+                for k, (z, x0, y0) in enumerate(part):
+                    out[z, x0 : x0 + h, y0 : y0 + w] = acc[k].numpy()
     return out
