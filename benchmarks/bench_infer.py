@@ -155,6 +155,7 @@ def main() -> None:
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         sys.exit(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
+    load_before = os.getloadavg()
     vol, affine, source = load_volume(args.volume)
     nonempty = int(np.count_nonzero(vol.reshape(-1, vol.shape[2]).any(axis=0)))
     cpu = cpu_name()
@@ -164,7 +165,10 @@ def main() -> None:
         results.append(bench_width(width or 0, names, args.rounds, vol, affine, args.run))
     result = {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "volume": {"source": source, "shape": list(vol.shape), "nonzero_slices": nonempty},
-              "rounds": args.rounds, "timing": "min over interleaved rounds, one process", "results": results}
+              "rounds": args.rounds, "timing": "min over interleaved rounds, one process",
+              # other work on a shared machine slows every setting: the load says how busy it was
+              "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+              "results": results}
     for mod in ("onnxruntime", "openvino"):
         try:
             result[mod] = __import__(mod).__version__
@@ -174,7 +178,7 @@ def main() -> None:
         (cpu["isa"][-1] if cpu["isa"] else "generic")
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / "inference" / slug
     out.mkdir(parents=True, exist_ok=True)
-    name = "bench_infer_trained.json" if args.run else "bench_infer.json"
+    name = "bench_infer_trained.json" if args.run else f"bench_infer_w{'-'.join(str(w) for w in widths)}.json"
     (out / name).write_text(json.dumps(result, indent=1) + "\n")
     print(f"CPU: {cpu['model']} ({cpu['cores']} cores, {', '.join(cpu['isa'])}), torch {torch.__version__}, "
           f"{result['threads']} threads; volume {source} ({nonempty} non-empty slices)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ def _step_rate(trainer, stage: str, steps: int) -> tuple[float, float]:
         batch = {key: trainer._to_device(v) for key, v in collate_two_stream([ds[i] for i in idx]).items()}
         t0 = time.perf_counter()
         with trainer.precision.autocast():
-            losses = method.prel_losses(batch) if stage == "prel" else method.semicml_losses(batch, k)
+            losses = method.prel_losses(batch, k) if stage == "prel" else method.semicml_losses(batch, k)
         trainer.optimizer.zero_grad()
         losses["loss"].backward()
         trainer.optimizer.step()
@@ -119,6 +120,7 @@ def main() -> None:
             rate, first = _step_rate(trainers[n], stage, args.steps)
             rows[n][f"{stage}_slices_per_s"] = round(rate, 2)
             rows[n][f"{stage}_first_step_s"] = round(first, 1)
+            print(f"  {stage} {n}: {rate:.2f} slices/s (first step {first:.1f} s)", file=sys.stderr, flush=True)
     for n in names if not args.no_inference else []:
         rows[n]["inference_s_per_volume"] = round(_inference_seconds(trainers[n]), 2)
     if args.dice_iterations:
