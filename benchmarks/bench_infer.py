@@ -99,7 +99,7 @@ def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str
         torch.manual_seed(0)
         net = UNet2D(widths=unet_widths(width)).eval()
         prep, weights = {"in_plane": "crop", "size": 160, "normalisation": "zscore_nonzero"}, "random init"
-    levels = net.levels
+    levels, width = net.levels, int(net.widths[0])
     t0 = time.perf_counter()
     onnx = onnx_model_bytes(net, levels)
     export_s = time.perf_counter() - t0
@@ -133,7 +133,7 @@ def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str
                    "max_abs_prob_diff": float(np.abs(probs[n] - base).max()),
                    "mask_voxels_differing": int(((probs[n] > 0.5) != (base > 0.5)).sum()),
                    "mask_voxels": int((base > 0.5).sum())}
-    return {"width": int(net.widths[0]), "weights": weights, "preprocessing": prep, "onnx_export_seconds": round(export_s, 2),
+    return {"width": width, "weights": weights, "preprocessing": prep, "onnx_export_seconds": round(export_s, 2),
             "settings": rows}
 
 

@@ -133,3 +133,30 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
                           "--out", tmp_path / "p", "--window", "box"], monkeypatch, capsys)
     assert rc == 2 and "unknown window 'box'" in err
     assert not (tmp_path / "p").exists()
+
+
+# --------------------------------------------------------------------------- the compile switches
+def test_compile_switches_reach_torch_compile(monkeypatch):
+    """Training ``compile: true`` compiles every network a method builds; ``predict --compile``
+    compiles the engine's network. (Whether it pays is measured in benchmarks/, not here.)"""
+    from semicml.config import build_config
+    from semicml.methods.base import MethodContext
+    from semicml.models import UNet2D
+
+    compiled: list[nn.Module] = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    for flag in (False, True):
+        ctx = MethodContext(cfg=build_config(profile="tiny", overrides={"compile": flag}), modalities=["T2"],
+                            out_channels=1, total_iterations=1, iterations_per_epoch=1.0, device=CPU,
+                            new_network=lambda: UNet2D(widths=(2, 4), dropout=(0.0, 0.0)))
+        nets = [ctx.new_network(), ctx.new_network()]
+        assert compiled == (nets if flag else [])
+    assert build_config().compile is False
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda net, **k: calls.append(net) or net)
+    net = CopyNet()
+    TorchEngine(net, CPU, FP32, compile=False)
+    assert calls == []
+    TorchEngine(net, CPU, FP32, compile=True)
+    assert calls == [net]
