@@ -1,14 +1,14 @@
 """Benchmark: seconds to predict ONE modality of a 240x240x155 volume on this CPU, per engine and setting.
 
 Every setting runs the same code as ``semicml predict`` (``probabilities_on_grid``: normalisation,
-slice windows, network, paste back; reading and writing NIfTI excluded), on one real BraTS T2
-volume when ``../shared/data/brats18`` exists (else a synthetic brain-shaped volume), side by side
-in ONE process, interleaved round by round so that a busy machine slows every setting alike; the
-minimum over rounds is reported. Widths: 16 (cpu profile) and 32 (paper). Each row also gives
+slice windows, network, paste back; reading and writing NIfTI excluded), on one real BraTS volume
+(T2, or ``--modality``) when ``../shared/data/brats18`` exists (else a synthetic brain-shaped
+volume), side by side in ONE process, interleaved round by round so that a busy machine slows
+every setting alike; the minimum over rounds is reported. Widths: 16 (cpu profile) and 32 (paper). Each row also gives
 the largest probability difference and the number of mask voxels that differ from today's path
 (meaningful with ``--run``: a trained network; otherwise weights are random).
 
-    python benchmarks/bench_infer.py [--widths 16,32] [--rounds 3] [--run RUN] [--settings ...]
+    python benchmarks/bench_infer.py [--widths 16,32] [--rounds 3] [--run RUN --modality t2] [--settings ...]
 """
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ def cpu_name() -> dict:
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def load_volume(path: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+def load_volume(path: str | None, modality: str = "t2") -> tuple[np.ndarray, np.ndarray, str]:
     import nibabel as nib
 
     data = Path(os.environ.get("SEMICML_BRATS18", REPO.parent / "shared/data/brats18"))
     if path is None:
-        found = sorted(glob.glob(str(data / "*" / "*_t2.nii.gz")))
+        found = sorted(glob.glob(str(data / "*" / f"*_{modality.lower()}.nii.gz")))
         path = found[0] if found else None
     if path is not None:
         img = nib.load(path)
@@ -87,13 +87,13 @@ def make_engine(setting: tuple, net, onnx: bytes, multiple: int):
     return cls(onnx, multiple)
 
 
-def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str | None) -> dict:
+def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str | None, modality: str) -> dict:
     from semicml.inference.export import onnx_model_bytes
     from semicml.inference.predict import load_weights, probabilities_on_grid
     from semicml.models import UNet2D, unet_widths
 
     if run is not None:
-        net, payload = load_weights(run, payload_modality(run), torch.device("cpu"))
+        net, payload = load_weights(run, modality, torch.device("cpu"))
         prep, weights = payload["preprocessing"], f"trained ({run})"
     else:
         torch.manual_seed(0)
@@ -137,14 +137,13 @@ def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str
             "settings": rows}
 
 
-def payload_modality(run: str) -> str:
-    return sorted(Path(run, "weights").glob("*.pt"))[0].stem
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", default="16,32", help="U-Net base widths (random weights)")
-    ap.add_argument("--run", default=None, help="a trained run: its first modality's network replaces the widths")
+    ap.add_argument("--run", default=None, help="a trained run: its --modality network replaces the widths")
+    ap.add_argument("--modality", default="t2", help="with --run: the network of the volume's modality")
     ap.add_argument("--volume", default=None, help="NIfTI volume (default: first BraTS T2, else synthetic)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names (first = baseline)")
@@ -156,13 +155,13 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
     load_before = os.getloadavg()
-    vol, affine, source = load_volume(args.volume)
+    vol, affine, source = load_volume(args.volume, args.modality)
     nonempty = int(np.count_nonzero(vol.reshape(-1, vol.shape[2]).any(axis=0)))
     cpu = cpu_name()
     results = []
     widths = [None] if args.run else [int(w) for w in args.widths.split(",")]
     for width in widths:
-        results.append(bench_width(width or 0, names, args.rounds, vol, affine, args.run))
+        results.append(bench_width(width or 0, names, args.rounds, vol, affine, args.run, args.modality))
     result = {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "volume": {"source": source, "shape": list(vol.shape), "nonzero_slices": nonempty},
               "rounds": args.rounds, "timing": "min over interleaved rounds, one process",
@@ -174,8 +173,8 @@ def main() -> None:
             result[mod] = __import__(mod).__version__
         except ImportError:
             result[mod] = None
-    slug = "-".join(cpu["model"].lower().replace("(r)", "").replace("(tm)", "").split()[:3]) + "-" + \
-        (cpu["isa"][-1] if cpu["isa"] else "generic")
+    best_isa = next((f for f in ("amx_tile", "avx512f", "avx2") if f in cpu["isa"]), "generic")
+    slug = "-".join(cpu["model"].lower().replace("(r)", "").replace("(tm)", "").split()[:3]) + "-" + best_isa
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / "inference" / slug
     out.mkdir(parents=True, exist_ok=True)
     name = "bench_infer_trained.json" if args.run else f"bench_infer_w{'-'.join(str(w) for w in widths)}.json"
