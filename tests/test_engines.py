@@ -132,6 +132,10 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
     rc, _, err = run_cli(["predict", "--run", tmp_path / "run", "--modality", "T2", "--input", tmp_path,
                           "--out", tmp_path / "p", "--window", "box"], monkeypatch, capsys)
     assert rc == 2 and "unknown window 'box'" in err
+    rc, _, err = run_cli(["predict", "--run", tmp_path / "run", "--modality", "T2", "--input", tmp_path,
+                          "--out", tmp_path / "p", "--engine", "openvino", "--compile"], monkeypatch, capsys)
+    assert rc == 2 and err.strip() == ("error: --compile applies to --engine torch (the openvino engine compiles "
+                                       "the graph itself)")
     assert not (tmp_path / "p").exists()
 
 

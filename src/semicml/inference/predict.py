@@ -142,6 +142,8 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
         raise ConfigError(f"unknown window {window!r} (choose from {', '.join(WINDOWS)})")
     if margin < 0:
         raise ConfigError(f"--margin must be >= 0, got {margin}")
+    if compile and engine != "torch":
+        raise ConfigError(f"--compile applies to --engine torch (the {engine} engine compiles the graph itself)")
     if engine != "torch" and device not in ("auto", "cpu"):
         raise ConfigError(f"--engine {engine} runs on the CPU; --device {device} needs --engine torch")
     dev = resolve_device(device if engine == "torch" else "cpu")
