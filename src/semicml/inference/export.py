@@ -190,7 +190,7 @@ def read_export(model: str | Path) -> dict[str, Any]:
         if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
             raise DataError(f"not a semicml export sidecar (format {EXPORT_FORMAT!r} expected)", side)
         if meta.get("model_sha256") != hashlib.sha256(model.read_bytes()).hexdigest():
-            raise DataError(f"sidecar does not describe this model file (sha256 differs; re-export)", side)
+            raise DataError("sidecar does not describe this model file (sha256 differs; re-export)", side)
         return meta
     meta = _embedded(model)
     if meta is None:
