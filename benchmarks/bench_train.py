@@ -8,14 +8,15 @@ All settings are measured in ONE process, interleaved, so ratios are comparable 
                                      [--device cuda] [--settings default,fp32_nchw,bf16_cl,compile]
 
 On CUDA the timings synchronize the device and the table adds the peak GPU memory per setting.
-"compile" is the default setting with every U-Net compiled in place (torch.compile); its first
-steps include the compilation, so it gets extra warm-up steps.
+A setting that fails (e.g. no compiler for torch.compile) is reported and the others go on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,9 +28,10 @@ SETTINGS = {
     "default": {"precision": "auto", "channels_last": True},
     "fp32_nchw": {"precision": "fp32", "channels_last": False},
     "bf16_cl": {"precision": "bf16", "channels_last": True},
+    # torch.compile of the trained networks (config ``compile``); its first step compiles.
     "compile": {"precision": "auto", "channels_last": True, "compile": True},
 }
-WARMUP = {"compile": 3}  # steps not timed: compilation (and recompilation for the 2nd batch shape)
+WARMUP = {"compile": 3}  # untimed steps: compilation, and recompilation for other batch shapes
 
 
 def _sync(device: torch.device) -> None:
@@ -41,24 +43,17 @@ def _trainer(store, out: Path, setting: dict, width: int, lb: int, ub: int, iter
              device: str = "auto"):
     from semicml.config import build_config
     from semicml.engine.trainer import Trainer
-    from semicml.models.unet import UNet2D
 
-    setting = dict(setting)
-    compile_nets = setting.pop("compile", False)
     cfg = build_config(overrides={"method": "semicml-prel", "model": {"base_width": width}, "labeled_batch": lb,
                                   "unlabeled_batch": ub, "iterations": iterations, "seed": seed, "device": device,
                                   "labeled_fraction": 0.3, "val_fraction": 0.2, "test_fraction": 0.2,
                                   "optim": {"lr": 3e-3, "milestones": [0.7, 0.9]}, **setting})
-    trainer = Trainer(cfg, store, out, progress=False)
-    if compile_nets:
-        for module in trainer.method.modules():
-            if isinstance(module, UNet2D):
-                module.compile()  # in place: state_dict keys unchanged
-    return trainer
+    return Trainer(cfg, store, out, progress=False)
 
 
-def _step_rate(trainer, stage: str, steps: int, warmup: int = 1) -> float:
-    """Paired slices per second of full optimisation steps (forward, backward, update)."""
+def _step_rate(trainer, stage: str, steps: int, warmup: int = 1) -> tuple[float, float]:
+    """Paired slices per second of full optimisation steps (forward, backward, update), and the
+    seconds of the first step (kernel warm-up; with ``compile``, the compilation)."""
     from semicml.data.sampler import PairedSliceDataset, TwoStreamBatchSampler, collate_two_stream
 
     ds = PairedSliceDataset(trainer.store, trainer.subset.labeled, trainer.subset.unlabeled, trainer.modalities)
@@ -79,10 +74,10 @@ def _step_rate(trainer, stage: str, steps: int, warmup: int = 1) -> float:
         losses["loss"].backward()
         trainer.optimizer.step()
         _sync(trainer.device)
-        if k >= warmup:  # the first steps warm up kernels / allocator / compiler
-            times.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
     n = trainer.cfg.labeled_batch + trainer.cfg.unlabeled_batch
-    return n / float(np.median(times))
+    # the first steps warm up kernels / allocator / compiler
+    return n / float(np.median(times[warmup:])), float(sum(times[:warmup]))
 
 
 def _inference_seconds(trainer, repeats: int = 2) -> float:
@@ -113,6 +108,7 @@ def main() -> None:
     ap.add_argument("--unlabeled-batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--settings", default="default,fp32_nchw,bf16_cl")
+    ap.add_argument("--no-inference", action="store_true", help="skip the inference timing (see bench_infer.py)")
     ap.add_argument("--dice-iterations", type=int, default=0, help="short phantom run per setting (0: skip)")
     ap.add_argument("--dice-settings", default="default,fp32_nchw", help="settings that get the short run")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda")
@@ -133,7 +129,8 @@ def main() -> None:
                           progress=False)
     device = resolve_device(args.device)
     rows = {n: {"precision": resolve_precision(SETTINGS[n]["precision"], device).name,
-                "channels_last": SETTINGS[n]["channels_last"], "compile": SETTINGS[n].get("compile", False)} for n in names}
+                "channels_last": SETTINGS[n]["channels_last"], "compile": SETTINGS[n].get("compile", False)}
+            for n in names}
     trainers = {n: _trainer(store, work / f"r_{n}", SETTINGS[n], args.width, args.labeled_batch,
                             args.unlabeled_batch, device=args.device) for n in names}
     for stage in ("semicml", "prel"):
@@ -141,15 +138,17 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             try:
-                rate = _step_rate(trainers[n], stage, args.steps, WARMUP.get(n, 1))
+                rate, first = _step_rate(trainers[n], stage, args.steps, WARMUP.get(n, 1))
             except Exception as err:  # noqa: BLE001 - e.g. no compiler for torch.compile: report, go on
                 rows[n][f"{stage}_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
                 rows[n][f"{stage}_slices_per_s"] = float("nan")
                 continue
-            rows[n][f"{stage}_slices_per_s"] = round(rate, 2)
             if device.type == "cuda":
                 rows[n][f"{stage}_peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
-    for n in names:
+            rows[n][f"{stage}_slices_per_s"] = round(rate, 2)
+            rows[n][f"{stage}_first_step_s"] = round(first, 1)
+            print(f"  {stage} {n}: {rate:.2f} slices/s (first step {first:.1f} s)", file=sys.stderr, flush=True)
+    for n in names if not args.no_inference else []:
         rows[n]["inference_s_per_volume"] = round(_inference_seconds(trainers[n]), 2)
     if args.dice_iterations:
         for n in [s for s in args.dice_settings.split(",") if s in names]:
@@ -166,8 +165,11 @@ def main() -> None:
             for stage in ("semicml", "prel"):
                 rows[n][f"{stage}_speedup_vs_fp32_nchw"] = round(rows[n][f"{stage}_slices_per_s"]
                                                                  / base[f"{stage}_slices_per_s"], 2)
+    from bench_infer import cpu_name  # same folder
+
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    result = {"device": str(device), "gpu": gpu, "cpu_fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__,
+    result = {"device": str(device), "gpu": gpu, "cpu": cpu_name(), "load_average_1min": round(os.getloadavg()[0], 2),
+              "cpu_fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "width": args.width, "size": args.size,
               "batch": [args.labeled_batch, args.unlabeled_batch], "settings": rows}
     out = Path(args.out)

@@ -136,6 +136,9 @@ class TrainConfig(_TrainModel):
     # Under DDP each rank's BatchNorm would otherwise see only its shard of the batch.
     sync_batchnorm: Optional[bool] = Field(None, description="BatchNorm statistics over the global batch of all "
                                            "ranks; default (null): on when training with more than one process")
+    # Off by default: measured on a 2-core AVX2 CPU it did not pay (benchmarks/results/compile/);
+    # hosts with AMX or a GPU may differ, so it stays a switch.
+    compile: bool = Field(False, description="torch.compile the trained networks (first steps compile: minutes)")
     num_workers: int = Field(0, ge=0)
     augment: bool = False
     postprocess: str = Field("auto", pattern=r"^(auto|none|largest|min-size:\d+(\.\d+)?)$",

@@ -30,14 +30,17 @@ from ..data.preprocess import (
     whole_plane_box,
 )
 from ..data.readers import read_single_modality
-from ..checkpoint import load_checkpoint
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..hardware import Precision, resolve_device, resolve_precision
 from ..io_utils import atomic_write_bytes, atomic_write_text
 from ..locking import exclusive
-from ..models import build_network
+from .engines import Engine, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine, check_engine
+from .export import FORMATS, load_torchscript, model_format, onnx_model_bytes, read_export, sidecar_path
 from .postprocess import NONE, apply_postprocess, check_spec
-from .predictor import predict_planes
+from .predictor import WINDOWS, engine_planes
+from .weights import load_weights
+
+__all__ = ["atomic_save_nifti", "load_model", "load_weights", "predict_cases", "probabilities_on_grid"]
 
 
 def atomic_save_nifti(image: nib.Nifti1Image, path: Path, dtype) -> None:
@@ -46,62 +49,107 @@ def atomic_save_nifti(image: nib.Nifti1Image, path: Path, dtype) -> None:
     atomic_write_bytes(path, gzip.compress(image.to_bytes(), compresslevel=6, mtime=0))  # mtime 0: same bytes twice
 
 
-def load_weights(run: str | Path, modality: str, device: torch.device):
-    """Network of ``modality`` from a run directory (or a weights file) -> (net, payload)."""
-    run = Path(run)
-    if run.is_file():
-        path = run
-    else:
-        if not run.is_dir():
-            raise DataError("run directory not found", run)
-        weights = {p.stem.lower(): p for p in (run / "weights").glob("*.pt")}
-        if modality.lower() not in weights:
-            have = ", ".join(sorted(p.stem for p in weights.values())) or "none"
-            raise DataError(f"no network for modality {modality!r} in this run (has: {have})", run)
-        path = weights[modality.lower()]
-    payload = load_checkpoint(path, "cpu")
-    if payload.get("format") != "semicml-weights-v1":
-        raise DataError("not a semicml weights file", path)
-    net = build_network(payload["network"])
-    net.load_state_dict(payload["state_dict"])
-    return net.to(device).eval(), payload
-
-
-def probabilities_on_grid(net: torch.nn.Module, image: np.ndarray, affine: np.ndarray, preprocessing: dict,
-                          device: torch.device, precision: Precision, channels_last: bool = True,
-                          tta: bool = False) -> np.ndarray:
+def probabilities_on_grid(net: torch.nn.Module | None, image: np.ndarray, affine: np.ndarray, preprocessing: dict,
+                          device: torch.device | None, precision: Precision | None, channels_last: bool = True,
+                          tta: bool = False, engine: Engine | None = None, window: str = "whole",
+                          margin: int = 0, batch_size: int = 32) -> np.ndarray:
     """Foreground probability of a single-modality 3D image, on the image's own voxel grid.
 
     Stores made by cropping are predicted on the whole slice (padded to the network's
     down-sampling factor); stores made by resizing use the same box as at training time.
+    ``engine`` runs the network (default: ``net`` in PyTorch on ``device`` with ``precision``);
+    ``window``/``margin``: see :mod:`semicml.inference.predictor`.
     """
+    if engine is None:
+        engine = TorchEngine(net, device, precision, channels_last)
     axis = axial_axis(affine)
     vol = to_axial_last(image, axis)
     if preprocessing["in_plane"] == "crop":
-        box = whole_plane_box(vol.shape[:2], 2 ** getattr(net, "levels", 4))
+        box = whole_plane_box(vol.shape[:2], engine.multiple)
     else:
         box = foreground_box(vol, int(preprocessing["size"]), preprocessing["in_plane"])
     normed, _ = normalise(vol, preprocessing["normalisation"])
     planes = extract_planes(normed, box).transpose(2, 0, 1)  # (Z, H, W)
-    probs = predict_planes(net, planes, device, precision, channels_last=channels_last, tta=tta)
+    probs = engine_planes(engine, planes, batch_size=batch_size, tta=tta, window=window, margin=margin)
     on_grid = paste_planes(probs.transpose(1, 2, 0), box, vol.shape[:2])
     return from_axial_last(on_grid, axis)
+
+
+def is_export(path: str | Path) -> bool:
+    """An exported model (``.onnx``, ``.torchscript.pt`` or any file with an export sidecar)."""
+    path = Path(path)
+    return path.is_file() and (path.name.endswith((".onnx", FORMATS["torchscript"])) or sidecar_path(path).is_file())
+
+
+def load_model(run: str | Path, modality: str, engine: str = "torch", device: str | torch.device = "cpu",
+               precision: str = "auto", threads: int | None = None, compile: bool = False) -> tuple[Engine, dict]:
+    """The network of ``modality`` ready to run -> (engine, info with ``preprocessing``,
+    ``postprocessing``).
+
+    ``run``: a run directory, a weights file, or a model written by ``semicml export``. An
+    ONNX engine given a run exports its network in memory first (a few seconds); a TorchScript
+    export runs in the torch engine.
+    """
+    check_engine(engine)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if threads and engine == "torch":
+        torch.set_num_threads(int(threads))
+    if is_export(run):
+        meta = read_export(run)
+        if str(meta.get("modality", "")).lower() != modality.lower():
+            raise DataError(f"this model is for modality {meta.get('modality')!r}, not {modality!r}", run)
+        fmt = model_format(run)
+        if fmt == "onnx" and engine == "torch":
+            raise ConfigError("an ONNX model runs with --engine onnxruntime or openvino (torch runs a run "
+                              "directory, a weights file or a TorchScript export)")
+        if fmt == "torchscript" and engine != "torch":
+            raise ConfigError(f"a TorchScript model runs with --engine torch, not {engine}")
+        multiple = 2 ** int(meta["levels"])
+        if engine == "torch":
+            net = load_torchscript(run, dev)
+            runner: Engine = TorchEngine(net, dev, prec, channels_last=True, compile=compile)
+            runner.multiple = multiple
+        else:
+            runner = _onnx_engine(engine, Path(run), multiple, threads)
+        return runner, meta
+    net, payload = load_weights(run, modality, dev)
+    if engine == "torch":
+        return TorchEngine(net, dev, prec, channels_last=True, compile=compile), payload
+    levels = int(getattr(net, "levels", 4))
+    return _onnx_engine(engine, onnx_model_bytes(net, levels, optimize=False), 2 ** levels, threads), payload
+
+
+def _onnx_engine(engine: str, model: Path | bytes, multiple: int, threads: int | None) -> Engine:
+    cls = OnnxRuntimeEngine if engine == "onnxruntime" else OpenVinoEngine
+    return cls(model, multiple, threads)
 
 
 def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_dir: str | Path,
                   device: str = "auto", precision: str = "auto", save_probabilities: bool = False,
                   threshold: float = 0.5, progress: bool = True, cases: list[str] | None = None,
-                  tta: bool = False, postprocess: str | None = None) -> list[Path]:
+                  tta: bool = False, postprocess: str | None = None, engine: str = "torch",
+                  window: str = "whole", margin: int = 0, threads: int | None = None,
+                  compile: bool = False) -> list[Path]:
     """Segment every case of ``input_path`` that has ``modality`` with that modality's network.
 
+    ``run``: run directory, weights file or exported model (see :func:`load_model`).
     ``postprocess``: None uses the choice stored with the weights (made on validation); or
-    ``none``, ``largest``, ``min-size:<mm^3>``.
+    ``none``, ``largest``, ``min-size:<mm^3>``. ``engine``: torch | onnxruntime | openvino (the
+    masks are the same). ``window``: whole (default) | brain, see :mod:`semicml.inference.predictor`.
     """
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    net, payload = load_weights(run, modality, dev)
+    if window not in WINDOWS:
+        raise ConfigError(f"unknown window {window!r} (choose from {', '.join(WINDOWS)})")
+    if margin < 0:
+        raise ConfigError(f"--margin must be >= 0, got {margin}")
+    if compile and engine != "torch":
+        raise ConfigError(f"--compile applies to --engine torch (the {engine} engine compiles the graph itself)")
+    if engine != "torch" and device not in ("auto", "cpu"):
+        raise ConfigError(f"--engine {engine} runs on the CPU; --device {device} needs --engine torch")
+    dev = resolve_device(device if engine == "torch" else "cpu")
+    runner, info = load_model(run, modality, engine, dev, precision, threads, compile)
     try:
-        post = check_spec(postprocess if postprocess is not None else payload.get("postprocessing", NONE))
+        post = check_spec(postprocess if postprocess is not None else info.get("postprocessing", NONE))
     except ValueError as err:
         raise DataError(str(err)) from None
     found = read_single_modality(input_path, modality)
@@ -114,13 +162,15 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
     if not found:
         raise DataError(f"no case with modality {modality!r} found", input_path)
     out_dir = Path(out_dir)
+    about = {"run": str(run), "modality": modality, "input": str(input_path), "engine": engine, "window": window,
+             "margin": margin}
     with exclusive(out_dir, "prediction folder"):  # one writer per folder (another fails naming this PID)
         out_dir.mkdir(parents=True, exist_ok=True)
-        return _predict_all(found, out_dir, net, payload, post, dev, prec, threshold, save_probabilities, tta,
-                            progress, {"run": str(run), "modality": modality, "input": str(input_path)})
+        return _predict_all(found, out_dir, runner, info["preprocessing"], post, threshold, save_probabilities, tta,
+                            progress, about)
 
 
-def _predict_all(found, out_dir: Path, net, payload: dict, post, dev, prec, threshold: float,
+def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post: str, threshold: float,
                  save_probabilities: bool, tta: bool, progress: bool, about: dict) -> list[Path]:
     modality = about["modality"]
     written = []
@@ -128,7 +178,7 @@ def _predict_all(found, out_dir: Path, net, payload: dict, post, dev, prec, thre
         for case_id, load in bar:
             case: Case = load()
             image = next(iter(case.images.values()))
-            probs = probabilities_on_grid(net, image, case.affine, payload["preprocessing"], dev, prec, tta=tta)
+            probs = probabilities_on_grid(None, image, case.affine, preprocessing, None, None, tta=tta, engine=runner, window=about["window"], margin=about["margin"])
             mask = apply_postprocess((probs > threshold).astype(np.uint8), post, case.spacing)
             header = case.header.copy() if case.header is not None else None
             path = out_dir / f"{case_id}.nii.gz"

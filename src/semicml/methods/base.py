@@ -37,6 +37,19 @@ class MethodContext:
     schedule_offset: int = 0
     schedule_total: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.cfg.compile:
+            build = self.new_network
+
+            def compiled() -> nn.Module:
+                # Module.compile keeps the module and its state_dict keys (checkpoints unchanged); a
+                # deepcopy (teacher) gets its own compiled forward.
+                net = build()
+                net.compile()
+                return net
+
+            self.new_network = compiled
+
     def progress(self, iteration: int) -> float:
         """Fraction of the whole schedule reached at ``iteration`` (0-based, this run's count)."""
         total = self.schedule_total or self.total_iterations
