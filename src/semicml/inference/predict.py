@@ -19,16 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.case import Case
-from ..data.preprocess import (
-    axial_axis,
-    extract_planes,
-    foreground_box,
-    from_axial_last,
-    normalise,
-    paste_planes,
-    to_axial_last,
-    whole_plane_box,
-)
+from ..data.preprocess import network_frame
 from ..data.readers import read_single_modality
 from ..checkpoint import load_checkpoint
 from ..errors import DataError
@@ -69,23 +60,18 @@ def load_weights(run: str | Path, modality: str, device: torch.device):
 
 def probabilities_on_grid(net: torch.nn.Module, image: np.ndarray, affine: np.ndarray, preprocessing: dict,
                           device: torch.device, precision: Precision, channels_last: bool = True,
-                          tta: bool = False) -> np.ndarray:
+                          tta: bool = False, modality: str | None = None) -> np.ndarray:
     """Foreground probability of a single-modality 3D image, on the image's own voxel grid.
 
-    Stores made by cropping are predicted on the whole slice (padded to the network's
-    down-sampling factor); stores made by resizing use the same box as at training time.
+    The image is normalised as its modality was at training and its planes resampled to the
+    training spacing (runs made before spacing was recorded: its own grid); stores made by
+    cropping are predicted on the whole slice (padded to the network's down-sampling factor),
+    stores made by resizing in the same box as at training. Probabilities go back to the input
+    grid linearly (see :func:`semicml.data.preprocess.network_frame`).
     """
-    axis = axial_axis(affine)
-    vol = to_axial_last(image, axis)
-    if preprocessing["in_plane"] == "crop":
-        box = whole_plane_box(vol.shape[:2], 2 ** getattr(net, "levels", 4))
-    else:
-        box = foreground_box(vol, int(preprocessing["size"]), preprocessing["in_plane"])
-    normed, _ = normalise(vol, preprocessing["normalisation"])
-    planes = extract_planes(normed, box).transpose(2, 0, 1)  # (Z, H, W)
-    probs = predict_planes(net, planes, device, precision, channels_last=channels_last, tta=tta)
-    on_grid = paste_planes(probs.transpose(1, 2, 0), box, vol.shape[:2])
-    return from_axial_last(on_grid, axis)
+    frame = network_frame(image, affine, preprocessing, modality or "", 2 ** getattr(net, "levels", 4))
+    probs = predict_planes(net, frame.planes, device, precision, channels_last=channels_last, tta=tta)
+    return frame.restore(probs)
 
 
 def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_dir: str | Path,
@@ -128,7 +114,8 @@ def _predict_all(found, out_dir: Path, net, payload: dict, post, dev, prec, thre
         for case_id, load in bar:
             case: Case = load()
             image = next(iter(case.images.values()))
-            probs = probabilities_on_grid(net, image, case.affine, payload["preprocessing"], dev, prec, tta=tta)
+            probs = probabilities_on_grid(net, image, case.affine, payload["preprocessing"], dev, prec, tta=tta,
+                                          modality=payload.get("modality", modality))
             mask = apply_postprocess((probs > threshold).astype(np.uint8), post, case.spacing)
             header = case.header.copy() if case.header is not None else None
             path = out_dir / f"{case_id}.nii.gz"
