@@ -44,15 +44,13 @@ def overlay_rows(store: SliceStore, case: str, predictions: dict[str, Path], run
     """One row per modality: the stored slice with most tumour, its label and the prediction."""
     import nibabel as nib
 
-    from .data.preprocess import extract_planes, to_axial_last
-
     meta = store.cases[case]
     label = np.asarray(store.label(case))
     z = int(np.argmax((label > 0).reshape(label.shape[0], -1).sum(1)))
     rows = []
     for m, pred_path in predictions.items():
         pred = np.asanyarray(nib.load(str(pred_path)).dataobj) > 0
-        pred_planes = extract_planes(to_axial_last(pred.astype(np.uint8), meta.axial_axis), meta.box, nearest=True)
+        pred_planes = meta.to_stored_frame(pred.astype(np.uint8), nearest=True)
         rows.append({"title": f"{case} z={z} {m}", "image": np.asarray(store.images(case)[z, store.modality_index(m)],
                                                                         dtype=np.float32),
                      "label": label[z] > 0, "pred": pred_planes[:, :, z] > 0})

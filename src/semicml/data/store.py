@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from ..io_utils import atomic_write_text
 from ..locking import exclusive
-from .geometry import InPlaneGrid
+from .geometry import InPlaneGrid, resample_in_plane, restore_in_plane
 from .prepare import PrepareOptions, plan_dataset, prepare_case
-from .preprocess import InPlaneBox
+from .preprocess import InPlaneBox, extract_planes, from_axial_last, paste_planes, to_axial_last
 from .readers import open_dataset, resolve_modalities
 from .targets import resolve_target
 
@@ -147,6 +147,23 @@ class CaseMeta:
             nonempty_slices=list(d["nonempty_slices"]), foreground_slices=list(d.get("foreground_slices", [])),
             grid=InPlaneGrid.from_json(d["grid"]) if d.get("grid") else None,
         )
+
+    def to_stored_frame(self, volume: np.ndarray, nearest: bool = False) -> np.ndarray:
+        """A volume on this case's original grid (array axis order) -> (H, W, Z) planes in the
+        stored frame (resampled in plane, boxed); ``nearest`` for masks."""
+        vol = to_axial_last(np.asarray(volume), self.axial_axis)
+        if self.grid is not None and not self.grid.identity:
+            vol = resample_in_plane(vol.astype(np.float32), self.grid, order=0 if nearest else 1)
+        return extract_planes(vol, self.box, nearest=nearest)
+
+    def from_stored_frame(self, planes: np.ndarray) -> np.ndarray:
+        """(H, W, Z) float planes in the stored frame -> the original grid (linear; 0 outside the box)."""
+        shape_xy = self.grid.resampled if self.grid is not None else \
+            tuple(s for a, s in enumerate(self.shape) if a != self.axial_axis)
+        on_grid = paste_planes(np.asarray(planes, dtype=np.float32), self.box, shape_xy)
+        if self.grid is not None:
+            on_grid = restore_in_plane(on_grid, self.grid, order=1)
+        return from_axial_last(on_grid, self.axial_axis)
 
     @property
     def stored_spacing(self) -> tuple[float, float, float]:
