@@ -113,6 +113,7 @@ class NormalisedVolume:
     mask: np.ndarray  # bool body/brain mask (crop box and statistics)
     fill: float  # the normalised background value, for padding outside the volume
     record: dict[str, Any]  # what was done, with its numbers
+    zero_outside: bool = False  # skull-stripped: the background is exactly 0 and must stay so
 
 
 def _apply(image: np.ndarray, low: float, high: float, mean: float, std: float) -> np.ndarray:
@@ -129,12 +130,13 @@ def normalise_volume(image: np.ndarray, spec: dict[str, Any] | str) -> Normalise
     if scheme in LEGACY_SCHEMES:
         out, stats = normalise(image, scheme)
         mask = image != 0 if scheme == "zscore_nonzero" else np.ones(image.shape, dtype=bool)
-        return NormalisedVolume(out, mask, 0.0, asdict(stats))
+        return NormalisedVolume(out, mask, 0.0, asdict(stats), zero_outside=scheme == "zscore_nonzero")
     if scheme == "mri":
         kind = mask_kind("mri", image)
         if kind == "nonzero":  # skull-stripped: exactly the earlier zscore_nonzero
             out, stats = normalise(image, "zscore_nonzero")
-            return NormalisedVolume(out, image != 0, 0.0, {**asdict(stats), "method": "mri", "mask": kind})
+            return NormalisedVolume(out, image != 0, 0.0, {**asdict(stats), "method": "mri", "mask": kind},
+                                    zero_outside=True)
         mask = body_mask(image, kind)
         if mask.sum() < 10:
             mask = np.ones(image.shape, dtype=bool)

@@ -41,7 +41,7 @@ from .normalisation import (
     sample_foreground,
     scheme_for_channel,
 )
-from .preprocess import axial_axis, extract_planes, foreground_box, to_axial_last
+from .preprocess import axial_axis, extract_planes, foreground_box, resample_normalised, to_axial_last
 from .readers import DatasetInfo, match_modality, open_dataset, read_case
 from .readers.nifti import header_affine
 from .targets import Target, apply_target
@@ -240,21 +240,17 @@ def prepare_case(root: str, fmt: str, case_id: str, plan: Plan, opts: PrepareOpt
     grid = plan_in_plane(vols[ref].shape[:2], in_plane_spacing(case.affine, axis), plan.spacing["in_plane_mm"])
     normed = {m: normalise_volume(vols[m], plan.normalisation[m]) for m in modalities}
     del vols
-    mask = normed[ref].mask
-    ref_mask = mask if grid.identity else resample_in_plane(mask.astype(np.float32), grid, order=0) > 0.5
     classes = None
     if case.label is not None:
         target = Target(**plan.target)
         classes = apply_target(to_axial_last(case.label, axis), target)
         if not grid.identity:
             classes = onehot_resample(classes, len(target.classes) + 1, lambda a: resample_in_plane(a, grid, order=1))
-    ref_image = resample_in_plane(normed[ref].image, grid, order=3)
-    box = foreground_box(ref_image, opts.size, opts.in_plane, mask=ref_mask,
+    resampled = {m: resample_normalised(normed[m], grid) for m in modalities}  # (image, mask)
+    box = foreground_box(resampled[ref][0], opts.size, opts.in_plane, mask=resampled[ref][1],
                          keep=None if classes is None else classes > 0)
-    stacked = []
-    for m in modalities:
-        image = ref_image if m == ref else resample_in_plane(normed[m].image, grid, order=3)
-        stacked.append(extract_planes(image, box, fill=normed[m].fill))
+    stacked = [extract_planes(resampled[m][0], box, fill=normed[m].fill) for m in modalities]
+    del resampled
     images = np.stack(stacked, axis=0).transpose(3, 0, 1, 2)  # (Z, M, H, W)
     stored = np.ascontiguousarray(images, dtype=np.float16)
     save_npy(Path(out_dir) / "images" / f"{case_id}.npy", stored)

@@ -22,11 +22,18 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import InPlaneGrid, in_plane_spacing, plan_in_plane, resample_in_plane, restore_in_plane
-from .normalisation import CLIP_PERCENTILES, Normalisation, modality_normalisation, normalise, normalise_volume
+from .normalisation import (
+    CLIP_PERCENTILES,
+    Normalisation,
+    NormalisedVolume,
+    modality_normalisation,
+    normalise,
+    normalise_volume,
+)
 
 __all__ = ["CLIP_PERCENTILES", "InPlaneBox", "NetworkFrame", "Normalisation", "axial_axis", "extract_planes",
-           "foreground_box", "from_axial_last", "network_frame", "normalise", "paste_planes", "target_spacing",
-           "to_axial_last", "whole_plane_box"]
+           "foreground_box", "from_axial_last", "network_frame", "normalise", "paste_planes", "resample_normalised",
+           "target_spacing", "to_axial_last", "whole_plane_box"]
 
 
 def axial_axis(affine: np.ndarray) -> int:
@@ -163,6 +170,19 @@ def paste_planes(planes: np.ndarray, box: InPlaneBox, shape_xy: tuple[int, int])
     return out
 
 
+def resample_normalised(norm: NormalisedVolume, grid: InPlaneGrid) -> tuple[np.ndarray, np.ndarray]:
+    """A normalised volume and its mask on the resampled planes: cubic spline for the image
+    (nnU-Net's order), nearest for the mask. The exactly-zero background of a skull-stripped
+    image is kept exactly zero (the spline would ring into it), so empty slices stay empty."""
+    if grid.identity:
+        return norm.image, norm.mask
+    image = resample_in_plane(norm.image, grid, order=3)
+    mask = resample_in_plane(norm.mask.astype(np.float32), grid, order=0) > 0.5
+    if norm.zero_outside:
+        image[~mask] = 0.0
+    return image, mask
+
+
 def target_spacing(preprocessing: dict) -> float | None:
     """The in-plane spacing (mm) the networks were trained at; None for runs made before it was
     recorded (their inputs are used on their own grid, as then)."""
@@ -196,11 +216,10 @@ def network_frame(image: np.ndarray, affine: np.ndarray, preprocessing: dict, mo
     vol = to_axial_last(image, axis)
     norm = normalise_volume(vol, modality_normalisation(preprocessing, modality))
     grid = plan_in_plane(vol.shape[:2], in_plane_spacing(affine, axis), target_spacing(preprocessing))
-    normed = resample_in_plane(norm.image, grid, order=3)
+    normed, mask = resample_normalised(norm, grid)
     if preprocessing["in_plane"] == "crop":
         box = whole_plane_box(grid.resampled, multiple)
     else:
-        mask = norm.mask if grid.identity else resample_in_plane(norm.mask.astype(np.float32), grid, order=0) > 0.5
         box = foreground_box(normed, int(preprocessing["size"]), preprocessing["in_plane"], mask=mask)
     planes = extract_planes(normed, box, fill=norm.fill).transpose(2, 0, 1)
     return NetworkFrame(np.ascontiguousarray(planes, dtype=np.float32), axis, grid, box)
