@@ -27,18 +27,31 @@ def _split_list(value: Optional[str]) -> Optional[list[str]]:
 
 @app.command()
 def phantom(out: Path = typer.Argument(..., help="output folder (nnU-Net raw layout)"),
+            kind: str = typer.Option("brain", help="brain (BraTS-like MRI) | headneck (HECKTOR-like CT + PET, the "
+                                                   "PET on a coarser grid)"),
             cases: int = typer.Option(12, min=1, help="number of cases"),
             seed: int = typer.Option(0, help="random seed (deterministic output)"),
-            shape: str = typer.Option("128,128,48", help="volume shape X,Y,Z (Z axial)"),
-            modalities: str = typer.Option("T2,T1ce", help="comma-separated: T2, T1ce, FLAIR, T1")) -> None:
-    """Write a synthetic BraTS-like paired multi-modal dataset (nnU-Net raw layout)."""
-    from .data.phantom import write_phantom
-
+            shape: str = typer.Option("128,128,48", help="volume shape X,Y,Z (Z axial; the CT's for headneck)"),
+            modalities: Optional[str] = typer.Option(None, help="brain only, comma-separated: T2, T1ce, FLAIR, T1 "
+                                                     "(default T2,T1ce); headneck is always CT,PT")) -> None:
+    """Write a synthetic paired multi-modal dataset (nnU-Net raw layout)."""
     dims = tuple(int(s) for s in shape.split(","))
     if len(dims) != 3 or min(dims) < 8:
         raise ConfigError(f"--shape must be three integers >= 8, got {shape!r}")
-    path = write_phantom(out, cases=cases, seed=seed, shape=dims, modalities=tuple(_split_list(modalities)))
-    typer.echo(f"wrote {cases} phantom cases to {path}")
+    if kind == "headneck":
+        from .data.phantom_headneck import write_headneck_phantom
+
+        if modalities is not None and [m.lower() for m in _split_list(modalities) or []] != ["ct", "pt"]:
+            raise ConfigError("--modalities: the headneck phantom always has CT,PT")
+        path = write_headneck_phantom(out, cases=cases, seed=seed, shape=dims)
+    elif kind == "brain":
+        from .data.phantom import write_phantom
+
+        path = write_phantom(out, cases=cases, seed=seed, shape=dims,
+                             modalities=tuple(_split_list(modalities or "T2,T1ce")))
+    else:
+        raise ConfigError(f"--kind must be brain or headneck, not {kind!r}")
+    typer.echo(f"wrote {cases} {kind} phantom cases to {path}")
 
 
 @app.command()
@@ -193,13 +206,16 @@ def evaluate(pred: Path = typer.Option(..., help="folder of predicted <case>.nii
 
 @app.command()
 def demo(out: Path = typer.Option(Path("demo_out"), help="output folder"),
+         kind: str = typer.Option("brain", help="brain (T2 + T1ce, BraTS-like) | headneck (CT + PET, HECKTOR-like)"),
          cases: int = typer.Option(24, help="phantom cases"),
          iterations: Optional[int] = typer.Option(None, help="training iterations (default: demo profile)"),
          seed: int = typer.Option(0)) -> None:
     """The main job on built-in phantom data: generate, prepare, train Semi-CML + PReL, evaluate, plot."""
     from .pipeline import run_demo
 
-    run_demo(out, cases=cases, iterations=iterations, seed=seed)
+    if kind not in ("brain", "headneck"):
+        raise ConfigError(f"--kind must be brain or headneck, not {kind!r}")
+    run_demo(out, cases=cases, iterations=iterations, seed=seed, kind=kind)
 
 
 @app.command()
