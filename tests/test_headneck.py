@@ -154,12 +154,14 @@ def test_phantom_cli_kinds(tmp_path, monkeypatch, capsys):
 # end to end
 # --------------------------------------------------------------------------------------------
 
-# The brain end-to-end test's budget (tests/test_training.py), on 12 head-and-neck cases.
-E2E = {"method": "semicml-prel", "slice_filter": "foreground", "model": {"base_width": 8, "levels": 3},
+# The brain end-to-end test's budget (tests/test_training.py) on 12 head-and-neck cases, with the
+# default protocol (all body slices): trained on tumour slices only, the PET network has never seen
+# the brain, the hottest thing in a PET, and segments it as tumour (measured: PET Dice 0.19).
+E2E = {"method": "semicml-prel", "model": {"base_width": 8, "levels": 3},
        "iterations": 160, "labeled_batch": 8, "unlabeled_batch": 8, "labeled_fraction": 0.3, "val_every": 20,
        "optim": {"lr": 3e-3, "milestones": [0.5, 0.75]}, "val_fraction": 0.2, "test_fraction": 0.25}
-#: Measured (2-core AMD EPYC): trained CT 0.25, PET 0.42; untrained (1 iteration) CT 0.03, PET 0.0.
-TRAINED_MIN = 0.2
+#: Measured (2-core AMD EPYC, 3 test cases): trained CT 0.27, PET 0.70; untrained (1 iteration) CT 0.01, PET 0.0.
+TRAINED_MIN = {"CT": 0.15, "PT": 0.45}
 UNTRAINED_MAX = 0.1
 
 
@@ -176,7 +178,7 @@ def test_semicml_prel_on_ct_and_pet_each_modality_alone_beats_an_untrained_netwo
     print("test Dice, each modality alone: trained", {m: round(r["dice"], 3) for m, r in trained.items()},
           "untrained", {m: round(r["dice"], 3) for m, r in untrained.items()})
     for m in ("CT", "PT"):
-        assert trained[m]["dice"] > TRAINED_MIN and untrained[m]["dice"] < UNTRAINED_MAX, (m, trained, untrained)
+        assert trained[m]["dice"] > TRAINED_MIN[m] and untrained[m]["dice"] < UNTRAINED_MAX, (m, trained, untrained)
     # PET-alone masks were written on the PET grid and evaluated against the CT-grid labels
     test_case = info["splits"]["test"][0]
     pet = nib.load(str(data / "imagesTr" / f"{test_case}_0001.nii.gz"))
