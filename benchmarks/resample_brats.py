@@ -6,11 +6,14 @@ network ALONE and evaluated on their own grid. Two ways of predicting are compar
 
 * ``resampled``: as ``semicml predict`` does now: each input resampled to the spacing recorded at
   training, probabilities back to the input grid;
-* ``as-is``: the behaviour before issue 10 (no spacing in the run): the input on its own grid.
+* ``as-is``: the behaviour before issue 10 (no spacing in the run): the input on its own grid;
+* ``ceiling``: the original grid's masks carried to the new grid the way the labels were: what the
+  grid change alone costs (small tumours quantised on a coarse grid), whatever the network does.
 
 How the grids are made (to look like acquisitions, not like our own resampling): coarser grids
 average first (Gaussian, sigma = (factor - 1) / 2 input voxels, as skimage's anti-aliasing) and
-interpolate linearly; finer grids interpolate with cubic splines; labels go the same way as
+interpolate linearly; finer grids interpolate with cubic splines; a skull-stripped image keeps
+an exactly zero background (as a stripped acquisition on that grid has); labels go the same way as
 one mask per label value (linearly), each voxel taking the most likely label (nearest neighbour
 would shift a downsampled label by half a voxel). Every zoom keeps the field of view (scipy ``grid_mode``), and the affine is rewritten so
 each voxel keeps its world position.
@@ -76,6 +79,8 @@ def regrid(data: np.ndarray, affine: np.ndarray, spacing: float, label: bool) ->
         out = values[np.argmax(maps, axis=0)].astype(data.dtype)
     else:
         out = zoom(data.astype(np.float32), 1 if coarser else 3).astype(np.float32)
+        if np.count_nonzero(data == 0) >= 0.2 * data.size:  # skull-stripped: the background stays exactly 0
+            out[zoom((data != 0).astype(np.float32), 1) < 0.5] = 0.0
     # Voxel i' of the new grid sits at old index (i' + 0.5) / f - 0.5 (same outer edges).
     scale = np.diag([*(1 / factors), 1.0])
     scale[:3, 3] = 0.5 / factors - 0.5
@@ -108,6 +113,16 @@ def write_grid(data: Path, out: Path, cases: list[str], modalities: list[str], s
     return out
 
 
+def regrid_masks(src: Path, dst: Path, spacing: float) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.nii.gz")):
+        if f.name.endswith("_prob.nii.gz"):
+            continue
+        img = nib.load(str(f))
+        arr, affine = regrid(np.asarray(img.dataobj).astype(np.uint8), img.affine, spacing, label=True)
+        nib.save(nib.Nifti1Image(arr, affine), str(dst / f.name))
+
+
 def as_is_weights(run: Path, work: Path) -> Path:
     """A copy of the run's weights without the recorded spacing: predicts as before issue 10."""
     import torch
@@ -138,14 +153,19 @@ def run_experiment(run: Path, data: Path, cases: list[str] | None, spacings: lis
         grid = "original" if spacing is None else f"{spacing:g} mm"
         folder = write_grid(data, work / "data" / grid.replace(" ", ""), cases, modalities, spacing)
         for m in modalities:
-            for mode, weights in modes.items():
+            # "ceiling": the original grid's masks carried to this grid the way the labels were: what
+            # the grid change alone costs (quantisation of small tumours), the network aside.
+            for mode, weights in [*modes.items(), *([("ceiling", None)] if spacing is not None else [])]:
                 pred = work / "pred" / grid.replace(" ", "") / mode / m
                 shutil.rmtree(pred, ignore_errors=True)
-                predict_cases(weights, m, folder, pred, cases=cases, progress=progress)
+                if weights is None:
+                    regrid_masks(work / "pred" / "original" / next(iter(modes)) / m, pred, spacing)
+                else:
+                    predict_cases(weights, m, folder, pred, cases=cases, progress=progress)
                 report = work / "eval" / grid.replace(" ", "") / mode / m
                 summary = evaluate_predictions(pred, folder, target, report, cases=cases, progress=progress)
                 with open(report / "metrics.csv", newline="") as fh:
-                    per_case = {r["case"]: round(float(r["dice"]), 4) for r in csv.DictReader(fh)}
+                        per_case = {r["case"]: round(float(r["dice"]), 4) for r in csv.DictReader(fh)}
                 rows.append({"grid": grid, "spacing_mm": spacing, "modality": m, "mode": mode,
                              "dice_mean": round(float(summary["mean"]["dice"]), 4),
                              "dice_std": round(float(summary["std"]["dice"]), 4), "dice_per_case": per_case})
@@ -168,15 +188,20 @@ def markdown(result: dict) -> str:
              f"Run `{result['run']}` (trained at {result['trained_in_plane_mm']} mm in plane), target "
              f"{result['target']}, {len(result['cases'])} test cases ({', '.join(result['cases'])}); "
              f"`resampled`: predict resamples to the training spacing (issue 10); `as-is`: the input on its own grid "
-             f"(before). Mean ± std over cases; in brackets the change from the original grid.", "",
+             f"(before); `ceiling`: the original grid's masks carried to the grid like the labels (what the grid "
+             f"change alone costs). Mean ± std over cases; in brackets the change from the original grid.", "",
              f"Host: {result['host_cpu']}; {result['seconds']} s.", "", head,
              "|---|" + "---:|" * (len(mods) * len(modes))]
     for grid in dict.fromkeys(r["grid"] for r in rows):
         cells = []
         for m in mods:
             for mode in modes:
-                r = next(x for x in rows if x["grid"] == grid and x["modality"] == m and x["mode"] == mode)
-                delta = "" if grid == "original" else f" ({r['dice_mean'] - base[(m, mode)]:+.3f})"
+                r = next((x for x in rows if x["grid"] == grid and x["modality"] == m and x["mode"] == mode), None)
+                if r is None:
+                    cells.append("")
+                    continue
+                ref = base.get((m, mode), base.get((m, modes[0])))
+                delta = "" if grid == "original" else f" ({r['dice_mean'] - ref:+.3f})"
                 cells.append(f"{r['dice_mean']:.3f} ± {r['dice_std']:.3f}{delta}")
         lines.append(f"| {grid} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -60,7 +60,12 @@ def test_experiment_table_on_the_phantom(phantom_root, tmp_path):
     result = bench.main(["--run", str(run), "--data", str(data), "--spacings", "3.0,1.05", "--out", str(tmp_path / "out"),
                          "--work", str(tmp_path / "work"), "--no-progress"])
     rows = result["rows"]
-    assert len(rows) == 3 * 2 * 2 and result["trained_in_plane_mm"] == 1.5
+    assert len(rows) == 3 * 2 * 2 + 2 * 2 and result["trained_in_plane_mm"] == 1.5  # + a ceiling per new grid
+    # The ceiling carries the original masks to a finer grid: nearly the original Dice.
+    for m in ("t2", "t1ce"):
+        orig = next(r for r in rows if r["grid"] == "original" and r["modality"] == m and r["mode"] == "resampled")
+        ceil = next(r for r in rows if r["grid"] == "1.05 mm" and r["modality"] == m and r["mode"] == "ceiling")
+        assert abs(ceil["dice_mean"] - orig["dice_mean"]) < 0.05
     assert {r["grid"] for r in rows} == {"original", "3 mm", "1.05 mm"}
     # On the training grid both ways of predicting are the same computation.
     for m in ("t2", "t1ce"):

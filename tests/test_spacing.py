@@ -302,12 +302,17 @@ def test_crop_is_shifted_to_keep_a_border_tumour(phantom_root, tmp_path):
 
 
 def test_cli_spacing_option_and_errors(phantom_root, tmp_path, monkeypatch, capsys):
-    code, _, err = run_cli(["prepare", phantom_root, tmp_path / "s", "--modalities", "T2", "--size", "32",
+    code, _, err = run_cli(["prepare", phantom_root, tmp_path / "s", "--modalities", "T2", "--size", "48",
                             "--spacing", "3", "--workers", "1"], monkeypatch, capsys)
     assert code == 0, err
     store = SliceStore(tmp_path / "s")
     assert store.manifest["spacing"] == {"in_plane_mm": 3.0, "rule": "given"}
-    assert store.cases["phantom_000"].grid.resampled == (32, 32)
+    meta = store.cases["phantom_000"]
+    assert meta.grid.resampled == (32, 32) and meta.stored_spacing == (3.0, 3.0, 3.0)
+    # 32 x 32 planes in a 48 x 48 crop: padded with the (skull-stripped) background, nothing lost
+    images = np.asarray(store.images("phantom_000"), np.float32)
+    assert images.shape[2:] == (48, 48) and (images[:, :, :4] == 0).all() and (images[:, :, -4:] == 0).all()
+    assert store.manifest["cases"][0]["label_voxels_outside_box"] == 0
     for bad, keyword in (("fine", "--spacing must be"), ("0", "not a plausible"), ("-1", "not a plausible")):
         code, _, err = run_cli(["prepare", phantom_root, tmp_path / "t", "--modalities", "T2", "--spacing", bad],
                                monkeypatch, capsys)
