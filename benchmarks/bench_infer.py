@@ -109,7 +109,7 @@ def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str
         engines[n] = make_engine(SETTINGS[n], net, onnx, 2 ** levels)
         if SETTINGS[n][3]:  # torch.compile: the first call compiles (timed apart)
             probabilities_on_grid(None, vol, affine, prep, None, None, engine=engines[n], window=SETTINGS[n][1],
-                                  batch_size=SETTINGS[n][4])
+                                  batch_size=SETTINGS[n][4], modality=modality)
         setup[n] = round(time.perf_counter() - t0, 2)
     times = {n: [] for n in names}
     probs = {}
@@ -118,7 +118,7 @@ def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str
             _, window, _, _, batch = SETTINGS[n]
             t0 = time.perf_counter()
             probs[n] = probabilities_on_grid(None, vol, affine, prep, None, None, engine=engines[n], window=window,
-                                             batch_size=batch)
+                                             batch_size=batch, modality=modality)
             times[n].append(time.perf_counter() - t0)
             print(f"  width {width} round {r + 1}/{rounds} {n:28s} {times[n][-1]:7.2f} s", file=sys.stderr, flush=True)
     base_name = names[0]

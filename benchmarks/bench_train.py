@@ -86,7 +86,7 @@ def _inference_seconds(trainer, repeats: int = 2) -> float:
     rng = np.random.default_rng(0)
     vol = np.zeros((240, 240, 155), np.float32)
     vol[40:200, 30:210, 10:145] = rng.normal(100, 20, (160, 180, 135))  # brain-sized non-zero block
-    net = next(iter(trainer.method.predictors().values()))
+    modality, net = next(iter(trainer.method.predictors().items()))
     prep = trainer._preprocessing()
     prep["size"] = trainer.store.size
     affine = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -94,7 +94,7 @@ def _inference_seconds(trainer, repeats: int = 2) -> float:
     for _ in range(repeats):
         t0 = time.perf_counter()
         probabilities_on_grid(net, vol, affine, prep, trainer.device, trainer.precision,
-                              channels_last=trainer.cfg.channels_last)
+                              channels_last=trainer.cfg.channels_last, modality=modality)
         _sync(trainer.device)
         out.append(time.perf_counter() - t0)
     return min(out)

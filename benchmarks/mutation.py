@@ -202,19 +202,19 @@ KNOWN_BUGS = [
     ("PReL students fed the teacher's modality", "src/semicml/methods/prel.py",
      "logits = self.students[str(i)](self.channel(x, i)).float()",
      "logits = self.students[str(i)](self.channel(x, t)).float()"),
-    ("predict not moved back to the input orientation", "src/semicml/inference/predict.py",
-     "return from_axial_last(on_grid, axis)", "return on_grid"),
+    ("predict not moved back to the input orientation", "src/semicml/data/preprocess.py",
+     "return from_axial_last(restore_in_plane(on_grid, self.grid, order=1), self.axis)",
+     "return restore_in_plane(on_grid, self.grid, order=1)"),
     ("label flipped on another axis than the images", "src/semicml/data/sampler.py",
      "label = None if label is None else np.flip(label, axis=axis - 1)",
      "label = None if label is None else np.flip(label, axis=2 - axis)"),
     ("label rotated the other way", "src/semicml/data/sampler.py",
      "label = ndimage.affine_transform(label, matrix, offset, order=0",
      "label = ndimage.affine_transform(label, matrix.T, centre - matrix.T @ centre, order=0"),
-    ("normalisation statistics without the tumour", "src/semicml/data/store.py",
-     "normed, stats = normalise(vols[m], opts.normalisation)",
-     "normed, stats = normalise(np.where(apply_target(to_axial_last(case.label, axis), target) > 0, 0, vols[m]) "
-     "if case.label is not None else vols[m], opts.normalisation)\n"
-     "        normed = np.where(vols[m] != 0, normed, 0)"),
+    ("normalisation statistics without the tumour", "src/semicml/data/prepare.py",
+     "normed = {m: normalise_volume(vols[m], plan.normalisation[m]) for m in modalities}",
+     "normed = {m: normalise_volume(np.where(apply_target(to_axial_last(case.label, axis), Target(**plan.target)) > 0, "
+     "0, vols[m]) if case.label is not None else vols[m], plan.normalisation[m]) for m in modalities}"),
     ("teacher chosen as the WORST modality", "src/semicml/methods/prel.py",
      "index, how = max(range(len(mods))", "index, how = min(range(len(mods))"),
 ]

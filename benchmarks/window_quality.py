@@ -50,7 +50,8 @@ def main() -> None:
             for window, margin in WINDOWS:
                 t0 = time.perf_counter()
                 p = probabilities_on_grid(None, image, case.affine, payload["preprocessing"], None, None,
-                                          engine=engine, window=window, margin=margin)
+                                          engine=engine, window=window, margin=margin,
+                                          modality=payload.get("modality"))
                 seconds = time.perf_counter() - t0
                 raw = p > 0.5
                 mask = apply_postprocess(raw.astype(np.uint8), payload.get("postprocessing", "none"), case.spacing)

@@ -44,18 +44,20 @@ def _missing_modality(root: Path):
     return "phantom_000_0001", "missing"
 
 
+# Other grids covering the same world space are resampled at prepare (issue 10); a volume that
+# covers too little of the reference modality's space is the error.
 def _shape_mismatch(root: Path):
     p = root / "imagesTr" / "phantom_001_0001.nii.gz"
-    _save(np.asarray(_img(p).dataobj)[:-2], p, p)
-    return "phantom_001", "shape"
+    _save(np.asarray(_img(p).dataobj)[:20], p, p)  # 20 of 64 columns: 31% of the T2 image's space
+    return "phantom_001", "not co-registered"
 
 
 def _affine_mismatch(root: Path):
     p = root / "imagesTr" / "phantom_000_0001.nii.gz"
     affine = _img(p).affine.copy()
-    affine[0, 3] += 5.0
+    affine[0, 3] += 500.0  # half a metre away: no overlap at all
     _save(np.asarray(_img(p).dataobj), p, p, affine)
-    return "phantom_000", "affine"
+    return "phantom_000", "covers 0% of the world space"
 
 
 def _nan(root: Path):

@@ -27,44 +27,82 @@ def _split_list(value: Optional[str]) -> Optional[list[str]]:
 
 @app.command()
 def phantom(out: Path = typer.Argument(..., help="output folder (nnU-Net raw layout)"),
+            kind: str = typer.Option("brain", help="brain (BraTS-like MRI) | headneck (HECKTOR-like CT + PET, the "
+                                                   "PET on a coarser grid)"),
             cases: int = typer.Option(12, min=1, help="number of cases"),
             seed: int = typer.Option(0, help="random seed (deterministic output)"),
-            shape: str = typer.Option("128,128,48", help="volume shape X,Y,Z (Z axial)"),
-            modalities: str = typer.Option("T2,T1ce", help="comma-separated: T2, T1ce, FLAIR, T1")) -> None:
-    """Write a synthetic BraTS-like paired multi-modal dataset (nnU-Net raw layout)."""
-    from .data.phantom import write_phantom
-
+            shape: str = typer.Option("128,128,48", help="volume shape X,Y,Z (Z axial; the CT's for headneck)"),
+            modalities: Optional[str] = typer.Option(None, help="brain only, comma-separated: T2, T1ce, FLAIR, T1 "
+                                                     "(default T2,T1ce); headneck is always CT,PT")) -> None:
+    """Write a synthetic paired multi-modal dataset (nnU-Net raw layout)."""
     dims = tuple(int(s) for s in shape.split(","))
     if len(dims) != 3 or min(dims) < 8:
         raise ConfigError(f"--shape must be three integers >= 8, got {shape!r}")
-    path = write_phantom(out, cases=cases, seed=seed, shape=dims, modalities=tuple(_split_list(modalities)))
-    typer.echo(f"wrote {cases} phantom cases to {path}")
+    if kind == "headneck":
+        from .data.phantom_headneck import write_headneck_phantom
+
+        if modalities is not None and [m.lower() for m in _split_list(modalities) or []] != ["ct", "pt"]:
+            raise ConfigError("--modalities: the headneck phantom always has CT,PT")
+        path = write_headneck_phantom(out, cases=cases, seed=seed, shape=dims)
+    elif kind == "brain":
+        from .data.phantom import write_phantom
+
+        path = write_phantom(out, cases=cases, seed=seed, shape=dims,
+                             modalities=tuple(_split_list(modalities or "T2,T1ce")))
+    else:
+        raise ConfigError(f"--kind must be brain or headneck, not {kind!r}")
+    typer.echo(f"wrote {cases} {kind} phantom cases to {path}")
 
 
 @app.command()
 def prepare(input: Path = typer.Argument(..., help="dataset root (BraTS, nnU-Net raw or MSD layout)"),
             out: Path = typer.Argument(..., help="slice store to create"),
             format: Optional[str] = typer.Option(None, "--format", help="brats | nnunet | msd (default: detect)"),
-            modalities: str = typer.Option(..., help="comma-separated modality names, e.g. t2,t1ce"),
+            modalities: str = typer.Option(..., help="comma-separated modality names, e.g. t2,t1ce or CT,PT; the "
+                                                    "first is the reference grid the others are resampled onto"),
             target: str = typer.Option("wt", help="what to segment. Trainable (binary): wt | tc | et | label name(s) "
                                                   "joined by + | values 1,4. raw (multi-class) can be prepared but "
                                                   "training refuses it for now"),
             size: int = typer.Option(160, help="in-plane size of the stored slices (multiple of 16)"),
             in_plane: str = typer.Option("crop", help="crop (paper) | resize"),
-            normalisation: str = typer.Option("zscore_nonzero", help="zscore_nonzero | zscore | none"),
+            spacing: str = typer.Option("median", help="target in-plane spacing: median (of the cases, nnU-Net's "
+                                                       "rule) | keep (no resampling) | mm, e.g. 1.0"),
+            normalisation: str = typer.Option("auto", help="auto (by channel name: CT -> ct, PT/PET -> pet, others "
+                                                           "-> mri) | one of mri, ct, pet, zscore_nonzero, zscore, "
+                                                           "none | per modality, e.g. CT=ct,PT=pet"),
+            stats_splits: Optional[Path] = typer.Option(None, help="splits.json: only its train and val cases give "
+                                                        "the CT/PET statistics (default: every labelled case)"),
             workers: int = typer.Option(2, min=1, help="cases processed in parallel"),
             overwrite: bool = typer.Option(False, help="replace an existing store")) -> None:
     """Turn a NIfTI dataset into a memory-mapped store of 2D axial slices."""
+    from .data.prepare import parse_normalisation
     from .data.store import PrepareOptions, prepare_store
 
     if in_plane not in ("crop", "resize"):
         raise ConfigError(f"--in-plane must be 'crop' or 'resize', not {in_plane!r}")
-    if normalisation not in ("zscore_nonzero", "zscore", "none"):
-        raise ConfigError(f"--normalisation must be zscore_nonzero, zscore or none, not {normalisation!r}")
+    try:
+        target_spacing: float | str = spacing if spacing in ("median", "keep") else float(spacing)
+    except ValueError:
+        raise ConfigError(f"--spacing must be median, keep or a number of mm, not {spacing!r}") from None
     opts = PrepareOptions(modalities=tuple(_split_list(modalities) or []), target=target, size=size,
-                          in_plane=in_plane, normalisation=normalisation, workers=workers)
+                          in_plane=in_plane, normalisation=parse_normalisation(normalisation), workers=workers,
+                          spacing=target_spacing, stats_cases=_stats_cases(stats_splits))
     path = prepare_store(input, out, opts, fmt=format, overwrite=overwrite)
     typer.echo(f"slice store ready: {path}")
+
+
+def _stats_cases(path: Optional[Path]) -> Optional[tuple[str, ...]]:
+    if path is None:
+        return None
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        return tuple(str(c) for c in list(data["train"]) + list(data.get("val", [])))
+    except FileNotFoundError:
+        raise ConfigError("splits file not found", path) from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        raise ConfigError("not a splits.json with a 'train' list", path) from None
 
 
 @app.command()
@@ -200,13 +238,16 @@ def evaluate(pred: Path = typer.Option(..., help="folder of predicted <case>.nii
 
 @app.command()
 def demo(out: Path = typer.Option(Path("demo_out"), help="output folder"),
+         kind: str = typer.Option("brain", help="brain (T2 + T1ce, BraTS-like) | headneck (CT + PET, HECKTOR-like)"),
          cases: int = typer.Option(24, help="phantom cases"),
          iterations: Optional[int] = typer.Option(None, help="training iterations (default: demo profile)"),
          seed: int = typer.Option(0)) -> None:
     """The main job on built-in phantom data: generate, prepare, train Semi-CML + PReL, evaluate, plot."""
     from .pipeline import run_demo
 
-    run_demo(out, cases=cases, iterations=iterations, seed=seed)
+    if kind not in ("brain", "headneck"):
+        raise ConfigError(f"--kind must be brain or headneck, not {kind!r}")
+    run_demo(out, cases=cases, iterations=iterations, seed=seed, kind=kind)
 
 
 @app.command()

@@ -14,10 +14,11 @@ import numpy as np
 
 from .config import build_config
 from .data.phantom import write_phantom
+from .data.phantom_headneck import write_headneck_phantom
 from .data.store import PrepareOptions, SliceStore, prepare_store
 from .engine.trainer import Trainer
 from .errors import DataError
-from .evaluation.evaluate import evaluate_predictions
+from .evaluation.evaluate import evaluate_predictions, on_reference_grid
 from .evaluation.plots import plot_overlays, plot_training_curves
 from .inference.predict import predict_cases
 from .io_utils import atomic_write_json
@@ -44,15 +45,16 @@ def overlay_rows(store: SliceStore, case: str, predictions: dict[str, Path], run
     """One row per modality: the stored slice with most tumour, its label and the prediction."""
     import nibabel as nib
 
-    from .data.preprocess import extract_planes, to_axial_last
-
     meta = store.cases[case]
     label = np.asarray(store.label(case))
     z = int(np.argmax((label > 0).reshape(label.shape[0], -1).sum(1)))
     rows = []
     for m, pred_path in predictions.items():
-        pred = np.asanyarray(nib.load(str(pred_path)).dataobj) > 0
-        pred_planes = extract_planes(to_axial_last(pred.astype(np.uint8), meta.axial_axis), meta.box, nearest=True)
+        img = nib.load(str(pred_path))
+        pred = np.asanyarray(img.dataobj) > 0
+        if pred.shape != tuple(meta.shape) or not np.allclose(img.affine, meta.affine, atol=1e-3):
+            pred = on_reference_grid(pred, img.affine, meta.shape, meta.affine, pred_path)  # e.g. PET's own grid
+        pred_planes = meta.to_stored_frame(pred.astype(np.uint8), nearest=True)
         rows.append({"title": f"{case} z={z} {m}", "image": np.asarray(store.images(case)[z, store.modality_index(m)],
                                                                         dtype=np.float32),
                      "label": label[z] > 0, "pred": pred_planes[:, :, z] > 0})
@@ -78,17 +80,29 @@ def evaluate_run(run_dir: Path, dataset: Path, out: Path, progress: bool = True,
     return results
 
 
-def run_demo(out: Path, cases: int = 24, iterations: int | None = None, seed: int = 0) -> dict:
+#: What the demo prepares for each phantom kind: modalities (the first is the reference grid) and target.
+DEMO_KINDS: dict[str, dict[str, Any]] = {
+    "brain": {"modalities": ("T2", "T1ce"), "target": "wt"},
+    "headneck": {"modalities": ("CT", "PT"), "target": "GTVt"},  # PET resampled onto the CT grid at prepare
+}
+
+
+def run_demo(out: Path, cases: int = 24, iterations: int | None = None, seed: int = 0, kind: str = "brain") -> dict:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DataError("demo output folder exists and is not empty; choose another --out", out)
     t0 = time.time()
-    print(f"[1/5] phantom: {cases} cases {DEMO_SHAPE} -> {out / 'phantom'}")
-    dataset = write_phantom(out / "phantom", cases=cases, seed=seed, shape=DEMO_SHAPE)
+    setting = DEMO_KINDS[kind]
+    print(f"[1/5] {kind} phantom: {cases} cases {DEMO_SHAPE} -> {out / 'phantom'}")
+    if kind == "headneck":
+        dataset = write_headneck_phantom(out / "phantom", cases=cases, seed=seed, shape=DEMO_SHAPE)
+    else:
+        dataset = write_phantom(out / "phantom", cases=cases, seed=seed, shape=DEMO_SHAPE)
     print(f"[2/5] prepare slice store -> {out / 'store'}")
-    store_path = prepare_store(dataset, out / "store", PrepareOptions(modalities=("T2", "T1ce"), target="wt",
-                                                                     size=DEMO_SIZE))
-    print("[3/5] train Semi-CML + PReL (T2 + T1ce, 10% of training slices labelled, at least 60)")
+    store_path = prepare_store(dataset, out / "store", PrepareOptions(modalities=setting["modalities"],
+                                                                     target=setting["target"], size=DEMO_SIZE))
+    names = " + ".join(setting["modalities"])
+    print(f"[3/5] train Semi-CML + PReL ({names}, 10% of training slices labelled, at least 60)")
     overrides = dict(DEMO_TRAIN, seed=seed)
     if iterations is not None:
         overrides["iterations"] = iterations

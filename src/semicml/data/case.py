@@ -20,6 +20,8 @@ class Case:
         header: the source NIfTI header (copied onto predictions), or ``None``.
         spacing: voxel size in mm along the three array axes.
         sources: modality name (and ``"label"``) -> file it was read from, for error messages.
+        resampled: modality name (and ``"label"``) -> how it was brought onto the reference grid
+            (co-registration at prepare time); empty when every volume was on that grid already.
     """
 
     case_id: str
@@ -29,6 +31,7 @@ class Case:
     header: object | None = None
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     sources: dict[str, Path] = field(default_factory=dict)
+    resampled: dict[str, dict] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int, int]:

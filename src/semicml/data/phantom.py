@@ -77,7 +77,7 @@ from scipy import ndimage
 
 from semicml.errors import ConfigError, DataError
 
-__all__ = ["CONTRASTS", "PHANTOM_LABELS", "PhantomCase", "phantom_case", "write_phantom"]
+__all__ = ["CONTRASTS", "PHANTOM_LABELS", "PhantomCase", "phantom_case", "smooth_field", "write_phantom"]
 
 # Tissue classes of the internal class map (PhantomCase.tissue).
 BG, WM, GM, CSF, EDEMA, ENHANCING, NECROSIS = range(7)
@@ -127,7 +127,7 @@ class PhantomCase:
 # --------------------------------------------------------------------------------------------
 
 
-def _smooth_field(rng: np.random.Generator, coords: Sequence[np.ndarray], kmax: int,
+def smooth_field(rng: np.random.Generator, coords: Sequence[np.ndarray], kmax: int,
                   decay: float = 1.0) -> np.ndarray:
     """Zero-mean, unit-std random field: a separable low-frequency cosine series.
 
@@ -265,9 +265,9 @@ def phantom_case(index: int, seed: int = 0, shape: Sequence[int] = (128, 128, 48
     hz = r[2][0] * gx + r[2][1] * gy + r[2][2] * gz
 
     # Smooth random warp of the anatomy (same for all tumour attempts).
-    warp = [float(0.03 * s) * _smooth_field(rng, axes_fov, 2, 1.5) for s in semi]
-    fold = _smooth_field(rng, axes_fov, 14, 0.6)  # gyral folding, ~10 gyri across the brain
-    texture = _smooth_field(rng, axes_fov, 10, 0.8)
+    warp = [float(0.03 * s) * smooth_field(rng, axes_fov, 2, 1.5) for s in semi]
+    fold = smooth_field(rng, axes_fov, 14, 0.6)  # gyral folding, ~10 gyri across the brain
+    texture = smooth_field(rng, axes_fov, 10, 0.8)
     anatomy_rng = rng.uniform(size=8)  # cortex thickness, ventricle size, ...
 
     scale = min(nx, ny) / 128.0
@@ -386,10 +386,10 @@ def _paint_tumours(rng: np.random.Generator, tumours: list[dict], label: np.ndar
         dist = np.sqrt((q * q).sum(-1))
         box_axes = [(np.arange(a, b) - c) * s / (4.0 * radius)
                     for a, b, c, s in zip(lo, hi, centre_vox, spacing)]
-        lobes = _smooth_field(rng, box_axes, 3, 1.0)
-        rim = _smooth_field(rng, box_axes, 4, 1.0)
+        lobes = smooth_field(rng, box_axes, 3, 1.0)
+        rim = smooth_field(rng, box_axes, 4, 1.0)
         edema_axes = [a / (1.0 + t["edema_extent"]) for a in box_axes]
-        fingers = _smooth_field(rng, [a * 2.0 for a in edema_axes], 3, 0.8)
+        fingers = smooth_field(rng, [a * 2.0 for a in edema_axes], 3, 0.8)
         g = dist + 0.22 * lobes
         active = g < 1.0
         # Necrosis is always wrapped in at least one voxel of enhancing rim (also along the

@@ -1,9 +1,11 @@
 """Per-case geometry and intensity preprocessing, computable from ONE modality.
 
-Prediction later sees a single modality, so nothing here may look at the label or at another
-modality: the in-plane box comes from the non-zero (brain) region of the reference image and the
-normalisation of each modality from that modality alone. The same functions serve ``prepare``
-(training store) and ``predict`` (single-modality inference), which keeps the two consistent.
+Prediction later sees a single modality, so what predict repeats never looks at the label or at
+another modality: the in-plane box comes from the body mask of the reference image and the
+normalisation of each modality from that modality alone (plus training-set constants recorded in
+the store). The same functions serve ``prepare`` (training store) and ``predict``
+(single-modality inference, :func:`network_frame`), which keeps the two consistent. The one use
+of the label is training-only: a crop box is shifted to keep the tumour inside it.
 
 Geometry convention: volumes are transposed so that the axial (superior-inferior) axis, found
 from the affine, is the last one; slices are then ``vol[:, :, z]`` of shape (X, Y).
@@ -19,8 +21,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Percentile clipping before z-scoring, as is standard for BraTS-style MRI.
-CLIP_PERCENTILES = (0.5, 99.5)
+from .geometry import InPlaneGrid, in_plane_spacing, plan_in_plane, resample_in_plane, restore_in_plane
+from .normalisation import (
+    CLIP_PERCENTILES,
+    Normalisation,
+    NormalisedVolume,
+    modality_normalisation,
+    normalise,
+    normalise_volume,
+)
+
+__all__ = ["CLIP_PERCENTILES", "InPlaneBox", "NetworkFrame", "Normalisation", "axial_axis", "extract_planes",
+           "foreground_box", "from_axial_last", "network_frame", "normalise", "paste_planes", "resample_normalised",
+           "target_spacing", "to_axial_last", "whole_plane_box"]
 
 
 def axial_axis(affine: np.ndarray) -> int:
@@ -62,9 +75,12 @@ class InPlaneBox:
         return cls(**data)
 
 
-def foreground_box(reference: np.ndarray, size: int, mode: str = "crop") -> InPlaneBox:
-    """Box centred on the non-zero region of ``reference`` (axial-last 3D array)."""
-    nonzero = np.abs(reference) > 0
+def foreground_box(reference: np.ndarray, size: int, mode: str = "crop", mask: np.ndarray | None = None,
+                   keep: np.ndarray | None = None) -> InPlaneBox:
+    """Box centred on the body mask of ``reference`` (axial-last 3D array; default mask: its
+    non-zero region). ``keep`` (crop mode, training only): a mask, e.g. the label, that the crop
+    is shifted to contain when it fits, so a tumour at the edge of a large body is not cut off."""
+    nonzero = np.abs(reference) > 0 if mask is None else np.asarray(mask, dtype=bool)
     plane = nonzero.any(axis=2)
     if not plane.any():  # empty image: centre of the volume
         xs = np.array([0, reference.shape[0] - 1])
@@ -80,7 +96,26 @@ def foreground_box(reference: np.ndarray, size: int, mode: str = "crop") -> InPl
     else:
         raise ValueError(f"unknown in-plane mode {mode!r} (expected 'crop' or 'resize')")
     cx, cy = (x_lo + x_hi) // 2, (y_lo + y_hi) // 2
-    return InPlaneBox(mode=mode, x0=cx - side // 2, y0=cy - side // 2, side=side, size=size)
+    x0, y0 = cx - side // 2, cy - side // 2
+    if mode == "crop" and keep is not None and np.asarray(keep).any():
+        x0, y0 = _shift_to_contain(np.asarray(keep).any(axis=2), x0, y0, side)
+    return InPlaneBox(mode=mode, x0=x0, y0=y0, side=side, size=size)
+
+
+def _shift_to_contain(plane: np.ndarray, x0: int, y0: int, side: int) -> tuple[int, int]:
+    """Smallest shift of a side x side window at (x0, y0) that contains the True pixels of
+    ``plane`` along each axis where they fit (otherwise the window is centred on them)."""
+    out = []
+    for start, hits in ((x0, np.flatnonzero(plane.any(axis=1))), (y0, np.flatnonzero(plane.any(axis=0)))):
+        lo, hi = int(hits[0]), int(hits[-1]) + 1
+        if hi - lo > side:
+            start = (lo + hi) // 2 - side // 2
+        elif lo < start:
+            start = lo
+        elif hi > start + side:
+            start = hi - side
+        out.append(start)
+    return out[0], out[1]
 
 
 def whole_plane_box(shape_xy: tuple[int, int], multiple: int) -> InPlaneBox:
@@ -92,9 +127,10 @@ def whole_plane_box(shape_xy: tuple[int, int], multiple: int) -> InPlaneBox:
     return InPlaneBox(mode="crop", x0=x0, y0=y0, side=side, size=side)
 
 
-def _window(volume: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
-    """(side, side, Z) window of an axial-last volume, zero padded where it leaves the volume."""
-    out = np.zeros((side, side) + volume.shape[2:], dtype=volume.dtype)
+def _window(volume: np.ndarray, x0: int, y0: int, side: int, fill: float = 0.0) -> np.ndarray:
+    """(side, side, Z) window of an axial-last volume, padded with ``fill`` (the normalised
+    background) where it leaves the volume."""
+    out = np.full((side, side) + volume.shape[2:], fill, dtype=volume.dtype)
     sx0, sy0 = max(x0, 0), max(y0, 0)
     sx1, sy1 = min(x0 + side, volume.shape[0]), min(y0 + side, volume.shape[1])
     if sx1 > sx0 and sy1 > sy0:
@@ -112,9 +148,9 @@ def _resample_planes(volume: np.ndarray, size: int, nearest: bool) -> np.ndarray
     return r[:, 0].permute(1, 2, 0).numpy()
 
 
-def extract_planes(volume: np.ndarray, box: InPlaneBox, nearest: bool = False) -> np.ndarray:
+def extract_planes(volume: np.ndarray, box: InPlaneBox, nearest: bool = False, fill: float = 0.0) -> np.ndarray:
     """Axial-last (X, Y, Z) volume -> (size, size, Z) array in the stored frame."""
-    window = _window(volume, box.x0, box.y0, box.side)
+    window = _window(volume, box.x0, box.y0, box.side, fill)
     if box.mode == "crop":
         return window
     return _resample_planes(window, box.size, nearest)
@@ -134,39 +170,56 @@ def paste_planes(planes: np.ndarray, box: InPlaneBox, shape_xy: tuple[int, int])
     return out
 
 
+def resample_normalised(norm: NormalisedVolume, grid: InPlaneGrid) -> tuple[np.ndarray, np.ndarray]:
+    """A normalised volume and its mask on the resampled planes: cubic spline for the image
+    (nnU-Net's order), nearest for the mask. The exactly-zero background of a skull-stripped
+    image is kept exactly zero (the spline would ring into it), so empty slices stay empty."""
+    if grid.identity:
+        return norm.image, norm.mask
+    image = resample_in_plane(norm.image, grid, order=3)
+    mask = resample_in_plane(norm.mask.astype(np.float32), grid, order=0) > 0.5
+    if norm.zero_outside:
+        image[~mask] = 0.0
+    return image, mask
+
+
+def target_spacing(preprocessing: dict) -> float | None:
+    """The in-plane spacing (mm) the networks were trained at; None for runs made before it was
+    recorded (their inputs are used on their own grid, as then)."""
+    spacing = preprocessing.get("spacing") or {}
+    value = spacing.get("in_plane_mm") if isinstance(spacing, dict) else None
+    return None if value is None else float(value)
+
+
 @dataclass
-class Normalisation:
-    """How one modality of one case was normalised (kept for provenance)."""
+class NetworkFrame:
+    """One modality of one case as its network sees it, and the way back to the input grid."""
 
-    method: str
-    low: float
-    high: float
-    mean: float
-    std: float
+    planes: np.ndarray  # (Z, H, W) float32, normalised, resampled, padded
+    axis: int  # the input's axial array axis
+    grid: InPlaneGrid  # input planes -> resampled planes
+    box: InPlaneBox  # where ``planes`` sit on the resampled axial-last grid
+
+    def restore(self, probs: np.ndarray) -> np.ndarray:
+        """(Z, H, W) probabilities -> the input's voxel grid and axis order. Resampled linearly
+        as probabilities; threshold afterwards."""
+        on_grid = paste_planes(np.asarray(probs).transpose(1, 2, 0), self.box, self.grid.resampled)
+        return from_axial_last(restore_in_plane(on_grid, self.grid, order=1), self.axis)
 
 
-def normalise(image: np.ndarray, method: str = "zscore_nonzero") -> tuple[np.ndarray, Normalisation]:
-    """Clip to percentiles and z-score.
-
-    ``zscore_nonzero`` (BraTS / skull-stripped MRI): statistics over non-zero voxels, the zero
-    background stays 0. ``zscore``: over all voxels (e.g. CT). ``none``: unchanged.
-    """
-    image = image.astype(np.float32, copy=False)
-    if method == "none":
-        return image, Normalisation(method, 0.0, 0.0, 0.0, 1.0)
-    if method == "zscore_nonzero":
-        mask = image != 0
-        if mask.sum() < 10:  # essentially empty: nothing to normalise against
-            return np.zeros_like(image), Normalisation(method, 0.0, 0.0, 0.0, 1.0)
-    elif method == "zscore":
-        mask = np.ones(image.shape, dtype=bool)
+def network_frame(image: np.ndarray, affine: np.ndarray, preprocessing: dict, modality: str,
+                  multiple: int) -> NetworkFrame:
+    """Normalise ``image`` as its modality was at training (on its own grid), resample its planes
+    to the training spacing, then take the whole slice padded to ``multiple`` (crop stores) or the
+    body box resized (resize stores)."""
+    axis = axial_axis(affine)
+    vol = to_axial_last(image, axis)
+    norm = normalise_volume(vol, modality_normalisation(preprocessing, modality))
+    grid = plan_in_plane(vol.shape[:2], in_plane_spacing(affine, axis), target_spacing(preprocessing))
+    normed, mask = resample_normalised(norm, grid)
+    if preprocessing["in_plane"] == "crop":
+        box = whole_plane_box(grid.resampled, multiple)
     else:
-        raise ValueError(f"unknown normalisation {method!r}")
-    values = image[mask]
-    low, high = np.percentile(values, CLIP_PERCENTILES)
-    clipped = np.clip(values, low, high)
-    mean, std = float(clipped.mean()), float(clipped.std())
-    std = std if std > 1e-8 else 1.0
-    out = np.zeros_like(image)
-    out[mask] = (clipped - mean) / std
-    return out, Normalisation(method, float(low), float(high), mean, std)
+        box = foreground_box(normed, int(preprocessing["size"]), preprocessing["in_plane"], mask=mask)
+    planes = extract_planes(normed, box, fill=norm.fill).transpose(2, 0, 1)
+    return NetworkFrame(np.ascontiguousarray(planes, dtype=np.float32), axis, grid, box)

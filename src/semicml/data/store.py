@@ -27,82 +27,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from ..io_utils import atomic_write_text, save_npy
+from ..io_utils import atomic_write_text
 from ..locking import exclusive
-from .preprocess import (
-    InPlaneBox,
-    axial_axis,
-    extract_planes,
-    foreground_box,
-    normalise,
-    to_axial_last,
-)
-from .readers import open_dataset, read_case, resolve_modalities
-from .targets import apply_target, resolve_target
+from .geometry import InPlaneGrid, resample_in_plane, restore_in_plane
+from .prepare import PrepareOptions, plan_dataset, prepare_case
+from .preprocess import InPlaneBox, extract_planes, from_axial_last, paste_planes, to_axial_last
+from .readers import open_dataset, resolve_modalities
+from .targets import resolve_target
+
+__all__ = ["CaseMeta", "PrepareOptions", "SliceStore", "prepare_store"]
 
 STORE_VERSION = 1
 STORE_FILE = "store.json"
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    modalities: tuple[str, ...]
-    target: str = "wt"
-    size: int = 160
-    in_plane: str = "crop"  # "crop" (paper) or "resize"
-    normalisation: str = "zscore_nonzero"
-    workers: int = 2
-
-
-def _prepare_case(root: str, fmt: str, case_id: str, modalities: list[str], target_json: dict,
-                  opts: PrepareOptions, out_dir: str) -> dict:
-    """Read, validate, crop and normalise one case; write its arrays; return its metadata."""
-    from .targets import Target
-
-    info = open_dataset(root, fmt)
-    target = Target(**target_json)
-    case = read_case(info, case_id, modalities, with_label=info.labeled.get(case_id, False))
-    axis = axial_axis(case.affine)
-    vols = {m: to_axial_last(v, axis) for m, v in case.images.items()}
-    # The box comes from the FIRST modality alone; predict() recomputes it from whichever
-    # modality it gets, so no modality (and never the label) is needed jointly.
-    box = foreground_box(vols[modalities[0]], opts.size, opts.in_plane)
-    stacked, norms = [], {}
-    for m in modalities:
-        normed, stats = normalise(vols[m], opts.normalisation)
-        norms[m] = stats.__dict__
-        stacked.append(extract_planes(normed, box))
-    images = np.stack(stacked, axis=0).transpose(3, 0, 1, 2)  # (Z, M, H, W)
-    stored = np.ascontiguousarray(images, dtype=np.float16)
-    save_npy(Path(out_dir) / "images" / f"{case_id}.npy", stored)
-    digest = hashlib.sha256(stored.tobytes())
-    nonempty = np.flatnonzero(np.abs(images).reshape(images.shape[0], -1).max(axis=1) > 0)
-    meta = {
-        "case_id": case_id,
-        "shape": list(case.shape),
-        "axial_axis": axis,
-        "affine": np.asarray(case.affine).tolist(),
-        "spacing": [float(s) for s in case.spacing],
-        "box": box.to_json(),
-        "normalisation": norms,
-        "n_slices": int(images.shape[0]),
-        "nonempty_slices": nonempty.tolist(),
-        "labeled": case.label is not None,
-        "sources": {k: str(v) for k, v in case.sources.items()},
-    }
-    if case.label is not None:
-        classes = apply_target(to_axial_last(case.label, axis), target)
-        planes = extract_planes(classes, box, nearest=True).astype(np.uint8)
-        stored_label = np.ascontiguousarray(planes.transpose(2, 0, 1))
-        save_npy(Path(out_dir) / "labels" / f"{case_id}.npy", stored_label)
-        digest.update(stored_label.tobytes())
-        meta["foreground_slices"] = np.flatnonzero(planes.reshape(-1, planes.shape[2]).max(0) > 0).tolist()
-        total = int((classes > 0).sum())
-        meta["label_voxels"] = total
-        # Foreground cut off by the fixed crop is reported, never silently lost.
-        meta["label_voxels_outside_box"] = total - int((planes > 0).sum()) if opts.in_plane == "crop" else 0
-    meta["sha256"] = digest.hexdigest()  # of the stored arrays: the store's content hash builds on it
-    return meta
 
 
 def prepare_store(input_root: str | Path, out: str | Path, opts: PrepareOptions, fmt: str | None = None,
@@ -130,33 +66,41 @@ def _prepare_locked(input_root: str | Path, out: Path, opts: PrepareOptions, fmt
         raise DataError("no modality requested", input_root)
     target = resolve_target(info, opts.target)
     partial = out.parent / f"{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "images").mkdir(parents=True)
-    (partial / "labels").mkdir()
-    target_json = {"name": target.name, "classes": list(target.classes), "values": [list(v) for v in target.values]}
     metas: dict[str, dict] = {}
+    pool = ProcessPoolExecutor(max_workers=opts.workers) if opts.workers > 1 and len(info.case_ids) > 1 else None
     try:
-        args = [(str(info.root), info.format, cid, modalities, target_json, opts, str(partial)) for cid in info.case_ids]
-        with tqdm(total=len(args), desc="prepare", unit="case", disable=not progress) as bar:
-            if opts.workers > 1 and len(args) > 1:
-                with ProcessPoolExecutor(max_workers=opts.workers) as pool:
-                    futures = {pool.submit(_prepare_case, *a): a[2] for a in args}
-                    for fut in as_completed(futures):
-                        metas[futures[fut]] = fut.result()
+        def map_fn(fn, args_list, desc: str = "statistics"):
+            results: dict[int, object] = {}
+            with tqdm(total=len(args_list), desc=desc, unit="case", disable=not progress) as bar:
+                if pool is None:
+                    for i, a in enumerate(args_list):
+                        results[i] = fn(*a)
                         bar.update()
-            else:
-                for a in args:
-                    metas[a[2]] = _prepare_case(*a)
-                    bar.update()
+                else:
+                    futures = {pool.submit(fn, *a): i for i, a in enumerate(args_list)}
+                    for fut in as_completed(futures):
+                        results[futures[fut]] = fut.result()
+                        bar.update()
+            return [results[i] for i in range(len(args_list))]
+
+        plan = plan_dataset(info, modalities, target, opts, map_fn)
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / "images").mkdir(parents=True)
+        (partial / "labels").mkdir()
+        args = [(str(info.root), info.format, cid, plan, opts, str(partial)) for cid in info.case_ids]
+        for cid, meta in zip(info.case_ids, map_fn(prepare_case, args, "prepare")):
+            metas[cid] = meta
         manifest = {
             "version": STORE_VERSION,
             "complete": True,
             "source": {"root": str(Path(input_root).resolve()), "format": info.format},
             "modalities": modalities,
-            "target": target_json,
+            "reference_modality": modalities[0],
+            "target": plan.target,
             "size": opts.size,
             "in_plane": opts.in_plane,
-            "normalisation": opts.normalisation,
+            "spacing": plan.spacing,
+            "normalisation": plan.normalisation,
             "cases": [metas[c] for c in info.case_ids],
         }
         atomic_write_text(partial / STORE_FILE, json.dumps(manifest, indent=1))
@@ -170,11 +114,18 @@ def _prepare_locked(input_root: str | Path, out: Path, opts: PrepareOptions, fmt
         if isinstance(err, OSError) and err.filename is None and err.errno is not None:
             raise OSError(err.errno, err.strerror, str(out)) from err
         raise
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return out
 
 
 @dataclass
 class CaseMeta:
+    """A stored case. ``shape`` / ``affine`` / ``spacing``: its reference volume as read (array
+    axis order); ``grid``: its in-plane resampling (None in stores made before it existed);
+    ``box``: where the stored planes sit on the resampled axial-last grid."""
+
     case_id: str
     shape: tuple[int, int, int]
     axial_axis: int
@@ -185,6 +136,7 @@ class CaseMeta:
     labeled: bool
     nonempty_slices: list[int]
     foreground_slices: list[int]
+    grid: InPlaneGrid | None = None
 
     @classmethod
     def from_json(cls, d: dict) -> "CaseMeta":
@@ -193,7 +145,35 @@ class CaseMeta:
             affine=np.asarray(d["affine"], dtype=float), spacing=tuple(d["spacing"]),
             box=InPlaneBox.from_json(d["box"]), n_slices=int(d["n_slices"]), labeled=bool(d["labeled"]),
             nonempty_slices=list(d["nonempty_slices"]), foreground_slices=list(d.get("foreground_slices", [])),
+            grid=InPlaneGrid.from_json(d["grid"]) if d.get("grid") else None,
         )
+
+    def to_stored_frame(self, volume: np.ndarray, nearest: bool = False) -> np.ndarray:
+        """A volume on this case's original grid (array axis order) -> (H, W, Z) planes in the
+        stored frame (resampled in plane, boxed); ``nearest`` for masks."""
+        vol = to_axial_last(np.asarray(volume), self.axial_axis)
+        if self.grid is not None and not self.grid.identity:
+            vol = resample_in_plane(vol.astype(np.float32), self.grid, order=0 if nearest else 1)
+        return extract_planes(vol, self.box, nearest=nearest)
+
+    def from_stored_frame(self, planes: np.ndarray) -> np.ndarray:
+        """(H, W, Z) float planes in the stored frame -> the original grid (linear; 0 outside the box)."""
+        shape_xy = self.grid.resampled if self.grid is not None else \
+            tuple(s for a, s in enumerate(self.shape) if a != self.axial_axis)
+        on_grid = paste_planes(np.asarray(planes, dtype=np.float32), self.box, shape_xy)
+        if self.grid is not None:
+            on_grid = restore_in_plane(on_grid, self.grid, order=1)
+        return from_axial_last(on_grid, self.axial_axis)
+
+    @property
+    def stored_spacing(self) -> tuple[float, float, float]:
+        """(slice thickness, row, column) spacing in mm of the stored (Z, H, W) arrays."""
+        if self.grid is not None:
+            in_plane = list(self.grid.realised)
+        else:
+            in_plane = [self.spacing[a] for a in range(3) if a != self.axial_axis]
+        scale = self.box.side / self.box.size  # 1 for crops; > 1 when the box was resized
+        return (float(self.spacing[self.axial_axis]), in_plane[0] * scale, in_plane[1] * scale)
 
 
 class SliceStore:
@@ -216,6 +196,16 @@ class SliceStore:
         self.cases: dict[str, CaseMeta] = {d["case_id"]: CaseMeta.from_json(d) for d in self.manifest["cases"]}
         self._images: dict[str, np.ndarray] = {}
         self._labels: dict[str, np.ndarray] = {}
+
+    def preprocessing(self) -> dict:
+        """What ``predict`` must repeat, for run.json and every weights file."""
+        m = self.manifest
+        legacy = isinstance(m["normalisation"], str)
+        return {"size": m["size"], "in_plane": m["in_plane"], "normalisation": m["normalisation"],
+                "spacing": m.get("spacing"), "reference_modality": m.get("reference_modality", self.modalities[0]),
+                "box_from": "the predicted modality's non-zero region" if legacy else
+                            "the predicted modality's body mask",
+                "predict_window": "whole slice" if m["in_plane"] == "crop" else "box", "slice_axis": "axial (from affine)"}
 
     @property
     def n_classes(self) -> int:

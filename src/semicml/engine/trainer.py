@@ -374,10 +374,7 @@ class Trainer:
         atomic_save_torch(payload, self.run_dir / "weights" / f"{modality}.pt")
 
     def _preprocessing(self) -> dict[str, Any]:
-        m = self.store.manifest
-        return {"size": m["size"], "in_plane": m["in_plane"], "normalisation": m["normalisation"],
-                "box_from": "the predicted modality's non-zero region",
-                "predict_window": "whole slice" if m["in_plane"] == "crop" else "box", "slice_axis": "axial (from affine)"}
+        return self.store.preprocessing()  # what predict repeats: spacing, normalisation per modality, box
 
     def _log(self, record: dict, writer) -> None:
         if not self.dist.is_main:
@@ -408,9 +405,7 @@ class Trainer:
         images, labels, spacings = [], [], []
         for case in self.splits.val:
             meta = self.store.cases[case]
-            in_plane = [meta.spacing[a] for a in range(3) if a != meta.axial_axis]
-            scale = meta.box.side / meta.box.size  # 1 for crops; > 1 when the box was resized
-            spacings.append((meta.spacing[meta.axial_axis], in_plane[0] * scale, in_plane[1] * scale))
+            spacings.append(meta.stored_spacing)  # of the stored planes (resampled, resized)
             images.append(self.store.images(case))
             labels.append(np.asarray(self.store.label(case)) > 0)
         return images, labels, spacings

@@ -1,4 +1,8 @@
-"""``semicml evaluate``: predicted masks vs reference labels, in 3D on the original grid."""
+"""``semicml evaluate``: predicted masks vs reference labels, in 3D on the original grid.
+
+A mask on another grid of the same patient space (a PET-only prediction on the PET grid, the
+label on the CT grid) is resampled onto the label's grid (nearest neighbour) first.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..data.geometry import MIN_OVERLAP, overlap_fraction, resample_to_grid
 from ..data.readers import open_dataset, read_case
 from ..data.targets import apply_target, resolve_target
 from ..errors import ConfigError, DataError
@@ -37,6 +42,18 @@ def _load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.ndim != 3:
         raise DataError(f"expected a 3D mask, got shape {data.shape}", path)
     return data > 0, img.affine
+
+
+def on_reference_grid(pred: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], ref_affine: np.ndarray,
+                      path: Path) -> np.ndarray:
+    """A mask predicted on another grid of the same patient space (e.g. from a PET image on its
+    coarser grid) -> the reference label's grid, nearest neighbour; a mask that does not cover the
+    reference is a one-line error (a prediction of another case, or of a wrong file)."""
+    cover = overlap_fraction(pred.shape, affine, shape, ref_affine)
+    if cover < MIN_OVERLAP:
+        raise DataError(f"prediction grid {pred.shape} covers {100 * cover:.0f}% of the reference label's world space "
+                        f"(shape {tuple(shape)}); not a prediction of this case", path)
+    return resample_to_grid(pred.astype(np.float32), affine, shape, ref_affine, order=0) > 0.5
 
 
 MISSING_POLICIES = ("error", "worst")
@@ -91,10 +108,8 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, target: str
                 yield case, None, ref, ref_case.spacing
                 continue
             pred, pred_affine = _load_mask(preds[case])
-            if pred.shape != ref.shape:
-                raise DataError(f"prediction shape {pred.shape} differs from the reference {ref.shape}", preds[case])
-            if not np.allclose(pred_affine, ref_case.affine, atol=1e-3):
-                raise DataError("prediction affine differs from the reference image's affine", preds[case])
+            if pred.shape != ref.shape or not np.allclose(pred_affine, ref_case.affine, atol=1e-3):
+                pred = on_reference_grid(pred, pred_affine, ref.shape, ref_case.affine, preds[case])
             yield case, pred, ref, ref_case.spacing
 
     rows: list[dict] = []

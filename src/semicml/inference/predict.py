@@ -19,16 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.case import Case
-from ..data.preprocess import (
-    axial_axis,
-    extract_planes,
-    foreground_box,
-    from_axial_last,
-    normalise,
-    paste_planes,
-    to_axial_last,
-    whole_plane_box,
-)
+from ..data.preprocess import network_frame
 from ..data.readers import read_single_modality
 from ..errors import ConfigError, DataError
 from ..hardware import Precision, resolve_device, resolve_precision
@@ -52,27 +43,22 @@ def atomic_save_nifti(image: nib.Nifti1Image, path: Path, dtype) -> None:
 def probabilities_on_grid(net: torch.nn.Module | None, image: np.ndarray, affine: np.ndarray, preprocessing: dict,
                           device: torch.device | None, precision: Precision | None, channels_last: bool = True,
                           tta: bool = False, engine: Engine | None = None, window: str = "whole",
-                          margin: int = 0, batch_size: int = 32) -> np.ndarray:
+                          margin: int = 0, batch_size: int = 32, modality: str | None = None) -> np.ndarray:
     """Foreground probability of a single-modality 3D image, on the image's own voxel grid.
 
-    Stores made by cropping are predicted on the whole slice (padded to the network's
-    down-sampling factor); stores made by resizing use the same box as at training time.
+    The image is normalised as its modality was at training and its planes resampled to the
+    training spacing (runs made before spacing was recorded: its own grid); stores made by
+    cropping are predicted on the whole slice (padded to the network's down-sampling factor),
+    stores made by resizing in the same box as at training. Probabilities go back to the input
+    grid linearly (see :func:`semicml.data.preprocess.network_frame`).
     ``engine`` runs the network (default: ``net`` in PyTorch on ``device`` with ``precision``);
     ``window``/``margin``: see :mod:`semicml.inference.predictor`.
     """
     if engine is None:
         engine = TorchEngine(net, device, precision, channels_last)
-    axis = axial_axis(affine)
-    vol = to_axial_last(image, axis)
-    if preprocessing["in_plane"] == "crop":
-        box = whole_plane_box(vol.shape[:2], engine.multiple)
-    else:
-        box = foreground_box(vol, int(preprocessing["size"]), preprocessing["in_plane"])
-    normed, _ = normalise(vol, preprocessing["normalisation"])
-    planes = extract_planes(normed, box).transpose(2, 0, 1)  # (Z, H, W)
-    probs = engine_planes(engine, planes, batch_size=batch_size, tta=tta, window=window, margin=margin)
-    on_grid = paste_planes(probs.transpose(1, 2, 0), box, vol.shape[:2])
-    return from_axial_last(on_grid, axis)
+    frame = network_frame(image, affine, preprocessing, modality or "", engine.multiple)
+    probs = engine_planes(engine, frame.planes, batch_size=batch_size, tta=tta, window=window, margin=margin)
+    return frame.restore(probs)
 
 
 def is_export(path: str | Path) -> bool:
@@ -167,18 +153,21 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
     with exclusive(out_dir, "prediction folder"):  # one writer per folder (another fails naming this PID)
         out_dir.mkdir(parents=True, exist_ok=True)
         return _predict_all(found, out_dir, runner, info["preprocessing"], post, threshold, save_probabilities, tta,
-                            progress, about)
+                            progress, about, network_modality=info.get("modality"))
 
 
 def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post: str, threshold: float,
-                 save_probabilities: bool, tta: bool, progress: bool, about: dict) -> list[Path]:
+                 save_probabilities: bool, tta: bool, progress: bool, about: dict,
+                 network_modality: str | None = None) -> list[Path]:
     modality = about["modality"]
+    network_modality = network_modality or modality  # the name its normalisation was recorded under
     written = []
     with tqdm(found, desc=f"predict {modality}", unit="case", disable=not progress) as bar:
         for case_id, load in bar:
             case: Case = load()
             image = next(iter(case.images.values()))
-            probs = probabilities_on_grid(None, image, case.affine, preprocessing, None, None, tta=tta, engine=runner, window=about["window"], margin=about["margin"])
+            probs = probabilities_on_grid(None, image, case.affine, preprocessing, None, None, tta=tta, engine=runner,
+                                          window=about["window"], margin=about["margin"], modality=network_modality)
             mask = apply_postprocess((probs > threshold).astype(np.uint8), post, case.spacing)
             header = case.header.copy() if case.header is not None else None
             path = out_dir / f"{case_id}.nii.gz"

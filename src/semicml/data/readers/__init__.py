@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from semicml.data.case import Case
+from semicml.data.geometry import MIN_OVERLAP, axis_spacing, overlap_fraction, resample_to_grid
 from semicml.data.readers import msd, nnunet
 from semicml.data.readers.brats import BRATS_LABELS, brats_case_folders, open_brats
 from semicml.data.readers.common import (
@@ -135,11 +136,15 @@ def resolve_modalities(info: DatasetInfo, requested: list[str]) -> list[str]:
     return out
 
 
-def read_case(info: DatasetInfo, case_id: str, modalities: list[str], with_label: bool = True) -> Case:
+def read_case(info: DatasetInfo, case_id: str, modalities: list[str], with_label: bool = True,
+              coregister: bool = False) -> Case:
     """Read and validate one case: the requested modalities (dataset or user names) and its label.
 
     Images come back as float32, the label as uint8 (int16 if values need it), or None for an
-    unlabelled case or when ``with_label`` is False.
+    unlabelled case or when ``with_label`` is False. The first modality's grid is the reference:
+    every other volume must be on it (within :data:`AFFINE_TOLERANCE_MM`), or, with
+    ``coregister``, is resampled onto it when it covers the same world space (PET at 4 mm beside
+    CT at 1 mm); a volume that does not overlap the reference is a one-line error either way.
     """
     if case_id not in info.image_files:
         raise DataError(f"unknown case '{case_id}'", info.root)
@@ -148,6 +153,7 @@ def read_case(info: DatasetInfo, case_id: str, modalities: list[str], with_label
     images: dict[str, np.ndarray] = {}
     sources: dict[str, Path] = {}
     ref: tuple[tuple[int, ...], np.ndarray, Path, object, str] | None = None
+    resampled: dict[str, dict] = {}
     cache: dict[Path, Volume] = {}  # MSD: one 4D file serves every modality
     for name in names:
         path = files.get(name) or _expected_path(info, case_id, name)
@@ -160,6 +166,8 @@ def read_case(info: DatasetInfo, case_id: str, modalities: list[str], with_label
             data = image_3d(img, path)
         if ref is None:
             ref = (data.shape, img.affine, path, header_3d(img, data.shape), name)
+        elif coregister:
+            data = coregistered(data, img.affine, path, ref, f"{name} image", resampled, name, order=1)
         else:
             check_same_grid(data.shape, img.affine, path, ref[0], ref[1], ref[2], f"{name} image")
         images[name] = data
@@ -171,12 +179,39 @@ def read_case(info: DatasetInfo, case_id: str, modalities: list[str], with_label
         limg = load_volume(lpath, "label")
         allowed = set(info.label_names.values())
         label = label_3d(limg, lpath, allowed)
-        check_same_grid(label.shape, limg.affine, lpath, ref[0], ref[1], ref[2], "label")
+        if coregister:
+            label = coregistered(label, limg.affine, lpath, ref, "label", resampled, "label", order=0)
+        else:
+            check_same_grid(label.shape, limg.affine, lpath, ref[0], ref[1], ref[2], "label")
         sources["label"] = lpath
     return Case(
         case_id=case_id, images=images, label=label, affine=np.asarray(ref[1], dtype=np.float64),
-        header=ref[3], spacing=spacing(ref[3]), sources=sources,
+        header=ref[3], spacing=spacing(ref[3]), sources=sources, resampled=resampled,
     )
+
+
+def coregistered(data: np.ndarray, affine: np.ndarray, path: Path, ref: tuple, what: str,
+                 resampled: dict[str, dict], key: str, order: int) -> np.ndarray:
+    """``data`` on the reference grid ``ref`` = (shape, affine, path, header, name): unchanged
+    when already on it, resampled when it covers at least MIN_OVERLAP of the reference's world
+    box (linear for images, nearest for labels; background outside), else a one-line error."""
+    ref_shape, ref_affine, ref_path = ref[0], ref[1], ref[2]
+    same = tuple(data.shape) == tuple(ref_shape) and float(
+        np.abs(np.asarray(affine, float) - np.asarray(ref_affine, float)).max()) <= AFFINE_TOLERANCE_MM
+    if same:
+        return data
+    cover = overlap_fraction(data.shape, affine, ref_shape, ref_affine)
+    if cover < MIN_OVERLAP:
+        raise DataError(f"{what} covers {100 * cover:.0f}% of the world space of {ref_path.name} (at least "
+                        f"{100 * MIN_OVERLAP:.0f}% needed): the volumes of a case are not co-registered", path)
+    background = float(data.min()) if data.size else 0.0
+    out = resample_to_grid(data, affine, ref_shape, ref_affine, order=order, cval=background)
+    resampled[key] = {"from_shape": [int(s) for s in data.shape],
+                      "from_spacing": [round(s, 6) for s in axis_spacing(affine)],
+                      "covered": round(cover, 4), "interpolation": "linear" if order else "nearest"}
+    if order == 0:
+        return np.rint(out).astype(data.dtype)
+    return out.astype(np.float32)
 
 
 def _expected_path(info: DatasetInfo, case_id: str, modality: str) -> Path:

@@ -20,6 +20,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from semicml.data.case import Case
+from semicml.data.geometry import check_affine
 from semicml.errors import DataError
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Volume",
     "check_same_grid",
     "header_3d",
+    "header_affine",
     "image_3d",
     "image_channel",
     "label_3d",
@@ -93,7 +95,32 @@ def load_volume(path: Path, what: str) -> Volume:
     zooms = [float(z) for z in img.header.get_zooms()[:3]]
     if not all(np.isfinite(z) and z > 0 for z in zooms):
         raise DataError(f"header holds voxel sizes {zooms}; every one must be a positive number", path)
+    check_affine(affine, path, "header")  # a singular sform/qform cannot place voxels in space
     return Volume(data, affine, img.header)
+
+
+def header_affine(path: Path, what: str) -> np.ndarray:
+    """The voxel-to-world matrix of a NIfTI file from its header alone (a .nii.gz is decompressed
+    no further than the header), checked like :func:`load_volume` checks it."""
+    if not path.is_file():
+        raise DataError(f"missing {what} file", path)
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            header = _parse_header(fh.read(_HEADER_BYTES))
+        affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+        zooms = [float(z) for z in header.get_zooms()[:3]]
+    except DataError as err:
+        raise DataError(err.problem, path) from None
+    except _READ_ERRORS as err:
+        detail = " ".join(str(err).replace(str(path), path.name).split())[:160]
+        raise DataError(f"corrupt or truncated NIfTI file ({type(err).__name__}: {detail})", path) from None
+    if not np.isfinite(affine).all():
+        raise DataError("header holds a non-finite affine (qform/sform)", path)
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise DataError(f"header holds voxel sizes {zooms}; every one must be a positive number", path)
+    check_affine(affine, path, "header")
+    return affine
 
 
 def _parse_header(head: bytes):
