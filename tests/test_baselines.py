@@ -17,6 +17,7 @@ from semicml.methods import get_method
 from semicml.methods.base import MethodContext
 from semicml.methods.cps import CPS, hard_label
 from semicml.methods.mean_teacher import MeanTeacher
+from semicml.methods.supervised import Supervised
 from semicml.methods.uamt import UAMT, binary_entropy, masked_mse
 from semicml.models import UNet2D
 
@@ -306,6 +307,25 @@ def test_cps_pseudo_label_is_hard_and_on_labelled_plus_unlabelled():
     on_unlabelled = bce(z1[2:], (z2[2:] > 0).float()).item()
     assert out["cps/T2/1<-2"].item() == pytest.approx(on_all, rel=1e-5)
     assert on_all != pytest.approx(on_unlabelled, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- supervised-only
+def test_supervised_trains_each_modality_on_its_own_channel_with_the_labels_alone():
+    method = make(Supervised)
+    assert get_method("supervised") is Supervised and Supervised.needs_unlabeled is False
+    assert Supervised.multi_modal is False
+    batch = make_batch()
+    batch["label_l"][0, 0, :4] = 2  # another class: the binary target is label > 0
+    out = method.train_step(batch, 3)
+    y = (batch["label_l"] > 0).float().unsqueeze(1)
+    for i, m in enumerate(MODS):
+        with torch.no_grad():
+            logits = method.students[str(i)](batch["images_l"][:, i : i + 1])
+        assert out[f"sup/{m}"].item() == pytest.approx(supervised_loss(logits, y, 10.0, 7.0).item(), rel=1e-5)
+    assert set(out) == {"sup/T2", "sup/T1ce", "loss"}
+    assert out["loss"].item() == pytest.approx(out["sup/T2"].item() + out["sup/T1ce"].item(), rel=1e-6)
+    out["loss"].backward()
+    assert grads_nonzero(method.students["0"]) and grads_nonzero(method.students["1"])
 
 
 # --------------------------------------------------------------------------- robustness

@@ -1,0 +1,205 @@
+"""``predict`` end to end on hand-made NIfTI files: weights lookup, the written masks and
+probabilities, post-processing with the file's voxel size, the record, and the errors.
+
+The network is a stub whose logit is 50 x its (normalised) input, so the mask it predicts is known
+voxel for voxel: the tumour (intensity 3 in a brain of intensity 1). Written against the
+surviving mutants of benchmarks/mutation.py (inference/predict.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import semicml.inference.predict as predict_mod
+from semicml.errors import DataError
+from semicml.hardware import resolve_precision
+from semicml.inference.predict import atomic_save_nifti, load_weights, predict_cases, probabilities_on_grid
+from semicml.models import build_network
+
+AFFINE = np.diag([2.0, 1.0, 1.0, 1.0])  # 2 mm^3 voxels: post-processing sizes must use them
+PREP = {"in_plane": "crop", "size": 16, "normalisation": "zscore_nonzero"}
+
+
+class CopyNet(nn.Module):
+    levels = 2
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return 50.0 * x
+
+
+def volume(shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(image, tumour mask): a 60-voxel tumour and a 4-voxel island (8 mm^3) in a brain."""
+    image = np.zeros((20, 24, 8), np.float32)
+    image[2:18, 2:22, 1:7] = 1.0
+    tumour = np.zeros(image.shape, np.uint8)
+    tumour[5 + shift : 9 + shift, 6:11, 2:5] = 1
+    tumour[14:16, 17:19, 5] = 1
+    image[tumour > 0] = 3.0
+    return image, tumour
+
+
+def island() -> np.ndarray:
+    mask = np.zeros((20, 24, 8), bool)
+    mask[14:16, 17:19, 5] = True
+    return mask
+
+
+@pytest.fixture
+def cases(tmp_path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, shift in (("a", 0), ("b", 3)):
+        nib.save(nib.Nifti1Image(volume(shift)[0], AFFINE), str(folder / f"{name}.nii.gz"))
+    return folder
+
+
+def make_run(tmp_path: Path, modality: str = "T2", **payload) -> Path:
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True, exist_ok=True)
+    content = {"format": "semicml-weights-v1", "network": {}, "state_dict": {}, "preprocessing": PREP, **payload}
+    torch.save(content, run / "weights" / f"{modality}.pt")
+    return run
+
+
+@pytest.fixture
+def copynet(monkeypatch) -> list[CopyNet]:
+    made: list[CopyNet] = []
+
+    def build(spec):
+        made.append(CopyNet())
+        return made[-1]
+
+    monkeypatch.setattr(predict_mod, "build_network", build)
+    return made
+
+
+def read(path: Path) -> nib.Nifti1Image:
+    return nib.load(str(path))
+
+
+# ------------------------------------------------------------------------------ predict_cases
+def test_masks_probabilities_and_record(tmp_path, cases, copynet):
+    run = make_run(tmp_path)
+    out = tmp_path / "out"
+    written = predict_cases(run, "T2", cases, out, device="cpu", save_probabilities=True, progress=False)
+    assert written == [out / "a.nii.gz", out / "b.nii.gz"]
+    for name, shift in (("a", 0), ("b", 3)):
+        image, tumour = volume(shift)
+        mask = read(out / f"{name}.nii.gz")
+        assert mask.get_data_dtype() == np.uint8 and np.array_equal(mask.affine, AFFINE)
+        assert mask.header.get_zooms() == (2.0, 1.0, 1.0)
+        assert np.array_equal(np.asarray(mask.dataobj), tumour)  # island kept: no post-processing stored
+        prob = read(out / f"{name}_prob.nii.gz")
+        assert prob.get_data_dtype() == np.float32 and np.array_equal(prob.affine, AFFINE)
+        direct = probabilities_on_grid(CopyNet(), image, AFFINE, PREP, torch.device("cpu"),
+                                       resolve_precision("fp32", torch.device("cpu")))
+        assert np.array_equal(np.asarray(prob.dataobj), direct)
+    record = json.loads((out / "predict.json").read_text())
+    assert record == {"run": str(run), "modality": "T2", "input": str(cases), "cases": ["a.nii.gz", "b.nii.gz"],
+                      "threshold": 0.5, "tta": False, "postprocessing": "none"}
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "a_prob.nii.gz", "b.nii.gz", "b_prob.nii.gz",
+                                                      "predict.json"]
+
+
+def test_probabilities_are_not_written_unless_asked(tmp_path, cases, copynet):
+    out = tmp_path / "out"
+    predict_cases(make_run(tmp_path), "T2", cases, out, device="cpu", progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "predict.json"]
+
+
+def test_threshold_tta_and_case_selection_are_used(tmp_path, cases, copynet):
+    out = tmp_path / "out"
+    written = predict_cases(make_run(tmp_path), "T2", cases, out, device="cpu", threshold=1.0, tta=True,
+                            progress=False, cases=["b"])
+    assert written == [out / "b.nii.gz"]
+    assert not np.asarray(read(written[0]).dataobj).any()  # a probability is never > 1
+    assert copynet[0].calls == 4  # one batch of slices, four flips
+    record = json.loads((out / "predict.json").read_text())
+    assert (record["cases"], record["threshold"], record["tta"]) == (["b.nii.gz"], 1.0, True)
+
+
+@pytest.mark.parametrize("stored, given, island_kept", [
+    ("largest", None, False),  # the choice stored with the weights
+    ("largest", "none", True),  # overridden by the caller
+    (None, None, True),  # nothing stored: none
+    ("none", "min-size:6", True),  # 4 voxels x 2 mm^3 = 8 mm^3 >= 6: kept
+    ("none", "min-size:10", False),  # 8 mm^3 < 10: removed (with 1 mm^3 voxels 6 would remove it too)
+])
+def test_postprocessing_choice_and_voxel_size(tmp_path, cases, copynet, stored, given, island_kept):
+    run = make_run(tmp_path, **({} if stored is None else {"postprocessing": stored}))
+    out = tmp_path / "out"
+    predict_cases(run, "T2", cases, out, device="cpu", progress=False, postprocess=given)
+    mask = np.asarray(read(out / "a.nii.gz").dataobj)
+    expected = volume(0)[1].astype(bool)
+    if not island_kept:
+        expected &= ~island()
+    assert np.array_equal(mask > 0, expected)
+    assert json.loads((out / "predict.json").read_text())["postprocessing"] == (given or stored or "none")
+
+
+@pytest.mark.parametrize("kw, problem", [
+    ({"cases": ["a", "zz"]}, "{input}: case 'zz' with modality 'T2' not found"),
+    ({"cases": []}, "{input}: no case with modality 'T2' found"),
+    ({"postprocess": "biggest"}, "unknown post-processing 'biggest' (none, largest or min-size:<mm^3>)"),
+])
+def test_predict_errors(tmp_path, cases, copynet, kw, problem):
+    with pytest.raises(DataError) as info:
+        predict_cases(make_run(tmp_path), "T2", cases, tmp_path / "out", device="cpu", progress=False, **kw)
+    assert str(info.value) == problem.format(input=cases)
+    assert not (tmp_path / "out" / "predict.json").exists()
+
+
+# ------------------------------------------------------------------------------ weights
+def test_load_weights_rebuilds_the_saved_network(tmp_path):
+    spec = {"in_channels": 1, "out_channels": 1, "widths": [4, 8], "dropout": [0.0, 0.1]}
+    torch.manual_seed(3)
+    net = build_network(spec)
+    run = make_run(tmp_path, "T1ce", network=spec, state_dict=net.state_dict(), preprocessing=PREP)
+    for where in (run, run / "weights" / "T1ce.pt"):
+        loaded, payload = load_weights(where, "t1ce", torch.device("cpu"))  # the name in any case
+        assert not loaded.training and payload["preprocessing"] == PREP
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+
+
+@pytest.mark.parametrize("setup, problem", [
+    ("missing", "{run}: run directory not found"),
+    ("other-modality", "{run}: no network for modality 'FLAIR' in this run (has: T2)"),
+    ("no-weights", "{run}: no network for modality 'FLAIR' in this run (has: none)"),
+    ("foreign", "{run}/weights/FLAIR.pt: not a semicml weights file"),
+])
+def test_load_weights_errors(tmp_path, setup, problem):
+    run = tmp_path / "run"
+    if setup == "other-modality":
+        make_run(tmp_path, "T2")
+    elif setup == "no-weights":
+        (run / "weights").mkdir(parents=True)
+    elif setup == "foreign":
+        make_run(tmp_path, "FLAIR", format="something-else")
+    with pytest.raises(DataError) as info:
+        load_weights(run, "FLAIR", torch.device("cpu"))
+    assert str(info.value) == problem.format(run=run)
+
+
+def test_atomic_save_nifti_writes_the_same_bytes_twice(tmp_path):
+    image = nib.Nifti1Image(np.arange(24, dtype=np.uint8).reshape(2, 3, 4), AFFINE)
+    atomic_save_nifti(image, tmp_path / "x.nii.gz", np.float32)
+    assert read(tmp_path / "x.nii.gz").get_data_dtype() == np.float32  # the dtype asked for
+    atomic_save_nifti(image, tmp_path / "x.nii.gz", np.uint8)
+    first = (tmp_path / "x.nii.gz").read_bytes()
+    atomic_save_nifti(image, tmp_path / "x.nii.gz", np.uint8)
+    assert (tmp_path / "x.nii.gz").read_bytes() == first
+    back = read(tmp_path / "x.nii.gz")
+    assert back.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(back.dataobj), np.arange(24).reshape(2, 3, 4))
