@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-import semicml.inference.predict as predict_mod
+import semicml.inference.weights as weights_mod
 from semicml.errors import DataError
 from semicml.hardware import resolve_precision
 from semicml.inference.predict import atomic_save_nifti, load_weights, predict_cases, probabilities_on_grid
@@ -81,7 +81,7 @@ def copynet(monkeypatch) -> list[CopyNet]:
         made.append(CopyNet())
         return made[-1]
 
-    monkeypatch.setattr(predict_mod, "build_network", build)
+    monkeypatch.setattr(weights_mod, "build_network", build)  # where load_weights builds it
     return made
 
 
@@ -108,7 +108,8 @@ def test_masks_probabilities_and_record(tmp_path, cases, copynet):
         assert np.array_equal(np.asarray(prob.dataobj), direct)
     record = json.loads((out / "predict.json").read_text())
     assert record == {"run": str(run), "modality": "T2", "input": str(cases), "cases": ["a.nii.gz", "b.nii.gz"],
-                      "threshold": 0.5, "tta": False, "postprocessing": "none"}
+                      "threshold": 0.5, "tta": False, "postprocessing": "none", "engine": "torch", "window": "whole",
+                      "margin": 0}
     assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "a_prob.nii.gz", "b.nii.gz", "b_prob.nii.gz",
                                                       "predict.json"]
 
