@@ -87,7 +87,7 @@ def test_sidecar_records_what_predict_needs(run, exports):
     assert meta["modality"] == "T2" and meta["model_format"] == "onnx" and meta["threshold"] == 0.5
     assert meta["postprocessing"] == payload["postprocessing"]
     assert {k: meta["preprocessing"][k] for k in payload["preprocessing"]} == payload["preprocessing"]
-    assert meta["preprocessing"]["in_plane"] == "crop" and meta["preprocessing"]["normalisation"] == "zscore_nonzero"
+    assert meta["preprocessing"]["in_plane"] == "crop" and meta["preprocessing"]["normalisation"]["T2"]["scheme"] == "mri"
     assert meta["preprocessing"]["clip_percentiles"] == [0.5, 99.5]
     assert meta["levels"] == 2 and meta["input"]["multiple_of"] == 4
     assert meta["spacing"]["training_spacing_mm"] == [1.5, 1.5, 3.0]  # the phantom's, axial last
