@@ -22,7 +22,9 @@ each voxel keeps its world position.
         [--spacings 2.0,0.7] [--out benchmarks/results/resampling] [--work DIR]
 
 Writes ``results.json`` and ``results.md`` (a table of Dice per grid) to ``--out``; the resampled
-datasets and predictions go to ``--work`` (a temporary folder unless given; never the repo).
+datasets and predictions go to ``--work`` (a temporary folder unless given; never the repo). With
+the same ``--work`` again, an interrupted experiment continues: grids and complete prediction
+folders already there are reused (the evaluations are redone).
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ def write_grid(data: Path, out: Path, cases: list[str], modalities: list[str], s
         for key in [m.lower() for m in modalities] + ["seg"]:
             src = files[key]
             dst = out / case / src.name
+            if dst.exists():  # made by an earlier, interrupted run with the same --work
+                continue
             if spacing is None:
                 if not dst.exists():
                     os.symlink(src.resolve(), dst)
@@ -157,10 +161,12 @@ def run_experiment(run: Path, data: Path, cases: list[str] | None, spacings: lis
             # the grid change alone costs (quantisation of small tumours), the network aside.
             for mode, weights in [*modes.items(), *([("ceiling", None)] if spacing is not None else [])]:
                 pred = work / "pred" / grid.replace(" ", "") / mode / m
-                shutil.rmtree(pred, ignore_errors=True)
+                done = (pred / "predict.json").is_file() and all((pred / f"{c}.nii.gz").is_file() for c in cases)
                 if weights is None:
+                    shutil.rmtree(pred, ignore_errors=True)
                     regrid_masks(work / "pred" / "original" / next(iter(modes)) / m, pred, spacing)
-                else:
+                elif not done:  # predictions of an earlier, interrupted run with the same --work are kept
+                    shutil.rmtree(pred, ignore_errors=True)
                     predict_cases(weights, m, folder, pred, cases=cases, progress=progress)
                 report = work / "eval" / grid.replace(" ", "") / mode / m
                 summary = evaluate_predictions(pred, folder, target, report, cases=cases, progress=progress)
