@@ -57,3 +57,9 @@ def test_choice_prefers_dice_then_lower_hd95():
     wrong[10:19, 10:19, 10:19] = 0.9   # big false blob
     wrong[2:8, 2:8, 2:8] = 0.9         # the tumour
     assert choose_postprocess([wrong], [ref], [(1, 1, 1)])["choice"] != "largest"
+
+
+def test_a_component_of_exactly_the_minimum_size_is_kept():
+    m = _mask()  # islands of 8 voxels and 1 voxel
+    assert apply_postprocess(m, "min-size:16", (1, 1, 2)).sum() == 216 + 8  # 8 x 2 mm^3 = 16: not smaller
+    assert apply_postprocess(m, "min-size:16.5", (1, 1, 2)).sum() == 216

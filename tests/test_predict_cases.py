@@ -9,6 +9,7 @@ surviving mutants of benchmarks/mutation.py (inference/predict.py).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -27,16 +28,24 @@ AFFINE = np.diag([2.0, 1.0, 1.0, 1.0])  # 2 mm^3 voxels: post-processing sizes m
 PREP = {"in_plane": "crop", "size": 16, "normalisation": "zscore_nonzero"}
 
 
-class CopyNet(nn.Module):
-    levels = 2
+class NoLevels(nn.Module):
+    """Logit = 50 x input; no ``levels`` attribute (predict then assumes 4 down-samplings)."""
 
     def __init__(self):
         super().__init__()
         self.calls = 0
+        self.inputs: list[torch.Tensor] = []
+        self.autocast: set[bool] = set()
 
     def forward(self, x):
         self.calls += 1
+        self.inputs.append(x.clone())
+        self.autocast.add(torch.is_autocast_enabled("cpu"))
         return 50.0 * x
+
+
+class CopyNet(NoLevels):
+    levels = 2
 
 
 def volume(shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +70,9 @@ def cases(tmp_path) -> Path:
     folder = tmp_path / "in"
     folder.mkdir()
     for name, shift in (("a", 0), ("b", 3)):
-        nib.save(nib.Nifti1Image(volume(shift)[0], AFFINE), str(folder / f"{name}.nii.gz"))
+        image = nib.Nifti1Image(volume(shift)[0], AFFINE)
+        image.header["descrip"] = f"case {name}".encode()  # the header must reach the outputs
+        nib.save(image, str(folder / f"{name}.nii.gz"))
     return folder
 
 
@@ -100,13 +111,17 @@ def test_masks_probabilities_and_record(tmp_path, cases, copynet):
         mask = read(out / f"{name}.nii.gz")
         assert mask.get_data_dtype() == np.uint8 and np.array_equal(mask.affine, AFFINE)
         assert mask.header.get_zooms() == (2.0, 1.0, 1.0)
+        assert mask.header["descrip"].item() == f"case {name}".encode()  # the input's header, copied
         assert np.array_equal(np.asarray(mask.dataobj), tumour)  # island kept: no post-processing stored
         prob = read(out / f"{name}_prob.nii.gz")
         assert prob.get_data_dtype() == np.float32 and np.array_equal(prob.affine, AFFINE)
+        assert prob.header["descrip"].item() == f"case {name}".encode()
         direct = probabilities_on_grid(CopyNet(), image, AFFINE, PREP, torch.device("cpu"),
                                        resolve_precision("fp32", torch.device("cpu")))
         assert np.array_equal(np.asarray(prob.dataobj), direct)
-    record = json.loads((out / "predict.json").read_text())
+    text = (out / "predict.json").read_text()
+    record = json.loads(text)
+    assert text == json.dumps(record, indent=1)
     assert record == {"run": str(run), "modality": "T2", "input": str(cases), "cases": ["a.nii.gz", "b.nii.gz"],
                       "threshold": 0.5, "tta": False, "postprocessing": "none", "engine": "torch", "window": "whole",
                       "margin": 0}
@@ -129,6 +144,78 @@ def test_threshold_tta_and_case_selection_are_used(tmp_path, cases, copynet):
     assert copynet[0].calls == 4  # one batch of slices, four flips
     record = json.loads((out / "predict.json").read_text())
     assert (record["cases"], record["threshold"], record["tta"]) == (["b.nii.gz"], 1.0, True)
+
+
+def test_defaults_auto_device_progress_bar_and_an_existing_output_folder(tmp_path, cases, copynet, capsys):
+    out = tmp_path / "deep" / "er" / "out"
+    predict_cases(make_run(tmp_path), "T2", cases, out)  # device and precision "auto", a progress bar
+    bar = capsys.readouterr().err
+    assert "predict T2" in bar and "2/2" in bar and re.search(r"[0-9.](case/s|s/case)\]", bar)
+    assert copynet[-1].calls > 0
+    predict_cases(make_run(tmp_path), "T2", cases, out, progress=False)  # again, into the same folder
+    assert capsys.readouterr().err == ""
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "predict.json"]
+
+
+@pytest.mark.parametrize("precision, autocast", [("fp32", False), ("bf16", True)])
+def test_the_requested_precision_is_used(tmp_path, cases, copynet, precision, autocast):
+    predict_cases(make_run(tmp_path), "T2", cases, tmp_path / "out", device="cpu", precision=precision,
+                  progress=False)
+    assert copynet[0].autocast == {autocast}
+
+
+def test_a_busy_output_folder_is_refused_naming_it(tmp_path, cases, copynet):
+    from semicml.errors import BusyError
+    from semicml.locking import exclusive
+
+    out = tmp_path / "out"
+    with exclusive(out, "someone else"):
+        with pytest.raises(BusyError) as info:
+            predict_cases(make_run(tmp_path), "T2", cases, out, device="cpu", progress=False)
+    assert str(info.value).startswith(f"{out}: prediction folder is in use by another semicml process")
+
+
+@pytest.mark.parametrize("levels, side", [(3, 40), (None, 48)])
+def test_the_whole_slice_is_padded_to_the_networks_downsampling_factor(levels, side):
+    net = CopyNet() if levels else NoLevels()
+    if levels:
+        net.levels = levels
+    image, tumour = (np.pad(a, ((0, 0), (0, 16), (0, 0))) for a in volume())  # 20 x 40 in plane
+    probs = probabilities_on_grid(net, image, AFFINE, PREP, torch.device("cpu"),
+                                  resolve_precision("fp32", torch.device("cpu")))
+    # 40 rounded up to a multiple of 2 ** 3 = 8 is 40; without ``levels`` 4 are assumed: 16 -> 48
+    assert {tuple(x.shape[-2:]) for x in net.inputs} == {(side, side)}
+    assert np.array_equal(probs > 0.5, tumour > 0)
+
+
+def test_a_case_without_header_gets_one_from_its_affine(tmp_path, monkeypatch, copynet):
+    from semicml.data.case import Case
+
+    image, tumour = volume()
+    monkeypatch.setattr(predict_mod, "read_single_modality", lambda path, modality: [
+        ("h", lambda: Case(case_id="h", images={"T2": image}, label=None, affine=AFFINE, header=None))])
+    out = tmp_path / "out"
+    predict_cases(make_run(tmp_path), "T2", tmp_path, out, device="cpu", progress=False, save_probabilities=True)
+    for name in ("h.nii.gz", "h_prob.nii.gz"):
+        written = read(out / name)
+        assert np.array_equal(written.affine, AFFINE) and written.header.get_zooms() == (2.0, 1.0, 1.0)
+    assert np.array_equal(np.asarray(read(out / "h.nii.gz").dataobj), tumour)
+
+
+def test_resize_stores_use_their_box_and_unnormalised_stores_the_raw_image():
+    from semicml.data.preprocess import extract_planes, foreground_box, normalise
+
+    image, _ = volume()
+    prep = {"in_plane": "resize", "size": 32, "normalisation": "zscore"}
+    net = CopyNet()
+    probabilities_on_grid(net, image, AFFINE, prep, torch.device("cpu"), resolve_precision("fp32", torch.device("cpu")))
+    box = foreground_box(image, 32, "resize")
+    assert box.mode == "resize" and box.side == 20
+    expected = extract_planes(normalise(image, "zscore")[0], box).transpose(2, 0, 1)
+    assert np.allclose(torch.cat(net.inputs)[:, 0].numpy(), expected, atol=1e-5)
+    raw = probabilities_on_grid(CopyNet(), image, AFFINE, dict(PREP, normalisation="none"), torch.device("cpu"),
+                                resolve_precision("fp32", torch.device("cpu")))
+    assert np.array_equal(raw > 0.5, image > 0)  # 50 x the raw intensity: the whole brain
 
 
 @pytest.mark.parametrize("stored, given, island_kept", [
@@ -176,7 +263,7 @@ def test_load_weights_rebuilds_the_saved_network(tmp_path):
 
 @pytest.mark.parametrize("setup, problem", [
     ("missing", "{run}: run directory not found"),
-    ("other-modality", "{run}: no network for modality 'FLAIR' in this run (has: T2)"),
+    ("other-modality", "{run}: no network for modality 'FLAIR' in this run (has: T1ce, T2)"),
     ("no-weights", "{run}: no network for modality 'FLAIR' in this run (has: none)"),
     ("foreign", "{run}/weights/FLAIR.pt: not a semicml weights file"),
 ])
@@ -184,6 +271,7 @@ def test_load_weights_errors(tmp_path, setup, problem):
     run = tmp_path / "run"
     if setup == "other-modality":
         make_run(tmp_path, "T2")
+        make_run(tmp_path, "T1ce")
     elif setup == "no-weights":
         (run / "weights").mkdir(parents=True)
     elif setup == "foreign":
@@ -199,6 +287,7 @@ def test_atomic_save_nifti_writes_the_same_bytes_twice(tmp_path):
     assert read(tmp_path / "x.nii.gz").get_data_dtype() == np.float32  # the dtype asked for
     atomic_save_nifti(image, tmp_path / "x.nii.gz", np.uint8)
     first = (tmp_path / "x.nii.gz").read_bytes()
+    assert first[4:8] == b"\0\0\0\0"  # gzip header mtime 0: no time stamp in the file
     atomic_save_nifti(image, tmp_path / "x.nii.gz", np.uint8)
     assert (tmp_path / "x.nii.gz").read_bytes() == first
     back = read(tmp_path / "x.nii.gz")
