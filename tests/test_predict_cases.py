@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+import semicml.inference.predict as predict_mod
 import semicml.inference.weights as weights_mod
 from semicml.errors import DataError
 from semicml.hardware import resolve_precision

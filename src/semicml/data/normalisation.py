@@ -129,7 +129,7 @@ def normalise_volume(image: np.ndarray, spec: dict[str, Any] | str) -> Normalise
     scheme = spec.get("scheme")
     if scheme in LEGACY_SCHEMES:
         out, stats = normalise(image, scheme)
-        mask = image != 0 if scheme == "zscore_nonzero" else np.ones(image.shape, dtype=bool)
+        mask = image != 0  # the box comes from the non-zero region, as before per-modality records
         return NormalisedVolume(out, mask, 0.0, asdict(stats), zero_outside=scheme == "zscore_nonzero")
     if scheme == "mri":
         kind = mask_kind("mri", image)
