@@ -115,6 +115,26 @@ def test_rampup_weight_formula(cls, attr, scale):
     assert weight(0) < weight(1) < weight(2) < weight(3) < weight(4)
 
 
+@pytest.mark.parametrize("cls, key, attr", [(MeanTeacher, "consistency_weight", "consistency_weight"),
+                                             (UAMT, "consistency_weight", "consistency_weight"),
+                                             (CPS, "cps_weight", "cps_weight")])
+def test_the_weight_in_use_is_logged(cls, key, attr):
+    method = make(cls)
+    out = method.train_step(make_batch(), 2)
+    assert out[key].item() == pytest.approx(getattr(method, attr)(2)) and out[key].item() < 0.5 * (
+        1.0 if cls is CPS else 0.1)  # still ramping up at step 2 of 10
+
+
+def test_input_noise_is_gaussian_clipped_on_both_sides():
+    torch.manual_seed(0)
+    wide = make(MeanTeacher, mean_teacher={"noise_std": 10.0, "noise_clip": 0.2}).noisy(torch.ones(4000))
+    assert wide.min().item() == pytest.approx(0.8) and wide.max().item() == pytest.approx(1.2)
+    assert ((wide - 1.0).abs() < 0.19).sum() > 0  # clipped, not replaced by +-0.2
+    noise = make(MeanTeacher).noisy(torch.zeros(20000))  # defaults: std 0.1 clipped at 0.2 (2 sigma)
+    assert noise.abs().max().item() == pytest.approx(0.2)
+    assert 0.09 < noise.std().item() < 0.1 and abs(noise.mean().item()) < 0.005
+
+
 # --------------------------------------------------------------------------- MT / UA-MT teachers
 @pytest.mark.parametrize("cls", [MeanTeacher, UAMT])
 def test_teachers_frozen_and_not_trainable(cls):
@@ -357,3 +377,5 @@ def test_empty_unlabelled_batch_gives_finite_loss(cls):
     assert torch.isfinite(out["loss"])
     if cls is not CPS:
         assert out["consistency/T2"].item() == 0.0
+    if cls is UAMT:
+        assert out["mask_fraction/T2"].item() == 0.0  # logged as 0, not the NaN mean of nothing

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from semicml.data.splits import (
@@ -256,3 +257,40 @@ def test_subset_on_a_read_only_store_is_kept_in_memory(store):
     splits = Splits(["c00", "c01"], ["c02"], ["c03"])
     sub, path = load_or_make_subset(store, splits, 0.5)
     assert path is None and len(sub.labeled) == 2
+
+
+def test_cv_folds_deal_the_seeded_shuffle_and_default_to_seed_0(store):
+    """The documented deal: the labelled cases shuffled by ``default_rng([seed, 11])`` and dealt
+    round-robin; fold k's validation cases are the first of ``default_rng([seed, 13, k])``'s
+    shuffle of the rest. Pinned so that a run's folds can be rebuilt by a later version."""
+    import numpy as np
+
+    labelled = sorted(c for c in store.cases if c.startswith("c"))
+    order = [str(c) for c in np.random.default_rng([0, 11]).permutation(labelled)]
+    folds = make_cv_splits(store, folds=3)
+    for k, f in enumerate(folds):
+        assert f.test == sorted(order[k::3])
+        rest = [c for c in order if c not in f.test]
+        assert f.val == sorted(str(c) for c in np.random.default_rng([0, 13, k]).permutation(rest)[:2])
+    assert make_cv_splits(store, folds=3, seed=0) == folds
+
+
+def test_cv_with_as_many_folds_as_labelled_cases(tmp_path):
+    folds = make_cv_splits(Store(tmp_path, labelled=4), folds=4, val_cases=1)
+    assert [len(f.test) for f in folds] == [1, 1, 1, 1] and all(len(f.train) == 2 for f in folds)
+
+
+def test_unlabelled_pool_uses_the_same_slice_filter(store):
+    sub = select_labeled(store, ["c00", "u00"], 0.5, slice_filter="nonempty", seed=3)
+    assert len(sub.labeled) == 3  # ceil(0.5 * 5) of c00's five non-empty slices
+    c00_rest = [k for k in sub.unlabeled if k[0] == "c00"]
+    assert sorted(sub.labeled + c00_rest) == [("c00", z) for z in range(5)]  # not its 2 foreground slices
+    assert len(sub.unlabeled) == 2 + 5
+
+
+def test_persisted_subsets_keep_their_slice_filter_and_share_the_folder(store):
+    splits = Splits(["c00", "c01", "u00"], ["c02"], ["c03"])
+    a, path_a = load_or_make_subset(store, splits, 0.5, slice_filter="nonempty")
+    assert a == select_labeled(store, splits.train, 0.5, slice_filter="nonempty")
+    b, path_b = load_or_make_subset(store, splits, 0.5, seed=1)  # the subsets folder exists now
+    assert path_a is not None and path_b is not None and path_a != path_b and path_b.is_file()
