@@ -38,7 +38,11 @@ SETTINGS = {
     "eager + brain window": ("torch", "brain", True, False, 32),
     "onnxruntime + brain window": ("onnxruntime", "brain", True, False, 32),
     "openvino + brain window": ("openvino", "brain", True, False, 32),
+    "onnxruntime + brain window 16": ("onnxruntime", "brain", True, False, 32),
+    "openvino + brain window 16": ("openvino", "brain", True, False, 32),
 }
+# pixels of margin around the brain window (predict --margin); settings not named here use 0
+MARGINS = {"onnxruntime + brain window 16": 16, "openvino + brain window 16": 16}
 
 
 def cpu_name() -> dict:
@@ -109,7 +113,7 @@ def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str
         engines[n] = make_engine(SETTINGS[n], net, onnx, 2 ** levels)
         if SETTINGS[n][3]:  # torch.compile: the first call compiles (timed apart)
             probabilities_on_grid(None, vol, affine, prep, None, None, engine=engines[n], window=SETTINGS[n][1],
-                                  batch_size=SETTINGS[n][4], modality=modality)
+                                  margin=MARGINS.get(n, 0), batch_size=SETTINGS[n][4], modality=modality)
         setup[n] = round(time.perf_counter() - t0, 2)
     times = {n: [] for n in names}
     probs = {}
@@ -118,7 +122,7 @@ def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str
             _, window, _, _, batch = SETTINGS[n]
             t0 = time.perf_counter()
             probs[n] = probabilities_on_grid(None, vol, affine, prep, None, None, engine=engines[n], window=window,
-                                             batch_size=batch, modality=modality)
+                                             margin=MARGINS.get(n, 0), batch_size=batch, modality=modality)
             times[n].append(time.perf_counter() - t0)
             print(f"  width {width} round {r + 1}/{rounds} {n:28s} {times[n][-1]:7.2f} s", file=sys.stderr, flush=True)
     base_name = names[0]
@@ -126,7 +130,7 @@ def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str
     rows = {}
     for n in names:
         rows[n] = {"engine": SETTINGS[n][0], "window": SETTINGS[n][1], "channels_last": SETTINGS[n][2],
-                   "compile": SETTINGS[n][3], "batch": SETTINGS[n][4],
+                   "compile": SETTINGS[n][3], "batch": SETTINGS[n][4], "margin": MARGINS.get(n, 0),
                    "seconds_per_volume": round(min(times[n]), 3), "seconds_all_rounds": [round(t, 3) for t in times[n]],
                    "speedup_vs_" + base_name: round(base_t / min(times[n]), 2),
                    "setup_seconds": setup[n],

@@ -141,6 +141,9 @@ class TrainConfig(_TrainModel):
     compile: bool = Field(False, description="torch.compile the trained networks (first steps compile: minutes)")
     num_workers: int = Field(0, ge=0)
     augment: bool = False
+    low_resolution: float = Field(0.0, ge=0, le=1, description="probability per modality and slice of a simulated "
+                                  "coarser acquisition (down- and up-sampled, zoom 0.5-1; nnU-Net's augmentation): "
+                                  "robustness to scans resampled from a coarser grid")
     postprocess: str = Field("auto", pattern=r"^(auto|none|largest|min-size:\d+(\.\d+)?)$",
                              description="connected-component post-processing: auto (chosen on validation), none, "
                              "largest, min-size:<mm^3>")
