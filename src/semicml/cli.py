@@ -212,11 +212,14 @@ def export(run: Path = typer.Option(..., help="run directory (or a weights/<moda
            modality: str = typer.Option(..., help="the modality whose network is exported"),
            format: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
            out: Optional[Path] = typer.Option(None, "--out", help="model file (default: RUN/export/<modality>.onnx "
-                                              "or .torchscript.pt); its preprocessing goes to <out>.json")) -> None:
+                                              "or .torchscript.pt); its preprocessing goes to <out>.json"),
+           quantize: Optional[str] = typer.Option(None, help="int8: post-training static quantization (ONNX only), "
+                                                  "calibrated on the run's training slices; faster on CPUs, masks "
+                                                  "not identical to float32")) -> None:
     """Export one modality's network (ONNX or TorchScript) with the preprocessing predict needs."""
     from .inference.export import export_model, sidecar_path
 
-    path = export_model(run, modality, format, out)
+    path = export_model(run, modality, format, out, quantize)
     typer.echo(f"wrote {path} and {sidecar_path(path).name}")
 
 
