@@ -59,6 +59,9 @@ MODULES = {
     "inference": "src/semicml/inference/*",
     "inference/predict.py": "src/semicml/inference/predict.py",
     "inference/predictor.py": "src/semicml/inference/predictor.py",
+    "inference/engines.py": "src/semicml/inference/engines.py",
+    "inference/export.py": "src/semicml/inference/export.py",
+    "inference/weights.py": "src/semicml/inference/weights.py",
     # the single-modality baselines
     "methods/supervised.py": "src/semicml/methods/supervised.py",
     "methods/mean_teacher.py": "src/semicml/methods/mean_teacher.py",
