@@ -37,7 +37,8 @@ from semicml.inference.export import (
 )
 from semicml.models import build_network
 
-SPEC = {"in_channels": 1, "out_channels": 1, "widths": [2, 4], "dropout": [0.0, 0.0]}  # one down-sampling
+# three down-samplings: inputs are multiples of 8 (a level count where 2 ** levels != 2 * levels)
+SPEC = {"in_channels": 1, "out_channels": 1, "widths": [2, 2, 2, 2], "dropout": [0.0] * 4}
 PREP = {"in_plane": "crop", "size": 32, "normalisation": {"T2": {"scheme": "mri"}}}
 
 
@@ -66,7 +67,7 @@ def reference(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def inputs() -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
-    return [torch.randn(1, 1, 4, 6, generator=gen), torch.randn(3, 1, 8, 12, generator=gen)]  # multiples of 2
+    return [torch.randn(1, 1, 8, 24, generator=gen), torch.randn(3, 1, 16, 8, generator=gen)]  # multiples of 8
 
 
 def make_run(tmp_path: Path, modality: str = "T2", **extra) -> Path:
@@ -140,15 +141,15 @@ def test_training_spacing_is_the_median_of_the_training_cases_axial_last(tmp_pat
 def test_export_metadata_records_what_predict_needs(tmp_path, monkeypatch):
     source = tmp_path / "T2.pt"
     source.write_bytes(b"weights bytes")
-    payload = {"network": {**SPEC, "out_channels": 3, "widths": [4, 8, 16, 32]}, "preprocessing": PREP,
+    payload = {"network": {**SPEC, "out_channels": 3, "widths": [4, 8, 16, 32, 64]}, "preprocessing": PREP,
                "modality": "T2", "target": "tumour_core", "iteration": 120, "postprocessing": "largest"}
     monkeypatch.setattr(export, "_training_spacing", lambda run: [1.0, 1.0, 2.0] if run == tmp_path else "wrong run")
     meta = export_metadata(payload, "t2", "onnx", source, tmp_path)
     assert meta["format"] == "semicml-export-v1" == EXPORT_FORMAT and meta["semicml_version"] == __version__
     assert meta["model_format"] == "onnx" and meta["modality"] == "T2" and meta["target"] == "tumour_core"
-    assert meta["network"] == payload["network"] and meta["levels"] == 3 and meta["iteration"] == 120
+    assert meta["network"] == payload["network"] and meta["levels"] == 4 and meta["iteration"] == 120
     assert meta["input"] == {"name": "image", "shape": ["batch", 1, "height", "width"], "dtype": "float32",
-                             "multiple_of": 8, "content": "normalised axial slices of the one modality"}
+                             "multiple_of": 16, "content": "normalised axial slices of the one modality"}
     assert meta["output"] == {"name": "logits", "shape": ["batch", 3, "height", "width"],
                               "activation": "sigmoid (foreground probability)"}
     prep = meta["preprocessing"]
@@ -157,7 +158,8 @@ def test_export_metadata_records_what_predict_needs(tmp_path, monkeypatch):
     assert prep["window"].endswith("All-zero slices are not run: probability 0")
     assert "clip_percentiles" not in PREP  # the payload's own record is not modified
     assert meta["threshold"] == 0.5 and meta["postprocessing"] == "largest"
-    assert meta["spacing"]["resampled"] is False and meta["spacing"]["training_spacing_mm"] == [1.0, 1.0, 2.0]
+    assert meta["spacing"] == {"resampled": False, "training_spacing_mm": [1.0, 1.0, 2.0], "note": "cases are used at "
+                               "their own spacing (no resampling); axial axis from the affine"}
     assert meta["weights_file"] == str(source)
     assert meta["weights_sha256"] == hashlib.sha256(b"weights bytes").hexdigest()
     json.dumps(meta)  # it goes to a JSON sidecar as it is
@@ -165,7 +167,7 @@ def test_export_metadata_records_what_predict_needs(tmp_path, monkeypatch):
     bare = {"network": SPEC, "preprocessing": {}}  # older weights: no modality, target, post-processing
     meta = export_metadata(bare, "FLAIR", "torchscript", source, source)  # run given as a weights file
     assert meta["modality"] == "FLAIR" and meta["target"] is None and meta["postprocessing"] == "none"
-    assert meta["levels"] == 1 and meta["input"]["multiple_of"] == 2 and meta["iteration"] is None
+    assert meta["levels"] == 3 and meta["input"]["multiple_of"] == 8 and meta["iteration"] is None
     assert meta["spacing"]["training_spacing_mm"] is None  # not looked up for a file
 
 
@@ -192,7 +194,7 @@ def test_quiet_exporter_silences_prints_warnings_and_the_onnx_logger_then_restor
 def test_torchscript_export_is_the_frozen_eval_network_with_its_metadata(tmp_path):
     net = tiny_net()
     path = tmp_path / "m.torchscript.pt"
-    path.write_bytes(torchscript_bytes(net, levels=1, metadata={"format": EXPORT_FORMAT, "k": [1, 2]}))
+    path.write_bytes(torchscript_bytes(net, levels=3, metadata={"format": EXPORT_FORMAT, "k": [1, 2]}))
     extra = {TS_EXTRA: ""}
     loaded = load_torchscript(path, "cpu", extra)
     assert json.loads(extra[TS_EXTRA]) == {"format": EXPORT_FORMAT, "k": [1, 2]}
@@ -200,7 +202,7 @@ def test_torchscript_export_is_the_frozen_eval_network_with_its_metadata(tmp_pat
     for x in inputs():  # any batch and size, not only the traced example's
         with torch.no_grad():
             assert torch.allclose(loaded(x), reference(net, x), atol=1e-5)
-    path.write_bytes(torchscript_bytes(net, levels=1))
+    path.write_bytes(torchscript_bytes(net, levels=3))
     extra = {TS_EXTRA: ""}
     load_torchscript(path, torch.device("cpu"), extra)
     assert not extra[TS_EXTRA]  # nothing embedded
@@ -211,7 +213,7 @@ def test_torchscript_export_is_the_frozen_eval_network_with_its_metadata(tmp_pat
 def onnx_export():
     pytest.importorskip("onnxruntime")
     net = tiny_net()
-    return net, onnx_model_bytes(net, levels=1, metadata={"format": EXPORT_FORMAT, "k": "v"})
+    return net, onnx_model_bytes(net, levels=3, metadata={"format": EXPORT_FORMAT, "k": "v"})
 
 
 def test_onnx_export_is_the_eval_network_with_dynamic_shapes_folded_and_its_metadata(onnx_export):
@@ -300,16 +302,16 @@ def test_read_export_checks_the_sidecar(tmp_path):
 
 def test_read_export_falls_back_to_the_metadata_inside_the_model(tmp_path, onnx_export):
     ts = tmp_path / "m.torchscript.pt"
-    ts.write_bytes(torchscript_bytes(tiny_net(), 1, {"format": EXPORT_FORMAT, "modality": "T1ce"}))
+    ts.write_bytes(torchscript_bytes(tiny_net(), 3, {"format": EXPORT_FORMAT, "modality": "T1ce"}))
     assert read_export(ts) == {"format": EXPORT_FORMAT, "modality": "T1ce"}
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(onnx_export[1])
     assert read_export(onnx_file) == {"format": EXPORT_FORMAT, "k": "v"}
 
-    ts.write_bytes(torchscript_bytes(tiny_net(), 1, {"format": "something-else"}))
+    ts.write_bytes(torchscript_bytes(tiny_net(), 3, {"format": "something-else"}))
     for model in (ts, tmp_path / "plain.torchscript.pt"):
         if not model.exists():
-            model.write_bytes(torchscript_bytes(tiny_net(), 1))  # nothing embedded
+            model.write_bytes(torchscript_bytes(tiny_net(), 3))  # nothing embedded
         with pytest.raises(DataError) as err:
             read_export(model)
         assert str(err.value) == (f"{model}: no semicml metadata (neither {model.name}.json nor embedded): "
