@@ -5,6 +5,7 @@
     nice -n 19 python benchmarks/mutation.py --label before --ref issue9 --tests default-before
     python benchmarks/mutation.py --known-bugs                         # the issue-14 hand mutations
     python benchmarks/mutation.py --hand predictor                     # hand mutants mutmut cannot make
+    python benchmarks/mutation.py --table                              # before / after of every module
 
 What it does: copies the tracked files of ``--ref`` (default: the working tree) to a scratch
 directory, writes a ``[tool.mutmut]`` section there (which modules to mutate, which FAST test
@@ -296,6 +297,73 @@ def known_bugs() -> int:
     return check_hand_mutants(KNOWN_BUGS, CORE_TESTS, "known_bugs.json")
 
 
+# --------------------------------------------------------------------------- consolidated table
+# module -> (before run, after run): the latest run of each under RESULTS. A module key matches
+# the per-module rows of a run by prefix ("losses" sums losses/*.py).
+LATEST = {
+    "methods/base.py": ("before", "after"),
+    "methods/semicml.py": ("before", "after"),
+    "methods/prel.py": ("before", "after"),
+    "methods/teachers.py": ("before", "after"),
+    "methods/supervised.py": ("before2/supervised", "after2/supervised"),
+    "methods/mean_teacher.py": ("before2/mean_teacher", "after2/mean_teacher"),
+    "methods/uamt.py": ("before2/uamt", "after2/uamt"),
+    "methods/cps.py": ("before2/cps", "after2/cps"),
+    "losses": ("before2/losses", "after2/losses"),
+    "evaluation/metrics.py": ("before2/metrics", "after2/metrics"),
+    "data/splits.py": ("before2/splits", "after2/splits"),
+    "data/sampler.py": ("before", "after3/sampler"),
+    "data/preprocess.py": ("before2/preprocess", "after2/preprocess"),
+    "inference/postprocess.py": ("before", "after2/postprocess"),
+    "inference/predict.py": ("after3/inference", "after3/inference"),  # code and tests as on 8085c9e
+    "inference/predictor.py": ("after3/inference", "after3/inference"),
+    "inference/engines.py": ("before3/inference", "after3/inference"),
+    "inference/export.py": ("before3/inference", "after3/inference"),
+    "inference/weights.py": ("before3/inference", "after3/inference"),
+}
+COUNTS = ("total", "killed", "timeout", "survived", "no_tests", "not_checked")
+
+
+def run_counts(label: str, module: str) -> dict | None:
+    path = RESULTS / label / "summary.json"
+    if not path.is_file():
+        return None
+    rows = json.loads(path.read_text())["modules"]
+    hits = [r for key, r in rows.items() if key == module or key.startswith(module + "/")]
+    return {k: sum(r[k] for r in hits) for k in COUNTS} if hits else None
+
+
+def consolidated_table() -> str:
+    """Markdown table of every module's before and after run (and the totals); also table.json."""
+    head = ("| module | before: mutants | killed | survived | no tests | not run | killed % "
+            "| after: mutants | killed | survived | no tests | not run | killed % | runs |")
+    lines = [head, "|" + "---|" * 14]
+    sums = {"before": Counter(), "after": Counter()}
+    data = {}
+
+    def cells(c: dict | None, side: str | None) -> list[str]:
+        if c is None:
+            return ["-"] * 6
+        if side:
+            sums[side].update(c)
+        killed = c["killed"] + c["timeout"]
+        run = c["total"] - c["not_checked"]
+        return [str(c["total"]), str(killed), str(c["survived"]), str(c["no_tests"]), str(c["not_checked"]),
+                f"{100 * killed / run:.1f}" if run else "-"]
+
+    for module, (before, after) in LATEST.items():
+        b, a = run_counts(before, module), run_counts(after, module)
+        data[module] = {"before": b, "after": a, "runs": [before, after]}
+        lines.append(f"| {module} | " + " | ".join(cells(b, "before") + cells(a, "after")) + f" | {before}, {after} |")
+    lines.append("| **all** | " + " | ".join(cells(dict(sums["before"]) or None, None)
+                                              + cells(dict(sums["after"]) or None, None))
+                 + " | |")
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "table.md").write_text(text)
+    (RESULTS / "table.json").write_text(json.dumps(data, indent=1))
+    return text
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--label", default="after", help="results go to benchmarks/results/mutation/<label>")
@@ -317,11 +385,16 @@ def main() -> int:
                         help="with --resume: copy the working tree's tests/ into --workdir and run only the "
                              "mutants that survived (or had no test) there")
     parser.add_argument("--known-bugs", action="store_true", help="check the issue-14 hand mutations instead")
+    parser.add_argument("--table", action="store_true",
+                        help="write table.md / table.json: every module's latest before and after run")
     parser.add_argument("--hand", choices=sorted(HAND_MUTANTS),
                         help="check the hand mutants of code mutmut cannot reach (writes hand_<name>.json)")
     args = parser.parse_args()
     if args.known_bugs:
         return known_bugs()
+    if args.table:
+        print(consolidated_table(), end="")
+        return 0
     if args.hand:
         bugs, hand_tests = HAND_MUTANTS[args.hand]
         return check_hand_mutants(bugs, hand_tests, f"hand_{args.hand}.json")
