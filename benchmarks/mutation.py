@@ -19,8 +19,8 @@ files to run), runs ``mutmut run`` and writes, under ``benchmarks/results/mutati
 runs the fast core tests: every bug must make at least one test fail (it prints which).
 
 mutmut 3 mutates functions through a trampoline and does not mutate functions with decorators
-other than @staticmethod/@classmethod (here: ``blend_``, ``mc_soft_labels``, ``predict_planes``
-under ``@torch.no_grad()``); those are covered by the direct tests only.
+other than @staticmethod/@classmethod (here: ``blend_`` and ``mc_soft_labels`` under
+``@torch.no_grad()``); those are covered by the direct tests only.
 """
 
 from __future__ import annotations
@@ -239,25 +239,28 @@ CORE_TESTS = ["tests/test_core_methods.py", "tests/test_core_prel.py", "tests/te
               "tests/test_core_data.py"]
 
 
-# Hand mutants of code mutmut cannot reach: ``predict_planes`` is under ``@torch.no_grad()``, so
-# mutmut 3 makes no mutant of inference/predictor.py. Each line: (what, file, old, new).
+# Hand mutants of the slice predictor. (Written when ``predict_planes`` was under
+# ``@torch.no_grad()`` and mutmut 3 could not mutate it; since the engines it has no decorator and
+# mutmut mutates inference/predictor.py itself, so these are a cross-check.) Each: (what, file, old, new).
 PREDICTOR = "src/semicml/inference/predictor.py"
+ENGINES = "src/semicml/inference/engines.py"
 HAND_MUTANTS = {
     "predictor": ([
         ("empty slices predicted too", PREDICTOR, ".max(axis=1) > 0)", ".max(axis=1) >= 0)"),
-        ("only the first slice of each batch", PREDICTOR, "idx = nonempty[start : start + batch_size]",
-         "idx = nonempty[start : start + 1]"),
-        ("last slice of each batch dropped", PREDICTOR, "idx = nonempty[start : start + batch_size]",
-         "idx = nonempty[start : start + batch_size - 1]"),
-        ("network left in train mode", PREDICTOR, "net.eval()", "net.train()"),
-        ("modes not restored", PREDICTOR, "with modes_restored(net):", "if True:"),
+        ("only the first slice of each batch", PREDICTOR, "part = members[start : start + batch_size]",
+         "part = members[start : start + 1]"),
+        ("last slice of each batch dropped", PREDICTOR, "part = members[start : start + batch_size]",
+         "part = members[start : start + batch_size - 1]"),
+        ("network left in train mode", ENGINES, "self.net.eval()", "self.net.train()"),
+        ("modes not restored", ENGINES, "with modes_restored(self.net), torch.no_grad():", "with torch.no_grad():"),
         ("TTA flips one axis twice", PREDICTOR, "((), (2,), (3,), (2, 3))", "((), (2,), (2,), (2, 3))"),
         ("TTA prediction not flipped back", PREDICTOR, "(torch.flip(probs, dims) if dims else probs)", "probs"),
-        ("TTA sum not averaged", PREDICTOR, "(acc / len(flips))", "acc"),
-        ("logits instead of probabilities", PREDICTOR, "probs = torch.sigmoid(logits)", "probs = logits"),
-        ("first channel of the image flipped instead of the slice", PREDICTOR, "xf = torch.flip(x, dims)",
-         "xf = torch.flip(x, tuple(d - 1 for d in dims))"),
-    ], ["tests/test_core_inference.py", "tests/test_predictor.py"]),
+        ("TTA sum not averaged", PREDICTOR, "acc /= len(flips)", "acc /= 1"),
+        ("logits instead of probabilities", PREDICTOR, "probs = torch.sigmoid(engine(", "probs = (engine("),
+        ("first channel of the image flipped instead of the slice", PREDICTOR, "engine(torch.flip(x, dims) if dims",
+         "engine(torch.flip(x, tuple(d - 1 for d in dims)) if dims"),
+    ], ["tests/test_core_inference.py", "tests/test_predictor.py", "tests/test_engines.py",
+        "tests/test_engine_units.py"]),
 }
 
 
