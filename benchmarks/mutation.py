@@ -301,8 +301,9 @@ def known_bugs() -> int:
 
 
 # --------------------------------------------------------------------------- consolidated table
-# module -> (before run, after run): the latest run of each under RESULTS. A module key matches
-# the per-module rows of a run by prefix ("losses" sums losses/*.py).
+# module -> (before run, after run): the latest run of each under RESULTS (a tuple: the first that
+# has a result for the module). A module key matches the per-module rows of a run by prefix
+# ("losses" sums losses/*.py).
 LATEST = {
     "methods/base.py": ("before", "after"),
     "methods/semicml.py": ("before", "after"),
@@ -315,10 +316,11 @@ LATEST = {
     "losses": ("before2/losses", "after2/losses"),
     "evaluation/metrics.py": ("before2/metrics", "after2/metrics"),
     "data/splits.py": ("before2/splits", "after2/splits"),
-    "data/sampler.py": ("before", "after3/sampler"),
+    "data/sampler.py": ("before", ("after3/sampler", "after")),
     "data/preprocess.py": ("before2/preprocess", "after2/preprocess"),
     "inference/postprocess.py": ("before", "after2/postprocess"),
-    "inference/predict.py": ("after3/inference", "after3/inference"),  # code and tests as on 8085c9e
+    # code and tests as on 8085c9e, so after3 is also their "before"; else the runs of the old predict.py
+    "inference/predict.py": (("after3/inference", "before2/predict"), ("after3/inference", "after2/predict")),
     "inference/predictor.py": ("after3/inference", "after3/inference"),
     "inference/engines.py": ("before3/inference", "after3/inference"),
     "inference/export.py": ("before3/inference", "after3/inference"),
@@ -327,13 +329,14 @@ LATEST = {
 COUNTS = ("total", "killed", "timeout", "survived", "no_tests", "not_checked")
 
 
-def run_counts(label: str, module: str) -> dict | None:
-    path = RESULTS / label / "summary.json"
-    if not path.is_file():
-        return None
-    rows = json.loads(path.read_text())["modules"]
-    hits = [r for key, r in rows.items() if key == module or key.startswith(module + "/")]
-    return {k: sum(r[k] for r in hits) for k in COUNTS} if hits else None
+def run_counts(labels: str | tuple[str, ...], module: str) -> tuple[str, dict | None]:
+    for label in (labels,) if isinstance(labels, str) else labels:
+        path = RESULTS / label / "summary.json"
+        rows = json.loads(path.read_text())["modules"] if path.is_file() else {}
+        hits = [r for key, r in rows.items() if key == module or key.startswith(module + "/")]
+        if hits:
+            return label, {k: sum(r[k] for r in hits) for k in COUNTS}
+    return "-", None
 
 
 def consolidated_table() -> str:
@@ -355,7 +358,7 @@ def consolidated_table() -> str:
                 f"{100 * killed / run:.1f}" if run else "-"]
 
     for module, (before, after) in LATEST.items():
-        b, a = run_counts(before, module), run_counts(after, module)
+        (before, b), (after, a) = run_counts(before, module), run_counts(after, module)
         data[module] = {"before": b, "after": a, "runs": [before, after]}
         lines.append(f"| {module} | " + " | ".join(cells(b, "before") + cells(a, "after")) + f" | {before}, {after} |")
     lines.append("| **all** | " + " | ".join(cells(dict(sums["before"]) or None, None)
@@ -364,6 +367,11 @@ def consolidated_table() -> str:
     text = "\n".join(lines) + "\n"
     (RESULTS / "table.md").write_text(text)
     (RESULTS / "table.json").write_text(json.dumps(data, indent=1))
+    readme = RESULTS / "README.md"  # the table between its markers there, kept in step
+    start, end = "<!-- table -->\n", "<!-- /table -->\n"
+    doc = readme.read_text() if readme.is_file() else ""
+    if start in doc and end in doc:
+        readme.write_text(doc.split(start)[0] + start + text + end + doc.split(end, 1)[1])
     return text
 
 
