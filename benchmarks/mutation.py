@@ -4,6 +4,7 @@
     nice -n 19 python benchmarks/mutation.py --label after            # working tree, core modules
     nice -n 19 python benchmarks/mutation.py --label before --ref issue9 --tests default-before
     python benchmarks/mutation.py --known-bugs                         # the issue-14 hand mutations
+    python benchmarks/mutation.py --known-bugs --tests listed          # only the test listed per bug
     python benchmarks/mutation.py --hand predictor                     # hand mutants mutmut cannot make
     python benchmarks/mutation.py --table                              # before / after of every module
 
@@ -295,9 +296,23 @@ def check_hand_mutants(bugs: list[tuple[str, str, str, str]], tests: list[str], 
     return 1 if failures else 0
 
 
-def known_bugs() -> int:
+# The fast test expected to catch each bug (README table): ``--known-bugs --tests listed`` runs
+# only these (a few CPU-minutes less than the four core files on a loaded machine).
+KNOWN_BUG_TESTS = [
+    "tests/test_core_methods.py::test_bma_first_entry_copies_the_student_then_blends_with_alpha_from_the_improvement",
+    "tests/test_core_methods.py::test_semicml_loss_is_sum_of_supervised_plus_weighted_asc_and_ramped_mse",
+    "tests/test_core_prel.py::test_prel_students_see_their_own_modality_and_learn_the_teachers_soft_labels",
+    "tests/test_core_inference.py::test_prediction_of_a_copying_network_gives_back_the_input_mask_voxel_for_voxel",
+    "tests/test_core_data.py::test_flip_moves_label_and_every_modality_together",
+    "tests/test_core_data.py::test_rotation_and_zoom_move_label_and_every_modality_together",
+    "tests/test_core_data.py::test_stored_slices_are_the_documented_normalisation_of_each_whole_modality",
+    "tests/test_core_prel.py::test_choose_teacher_is_the_best_validation_modality",
+]
+
+
+def known_bugs(tests: list[str] = CORE_TESTS) -> int:
     """Apply each bug of issue 14 to a scratch copy; the fast core tests must fail on every one."""
-    return check_hand_mutants(KNOWN_BUGS, CORE_TESTS, "known_bugs.json")
+    return check_hand_mutants(KNOWN_BUGS, tests, "known_bugs.json")
 
 
 # --------------------------------------------------------------------------- consolidated table
@@ -402,7 +417,8 @@ def main() -> int:
                         help="check the hand mutants of code mutmut cannot reach (writes hand_<name>.json)")
     args = parser.parse_args()
     if args.known_bugs:
-        return known_bugs()
+        listed = {"default": CORE_TESTS, "listed": KNOWN_BUG_TESTS}
+        return known_bugs(listed.get(args.tests[0], args.tests) if len(args.tests) == 1 else args.tests)
     if args.table:
         print(consolidated_table(), end="")
         return 0
