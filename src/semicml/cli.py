@@ -60,9 +60,10 @@ def prepare(input: Path = typer.Argument(..., help="dataset root (BraTS, nnU-Net
             format: Optional[str] = typer.Option(None, "--format", help="brats | nnunet | msd (default: detect)"),
             modalities: str = typer.Option(..., help="comma-separated modality names, e.g. t2,t1ce or CT,PT; the "
                                                     "first is the reference grid the others are resampled onto"),
-            target: str = typer.Option("wt", help="what to segment. Trainable (binary): wt | tc | et | label name(s) "
-                                                  "joined by + | values 1,4. raw (multi-class) can be prepared but "
-                                                  "training refuses it for now"),
+            target: str = typer.Option("wt", help="what to segment. Binary: wt | tc | et | label name(s) joined "
+                                                  "by + | values 1,4. Regions (one sigmoid channel each): regions "
+                                                  "(BraTS wt,tc,et; nnU-Net dataset.json regions) | a list such as "
+                                                  "wt,tc,et. raw (multi-class) can be prepared but not trained"),
             size: int = typer.Option(160, help="in-plane size of the stored slices (multiple of 16)"),
             in_plane: str = typer.Option("crop", help="crop (paper) | resize"),
             spacing: str = typer.Option("median", help="target in-plane spacing: median (of the cases, nnU-Net's "
@@ -194,6 +195,8 @@ def predict(run: Path = typer.Option(..., help="run directory, a weights/<modali
             threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: torch's)"),
             compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the network "
                                          "(--engine torch)"),
+            regions_as_files: bool = typer.Option(False, "--regions-as-files", help="region networks: one mask per "
+                                                  "region in OUT/<region>/ instead of one label map"),
             device: str = typer.Option("auto"), precision: str = typer.Option("auto")) -> None:
     """Segment cases from ONE modality with that modality's network."""
     from .inference.predict import predict_cases
@@ -201,7 +204,7 @@ def predict(run: Path = typer.Option(..., help="run directory, a weights/<modali
     written = predict_cases(run, modality, input, out, device=device, precision=precision,
                             save_probabilities=probabilities, cases=_split_list(cases), tta=tta,
                             postprocess=postprocess, engine=engine, window=window, margin=margin, threads=threads,
-                            compile=compile)
+                            compile=compile, regions_as_files=regions_as_files)
     typer.echo(f"wrote {len(written)} masks to {out}")
 
 
@@ -222,7 +225,8 @@ def export(run: Path = typer.Option(..., help="run directory (or a weights/<moda
 def evaluate(pred: Path = typer.Option(..., help="folder of predicted <case>.nii.gz masks"),
              ref: Path = typer.Option(..., help="dataset root with reference labels"),
              out: Path = typer.Option(..., help="report folder (metrics.csv, summary.json, summary.md)"),
-             target: str = typer.Option("wt", help="target of the reference labels"),
+             target: str = typer.Option("wt", help="target of the reference labels; regions (or wt,tc,et): every "
+                                                   "metric per region and their mean, from label maps"),
              format: Optional[str] = typer.Option(None, "--format", help="brats | nnunet | msd"),
              cases: Optional[str] = typer.Option(None, help="cases that must be evaluated (comma-separated; "
                                                  "default: every labelled reference case)"),
