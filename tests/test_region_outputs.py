@@ -128,3 +128,23 @@ def test_evaluate_reports_every_metric_per_region_and_the_mean(phantom_root, tmp
                                  progress=False)
     assert again["regions"] == summary["regions"] and again["mean"] == summary["mean"]
 
+
+
+def test_cli_predict_regions_as_files_then_evaluate_per_region(region_run, phantom_root, tmp_path, monkeypatch,
+                                                              capsys):
+    from test_cli import run_cli
+
+    case = phantom_case_ids(phantom_root)[1]
+    code, out, err = run_cli(["predict", "--run", str(region_run), "--modality", "t2", "--input", str(phantom_root),
+                              "--out", str(tmp_path / "p"), "--cases", case, "--regions-as-files"], monkeypatch, capsys)
+    assert code == 0, err
+    assert sorted(p.relative_to(tmp_path / "p").as_posix() for p in (tmp_path / "p").rglob("*.nii.gz")) == [
+        f"{r}/{case}.nii.gz" for r in ("et", "tc", "wt")]
+    code, out, err = run_cli(["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(phantom_root), "--target",
+                              "regions", "--out", str(tmp_path / "e"), "--cases", case], monkeypatch, capsys)
+    assert code == 0, err
+    assert "| **mean over regions** |" in out and "## wt" in out
+    # a binary evaluation of a region folder is a one-line error, not a traceback
+    code, out, err = run_cli(["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(phantom_root), "--target", "wt",
+                              "--out", str(tmp_path / "e2"), "--cases", case], monkeypatch, capsys)
+    assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1

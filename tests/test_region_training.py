@@ -133,3 +133,25 @@ def test_post_processing_is_chosen_per_region_on_validation():
     assert out["choice"] == {"wt": "none", "tc": "min-size:100"}
     binary = choose_channel_postprocess([prob[:, :1]], [ref[:, :1]], spacing, [])
     assert binary == choose_postprocess([prob[:, 0]], [ref[:, 0]], spacing)
+
+
+def test_a_softmax_raw_store_is_refused_naming_the_region_target(phantom4, tmp_path):
+    from semicml.errors import ConfigError
+
+    store = prepare_store(phantom4, tmp_path / "raw", PrepareOptions(modalities=MODS4[:2], size=48, target="raw"),
+                          progress=False)
+    with pytest.raises(ConfigError, match=r"multi-class \(softmax\) targets are not supported.*--target regions"):
+        Trainer(build_config(overrides=TINY), store, tmp_path / "run", progress=False)
+
+
+def test_cli_train_with_a_teacher_per_region(region_store, tmp_path, monkeypatch, capsys):
+    from test_cli import run_cli
+
+    code, out, err = run_cli(["train", str(region_store), "--out", str(tmp_path / "run"), "--profile", "tiny",
+                              "--modalities", "T2,T1ce,FLAIR", "--teacher", "per-region", "--val-every", "2",
+                              "--postprocess", "none"], monkeypatch, capsys)
+    assert code == 0, err
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["teacher"]["per_region_chosen_by"] == "validation, per region"
+    shown = ", ".join(f"{r} {m}" for r, m in info["teacher"]["per_region"].items())
+    assert f"PReL teacher per region: {shown} (validation, per region)" in out

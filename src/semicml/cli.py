@@ -118,7 +118,8 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
           label_level: Optional[str] = typer.Option(None, help="slice | case"),
           splits: Optional[Path] = typer.Option(None, help="splits.json with train/val/test case lists"),
           modalities: Optional[str] = typer.Option(None, help="subset of the store's modalities"),
-          teacher: Optional[str] = typer.Option(None, help="PReL teacher modality (default: best val Dice)"),
+          teacher: Optional[str] = typer.Option(None, help="PReL teacher modality (default: best val Dice); "
+                                                "per-region: region targets, each region's best modality"),
           init: Optional[Path] = typer.Option(None, help="start from this run (method prel after semicml)"),
           seed: Optional[int] = typer.Option(None),
           width: Optional[int] = typer.Option(None, help="base width of the U-Net"),
@@ -164,7 +165,8 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
         if width is not None:
             overrides["model"] = {"base_width": width}
         if teacher is not None:
-            overrides["prel"] = {"teacher": teacher}
+            overrides["prel"] = ({"teacher_per_region": True} if teacher.lower() == "per-region" else
+                                 {"teacher": teacher})
         cfg = build_config(config, profile, overrides)
     trainer = Trainer(cfg, store, out, resume=resume)
     info = trainer.fit()
@@ -174,6 +176,9 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
     typer.echo(f"done: {out} | best val Dice: {best or 'n/a (no val split)'}")
     if "teacher" in info:
         typer.echo(f"PReL teacher: {info['teacher']['modality']} (chosen by {info['teacher']['chosen_by']})")
+        if "per_region" in info["teacher"]:
+            regions = ", ".join(f"{r} {m}" for r, m in info["teacher"]["per_region"].items())
+            typer.echo(f"PReL teacher per region: {regions} ({info['teacher']['per_region_chosen_by']})")
 
 
 @app.command()
