@@ -30,7 +30,14 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert test_cases and sorted(p.name for p in (work / "pred").glob("*.nii.gz")) == sorted(
         f"{c}.nii.gz" for c in test_cases)
     assert (work / "eval" / "metrics.csv").is_file()
-    assert re.search(r"T1ce alone, test Dice \d\.\d{3} on \d+ cases", capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert re.search(r"T1ce alone, test Dice \d\.\d{3} on \d+ cases", out)
+    # the region example: four networks with three channels, one BraTS-style label map per test case
+    assert sorted(p.stem for p in (work / "run4" / "weights").iterdir()) == ["FLAIR", "T1", "T1ce", "T2"]
+    run4 = json.loads((work / "run4" / "run.json").read_text())
+    assert run4["target"]["classes"] == ["wt", "tc", "et"] and run4["network"]["out_channels"] == 3
+    assert re.search(r"\{'wt': \d\.\d+, 'tc': \d\.\d+, 'et': \d\.\d+\} mean \d", out)
+    assert json.loads((work / "eval4" / "summary.json").read_text())["region_order"] == ["wt", "tc", "et"]
 
     # training_curves.png of this run would draw every loss term the trainer logged
     rows = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]
