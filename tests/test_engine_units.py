@@ -211,3 +211,15 @@ def test_openvino_reads_a_model_held_in_memory_through_a_file_it_removes(tmp_pat
     graph = engines._read_onnx_bytes(ov.Core(), affine_onnx(3.0, 0.0))
     assert [op.get_type_name() for op in graph.get_ordered_ops()].count("Multiply") == 1
     assert list(tmp_path.iterdir()) == []  # the temporary copy is gone
+
+
+def test_unknown_precision_is_a_one_line_error():
+    """`predict --precision foo` used to run silently as auto."""
+    import torch
+
+    from semicml.errors import ConfigError
+    from semicml.hardware import resolve_precision
+
+    with pytest.raises(ConfigError, match=r"unknown precision 'foo' \(choose from auto, bf16, fp32\)"):
+        resolve_precision("foo", torch.device("cpu"))
+    assert resolve_precision("fp32", torch.device("cpu")).name == "fp32"

@@ -47,7 +47,12 @@ class Precision:
         return contextlib.nullcontext()
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 def resolve_precision(requested: str, device: torch.device) -> Precision:
+    if requested not in PRECISIONS:  # the training config validates it; predict/bench pass the CLI text
+        raise ConfigError(f"unknown precision {requested!r} (choose from {', '.join(PRECISIONS)})")
     if requested == "fp32":
         return Precision("fp32", device.type)
     if device.type == "cuda":
