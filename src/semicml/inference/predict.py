@@ -29,6 +29,7 @@ from .engines import Engine, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine, che
 from .export import FORMATS, load_torchscript, model_format, onnx_model_bytes, read_export, sidecar_path
 from .postprocess import NONE, apply_postprocess, check_spec
 from .predictor import WINDOWS, engine_planes
+from .uncertainty import UNCERTAINTY_SUFFIX, flip_spread
 from .weights import load_weights
 
 __all__ = ["atomic_save_nifti", "load_model", "load_weights", "predict_cases", "probabilities_on_grid"]
@@ -116,13 +117,15 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
                   threshold: float = 0.5, progress: bool = True, cases: list[str] | None = None,
                   tta: bool = False, postprocess: str | None = None, engine: str = "torch",
                   window: str = "whole", margin: int = 0, threads: int | None = None,
-                  compile: bool = False) -> list[Path]:
+                  compile: bool = False, uncertainty: bool = False) -> list[Path]:
     """Segment every case of ``input_path`` that has ``modality`` with that modality's network.
 
     ``run``: run directory, weights file or exported model (see :func:`load_model`).
     ``postprocess``: None uses the choice stored with the weights (made on validation); or
     ``none``, ``largest``, ``min-size:<mm^3>``. ``engine``: torch | onnxruntime | openvino (the
     masks are the same). ``window``: whole (default) | brain, see :mod:`semicml.inference.predictor`.
+    ``uncertainty``: also write ``<case>_uncertainty.nii.gz``, the flip disagreement of
+    :mod:`semicml.inference.uncertainty` (the mask is then the flip mean, as with ``tta``).
     """
     if window not in WINDOWS:
         raise ConfigError(f"unknown window {window!r} (choose from {', '.join(WINDOWS)})")
@@ -149,11 +152,11 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
         raise DataError(f"no case with modality {modality!r} found", input_path)
     out_dir = Path(out_dir)
     about = {"run": str(run), "modality": modality, "input": str(input_path), "engine": engine, "window": window,
-             "margin": margin}
+             "margin": margin, **({"uncertainty": "flip-std"} if uncertainty else {})}
     with exclusive(out_dir, "prediction folder"):  # one writer per folder (another fails naming this PID)
         out_dir.mkdir(parents=True, exist_ok=True)
-        return _predict_all(found, out_dir, runner, info["preprocessing"], post, threshold, save_probabilities, tta,
-                            progress, about, network_modality=info.get("modality"))
+        return _predict_all(found, out_dir, runner, info["preprocessing"], post, threshold, save_probabilities,
+                            tta or uncertainty, progress, about, network_modality=info.get("modality"))
 
 
 def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post: str, threshold: float,
@@ -166,8 +169,13 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
         for case_id, load in bar:
             case: Case = load()
             image = next(iter(case.images.values()))
-            probs = probabilities_on_grid(None, image, case.affine, preprocessing, None, None, tta=tta, engine=runner,
-                                          window=about["window"], margin=about["margin"], modality=network_modality)
+            if about.get("uncertainty"):
+                probs, spread = flip_spread(runner, image, case.affine, preprocessing, network_modality,
+                                            about["window"], about["margin"])
+            else:
+                probs = probabilities_on_grid(None, image, case.affine, preprocessing, None, None, tta=tta,
+                                              engine=runner, window=about["window"], margin=about["margin"],
+                                              modality=network_modality)
             mask = apply_postprocess((probs > threshold).astype(np.uint8), post, case.spacing)
             header = case.header.copy() if case.header is not None else None
             path = out_dir / f"{case_id}.nii.gz"
@@ -176,6 +184,9 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
             if save_probabilities:
                 atomic_save_nifti(nib.Nifti1Image(probs.astype(np.float32), case.affine, header),
                                   out_dir / f"{case_id}_prob.nii.gz", dtype=np.float32)
+            if about.get("uncertainty"):
+                atomic_save_nifti(nib.Nifti1Image(spread, case.affine, header), out_dir / f"{case_id}{UNCERTAINTY_SUFFIX}",
+                                  dtype=np.float32)
     atomic_write_text(out_dir / "predict.json", json.dumps({**about, "cases": [p.name for p in written],
                                                            "threshold": threshold, "tta": tta,
                                                            "postprocessing": post}, indent=1))
