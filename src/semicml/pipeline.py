@@ -20,6 +20,7 @@ from .engine.trainer import Trainer
 from .errors import DataError
 from .evaluation.evaluate import evaluate_predictions, on_reference_grid
 from .evaluation.plots import plot_overlays, plot_training_curves
+from .inference.fusion import fused_name, predict_fused
 from .inference.predict import predict_cases
 from .io_utils import atomic_write_json
 
@@ -62,21 +63,30 @@ def overlay_rows(store: SliceStore, case: str, predictions: dict[str, Path], run
 
 
 def evaluate_run(run_dir: Path, dataset: Path, out: Path, progress: bool = True,
-                 split: str = "test") -> dict[str, dict[str, float]]:
+                 split: str = "test", fused: bool = False, singles: bool = True) -> dict[str, dict[str, float]]:
     """Predict every case of ``split`` (test; train to check the fit) with each modality's network
-    ALONE and evaluate it in 3D."""
+    ALONE and evaluate it in 3D; with ``fused`` (and two or more modalities), also the fused
+    prediction of all of them, under the key ``T2+T1ce`` (see :mod:`semicml.inference.fusion`).
+    ``singles=False`` evaluates only the fused one."""
     info = json.loads((run_dir / "run.json").read_text())
     test = info["splits"].get(split)
     if not test:
         raise DataError(f"the run has no {split} split to evaluate", run_dir)
     target = info["target"]["name"]
     results: dict[str, dict[str, float]] = {}
-    for m in info["modalities"]:
+    for m in info["modalities"] if singles else []:
         pred_dir = out / "predictions" / m
         predict_cases(run_dir, m, dataset, pred_dir, cases=test, progress=progress)
         summary = evaluate_predictions(pred_dir, dataset, target, out / "evaluation" / m, cases=test,
                                        title=f"{info['method']} - {m} alone", progress=progress)
         results[m] = summary["mean"]
+    if fused and len(info["modalities"]) >= 2:
+        name = fused_name(info["modalities"])
+        pred_dir = out / "predictions" / name
+        predict_fused(run_dir, info["modalities"], dataset, pred_dir, cases=test, progress=progress)
+        summary = evaluate_predictions(pred_dir, dataset, target, out / "evaluation" / name, cases=test,
+                                       title=f"{info['method']} - {name} fused", progress=progress)
+        results[name] = summary["mean"]
     return results
 
 
