@@ -30,7 +30,12 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert test_cases and sorted(p.name for p in (work / "pred").glob("*.nii.gz")) == sorted(
         f"{c}.nii.gz" for c in test_cases)
     assert (work / "eval" / "metrics.csv").is_file()
-    assert re.search(r"T1ce alone, test Dice \d\.\d{3} on \d+ cases", capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert re.search(r"T1ce alone, test Dice \d\.\d{3} on \d+ cases", out)
+    assert re.search(r"T2 \+ T1ce fused, test Dice \d\.\d{3}", out)
+    assert sorted(p.name for p in (work / "fused").glob("*_uncertainty.nii.gz")) == sorted(
+        f"{c}_uncertainty.nii.gz" for c in test_cases)
+    assert set(info["postprocessing_fused"]) == {"T2+T1ce"}
 
     # training_curves.png of this run would draw every loss term the trainer logged
     rows = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]

@@ -106,7 +106,8 @@ def paired_markdown(comparison: Sequence[dict[str, Any]]) -> str:
              "bootstrap over patients; p: two-sided Wilcoxon signed-rank; wins: patients where "
              f"{ref} is better.", ""]
     for mod in dict.fromkeys(e["modality"] for e in comparison):
-        lines += [f"### {mod} {'fused' if is_fused(mod) else 'alone'}", "", "| other | n | Dice Δ [95% CI] | p | wins | HD95 Δ mm [95% CI] | p |",
+        lines += [f"### {mod} {'fused' if is_fused(mod) else 'alone'}", "",
+                  "| other | n | Dice Δ [95% CI] | p | wins | HD95 Δ mm [95% CI] | p |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for other in dict.fromkeys(e["other"] for e in comparison if e["modality"] == mod):
             cells = [other]

@@ -185,8 +185,8 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
                 atomic_save_nifti(nib.Nifti1Image(probs.astype(np.float32), case.affine, header),
                                   out_dir / f"{case_id}_prob.nii.gz", dtype=np.float32)
             if about.get("uncertainty"):
-                atomic_save_nifti(nib.Nifti1Image(spread, case.affine, header), out_dir / f"{case_id}{UNCERTAINTY_SUFFIX}",
-                                  dtype=np.float32)
+                atomic_save_nifti(nib.Nifti1Image(spread, case.affine, header),
+                                  out_dir / f"{case_id}{UNCERTAINTY_SUFFIX}", dtype=np.float32)
     atomic_write_text(out_dir / "predict.json", json.dumps({**about, "cases": [p.name for p in written],
                                                            "threshold": threshold, "tta": tta,
                                                            "postprocessing": post}, indent=1))
