@@ -274,3 +274,54 @@ def test_spread_bounds():
     assert np.allclose(spread.std(), MAX_STD) and np.allclose(spread.mean(), 0.5)
     with pytest.raises(ValueError):
         spread.add(np.zeros(3))
+
+
+# ------------------------------------------------------------------------------ inputs of every layout
+def test_modality_sets_of_every_layout_and_the_files_they_lack(phantom_root, tmp_path):
+    from conftest import copy_phantom, make_msd_fixture, phantom_arrays
+
+    from semicml.data.readers.multi import read_modality_sets
+
+    nn = copy_phantom(phantom_root, tmp_path, cases=3)
+    ids = sorted(p.name.split("_0000")[0] for p in (nn / "imagesTr").glob("*_0000.nii.gz"))
+    (nn / "imagesTr" / f"{ids[1]}_0001.nii.gz").unlink()  # channel 1 = T1ce of the second case
+    found, missing = read_modality_sets(nn, ["t1ce", "T2"])
+    assert [c for c, _ in found] == ids and [list(m) for _, m in found][0] == ["t1ce", "T2"]
+    assert [(m.case_id, m.modality, m.expected) for m in missing] == [
+        (ids[1], "t1ce", nn / "imagesTr" / f"{ids[1]}_0001.nii.gz")]
+    arrays = phantom_arrays(phantom_root, ids[0])
+    assert np.array_equal(found[0][1]["t1ce"]().images["t1ce"], arrays["T1ce"])
+
+    msd = make_msd_fixture(phantom_root, tmp_path, cases=3, test_cases=1)  # 4D: every channel present
+    found, missing = read_modality_sets(msd, ["T2", "T1ce"])
+    assert len(found) == 1 and not missing
+    case = found[0][0]
+    arrays = phantom_arrays(phantom_root, case)
+    assert np.array_equal(found[0][1]["T2"]().images["T2"], arrays["T2"])
+    assert np.array_equal(found[0][1]["T1ce"]().images["T1ce"], arrays["T1ce"])
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("x_1_t2", "x_1_t1ce", "y_t2"):
+        nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(flat / f"{name}.nii.gz"))
+    found, missing = read_modality_sets(flat, ["T2", "T1ce"])
+    assert [(c, list(m)) for c, m in found] == [("x_1", ["T2", "T1ce"]), ("y", ["T2"])]
+    assert [(m.case_id, m.expected) for m in missing] == [("y", flat / "y_t1ce.nii.gz")]
+
+    with pytest.raises(DataError, match="one modality"):
+        read_modality_sets(flat / "y_t2.nii.gz", ["T2", "T1ce"])
+    with pytest.raises(DataError, match="each modality once"):
+        read_modality_sets(flat, ["T2", "t2"])
+
+
+def test_threshold_masks_per_region_channel():
+    from semicml.inference.fusion import threshold_masks
+
+    probs = np.zeros((2, 10, 10, 10), np.float32)
+    probs[0, 1:4, 1:4, 1:4] = 0.9  # region 0: a 27-voxel blob and a 1-voxel island
+    probs[0, 8, 8, 8] = 0.7
+    probs[1, 1:3, 1:3, 1:3] = 0.6  # region 1: one blob
+    masks = threshold_masks(probs, 0.5, "largest", (1.0, 1.0, 1.0))
+    assert masks.shape == probs.shape and masks.dtype == np.uint8
+    assert masks[0].sum() == 27 and masks[0, 8, 8, 8] == 0 and masks[1].sum() == 8
+    assert np.array_equal(threshold_masks(probs[0], 0.5, "none", (1.0, 1.0, 1.0)), (probs[0] > 0.5))

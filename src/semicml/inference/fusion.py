@@ -41,7 +41,7 @@ from .predictor import WINDOWS
 from .uncertainty import UNCERTAINTY_SUFFIX, Spread, flip_members
 
 __all__ = ["MISSING_POLICIES", "align_to_grid", "choose_fused_postprocessing", "fused_name", "fused_postprocess",
-           "mean_probabilities", "predict_fused"]
+           "mean_probabilities", "predict_fused", "threshold_masks"]
 
 MISSING_POLICIES = ("error", "skip")
 #: Subsets of modalities whose fused post-processing is chosen at training end (2^M - M - 1 sets).
@@ -119,6 +119,16 @@ def fused_postprocess(run_info: dict, used: Sequence[str], stored: Mapping[str, 
     return NONE, "no fused choice recorded"
 
 
+def threshold_masks(probs: np.ndarray, threshold: float, post: str, spacing: Sequence[float]) -> np.ndarray:
+    """``probs > threshold`` then ``post`` (uint8), per channel when ``probs`` is ``(C, X, Y, Z)``
+    (one mask per region; turning regions into one label map is the caller's)."""
+    masks = (np.asarray(probs) > threshold).astype(np.uint8)
+    if masks.ndim == 3:
+        return apply_postprocess(masks, post, spacing)
+    return np.stack([apply_postprocess(m, post, spacing) for m in masks.reshape(-1, *masks.shape[-3:])]).reshape(
+        masks.shape)
+
+
 def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | Path, out_dir: str | Path,
                   device: str = "auto", precision: str = "auto", save_probabilities: bool = False,
                   threshold: float = 0.5, progress: bool = True, cases: list[str] | None = None, tta: bool = False,
@@ -184,7 +194,7 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
                 else:
                     post, why = fused_postprocess(run_info, [spelling[m] for m in used], stored)
                 ref, probs, spread = _fuse_case(loaders, nets, spelling, tta, uncertainty, window, margin)
-                mask = apply_postprocess((probs > threshold).astype(np.uint8), post, ref.spacing)
+                mask = threshold_masks(probs, threshold, post, ref.spacing)
                 header = ref.header.copy() if ref.header is not None else None
                 path = out_dir / f"{case_id}.nii.gz"
                 atomic_save_nifti(nib.Nifti1Image(mask, ref.affine, header), path, dtype=np.uint8)
