@@ -231,7 +231,7 @@ def _show_uncertainty(fig: Figure, ax: Axes, unc: np.ndarray | None, pred: np.nd
                       interpolation="nearest")
     if pred.any() and not pred.all():
         ax.contour(pred.astype(np.float32), levels=[0.5], colors=[_PRED_COLOR], linewidths=1.0)
-    ax.set_title("uncertainty (flip std)", fontsize=9)
+    ax.set_title("uncertainty (std of the members)", fontsize=9)
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
 
 
