@@ -38,7 +38,18 @@ SETTINGS = {
     "eager + brain window": ("torch", "brain", True, False, 32),
     "onnxruntime + brain window": ("onnxruntime", "brain", True, False, 32),
     "openvino + brain window": ("openvino", "brain", True, False, 32),
+    "onnxruntime + brain window 16": ("onnxruntime", "brain", True, False, 32),
+    "openvino + brain window 16": ("openvino", "brain", True, False, 32),
+    # int8: `semicml export --quantize int8` (static, calibrated on the run's training slices; needs --run)
+    "onnxruntime int8": ("onnxruntime", "whole", True, False, 32),
+    "onnxruntime int8 + brain window": ("onnxruntime", "brain", True, False, 32),
+    "openvino int8 + brain window": ("openvino", "brain", True, False, 32),
+    "onnxruntime int8 + brain window 16": ("onnxruntime", "brain", True, False, 32),
 }
+INT8 = {n for n in SETTINGS if " int8" in n}
+# pixels of margin around the brain window (predict --margin); settings not named here use 0
+MARGINS = {"onnxruntime + brain window 16": 16, "openvino + brain window 16": 16,
+           "onnxruntime int8 + brain window 16": 16}
 
 
 def cpu_name() -> dict:
@@ -103,13 +114,21 @@ def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str
     t0 = time.perf_counter()
     onnx = onnx_model_bytes(net, levels)
     export_s = time.perf_counter() - t0
+    int8 = None
+    if INT8 & set(names):
+        from semicml.inference.quantize import calibration_slices, quantize_onnx
+
+        if run is None:
+            raise SystemExit("int8 settings need --run (calibration slices come from the run's store)")
+        int8 = quantize_onnx(onnx_model_bytes(net, levels, optimize=True),
+                             calibration_slices(Path(run), payload.get("modality", modality), multiple=2 ** levels))
     engines, setup = {}, {}
     for n in names:
         t0 = time.perf_counter()
-        engines[n] = make_engine(SETTINGS[n], net, onnx, 2 ** levels)
+        engines[n] = make_engine(SETTINGS[n], net, int8 if n in INT8 else onnx, 2 ** levels)
         if SETTINGS[n][3]:  # torch.compile: the first call compiles (timed apart)
             probabilities_on_grid(None, vol, affine, prep, None, None, engine=engines[n], window=SETTINGS[n][1],
-                                  batch_size=SETTINGS[n][4], modality=modality)
+                                  margin=MARGINS.get(n, 0), batch_size=SETTINGS[n][4], modality=modality)
         setup[n] = round(time.perf_counter() - t0, 2)
     times = {n: [] for n in names}
     probs = {}
@@ -118,7 +137,7 @@ def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str
             _, window, _, _, batch = SETTINGS[n]
             t0 = time.perf_counter()
             probs[n] = probabilities_on_grid(None, vol, affine, prep, None, None, engine=engines[n], window=window,
-                                             batch_size=batch, modality=modality)
+                                             margin=MARGINS.get(n, 0), batch_size=batch, modality=modality)
             times[n].append(time.perf_counter() - t0)
             print(f"  width {width} round {r + 1}/{rounds} {n:28s} {times[n][-1]:7.2f} s", file=sys.stderr, flush=True)
     base_name = names[0]
@@ -126,7 +145,8 @@ def bench_width(width: int, names: list[str], rounds: int, vol, affine, run: str
     rows = {}
     for n in names:
         rows[n] = {"engine": SETTINGS[n][0], "window": SETTINGS[n][1], "channels_last": SETTINGS[n][2],
-                   "compile": SETTINGS[n][3], "batch": SETTINGS[n][4],
+                   "compile": SETTINGS[n][3], "batch": SETTINGS[n][4], "margin": MARGINS.get(n, 0),
+                   "int8": n in INT8,
                    "seconds_per_volume": round(min(times[n]), 3), "seconds_all_rounds": [round(t, 3) for t in times[n]],
                    "speedup_vs_" + base_name: round(base_t / min(times[n]), 2),
                    "setup_seconds": setup[n],

@@ -4,7 +4,9 @@
     nice -n 19 python benchmarks/mutation.py --label after            # working tree, core modules
     nice -n 19 python benchmarks/mutation.py --label before --ref issue9 --tests default-before
     python benchmarks/mutation.py --known-bugs                         # the issue-14 hand mutations
+    python benchmarks/mutation.py --known-bugs --tests listed          # only the test listed per bug
     python benchmarks/mutation.py --hand predictor                     # hand mutants mutmut cannot make
+    python benchmarks/mutation.py --table                              # before / after of every module
 
 What it does: copies the tracked files of ``--ref`` (default: the working tree) to a scratch
 directory, writes a ``[tool.mutmut]`` section there (which modules to mutate, which FAST test
@@ -18,8 +20,8 @@ files to run), runs ``mutmut run`` and writes, under ``benchmarks/results/mutati
 runs the fast core tests: every bug must make at least one test fail (it prints which).
 
 mutmut 3 mutates functions through a trampoline and does not mutate functions with decorators
-other than @staticmethod/@classmethod (here: ``blend_``, ``mc_soft_labels``, ``predict_planes``
-under ``@torch.no_grad()``); those are covered by the direct tests only.
+other than @staticmethod/@classmethod (here: ``blend_`` and ``mc_soft_labels`` under
+``@torch.no_grad()``); those are covered by the direct tests only.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ MODULES = {
     "inference": "src/semicml/inference/*",
     "inference/predict.py": "src/semicml/inference/predict.py",
     "inference/predictor.py": "src/semicml/inference/predictor.py",
+    "inference/engines.py": "src/semicml/inference/engines.py",
+    "inference/export.py": "src/semicml/inference/export.py",
+    "inference/weights.py": "src/semicml/inference/weights.py",
     # the single-modality baselines
     "methods/supervised.py": "src/semicml/methods/supervised.py",
     "methods/mean_teacher.py": "src/semicml/methods/mean_teacher.py",
@@ -235,25 +240,28 @@ CORE_TESTS = ["tests/test_core_methods.py", "tests/test_core_prel.py", "tests/te
               "tests/test_core_data.py"]
 
 
-# Hand mutants of code mutmut cannot reach: ``predict_planes`` is under ``@torch.no_grad()``, so
-# mutmut 3 makes no mutant of inference/predictor.py. Each line: (what, file, old, new).
+# Hand mutants of the slice predictor. (Written when ``predict_planes`` was under
+# ``@torch.no_grad()`` and mutmut 3 could not mutate it; since the engines it has no decorator and
+# mutmut mutates inference/predictor.py itself, so these are a cross-check.) Each: (what, file, old, new).
 PREDICTOR = "src/semicml/inference/predictor.py"
+ENGINES = "src/semicml/inference/engines.py"
 HAND_MUTANTS = {
     "predictor": ([
         ("empty slices predicted too", PREDICTOR, ".max(axis=1) > 0)", ".max(axis=1) >= 0)"),
-        ("only the first slice of each batch", PREDICTOR, "idx = nonempty[start : start + batch_size]",
-         "idx = nonempty[start : start + 1]"),
-        ("last slice of each batch dropped", PREDICTOR, "idx = nonempty[start : start + batch_size]",
-         "idx = nonempty[start : start + batch_size - 1]"),
-        ("network left in train mode", PREDICTOR, "net.eval()", "net.train()"),
-        ("modes not restored", PREDICTOR, "with modes_restored(net):", "if True:"),
+        ("only the first slice of each batch", PREDICTOR, "part = members[start : start + batch_size]",
+         "part = members[start : start + 1]"),
+        ("last slice of each batch dropped", PREDICTOR, "part = members[start : start + batch_size]",
+         "part = members[start : start + batch_size - 1]"),
+        ("network left in train mode", ENGINES, "self.net.eval()", "self.net.train()"),
+        ("modes not restored", ENGINES, "with modes_restored(self.net), torch.no_grad():", "with torch.no_grad():"),
         ("TTA flips one axis twice", PREDICTOR, "((), (2,), (3,), (2, 3))", "((), (2,), (2,), (2, 3))"),
         ("TTA prediction not flipped back", PREDICTOR, "(torch.flip(probs, dims) if dims else probs)", "probs"),
-        ("TTA sum not averaged", PREDICTOR, "(acc / len(flips))", "acc"),
-        ("logits instead of probabilities", PREDICTOR, "probs = torch.sigmoid(logits)", "probs = logits"),
-        ("first channel of the image flipped instead of the slice", PREDICTOR, "xf = torch.flip(x, dims)",
-         "xf = torch.flip(x, tuple(d - 1 for d in dims))"),
-    ], ["tests/test_core_inference.py", "tests/test_predictor.py"]),
+        ("TTA sum not averaged", PREDICTOR, "acc /= len(flips)", "acc /= 1"),
+        ("logits instead of probabilities", PREDICTOR, "probs = torch.sigmoid(engine(", "probs = (engine("),
+        ("first channel of the image flipped instead of the slice", PREDICTOR, "engine(torch.flip(x, dims) if dims",
+         "engine(torch.flip(x, tuple(d - 1 for d in dims)) if dims"),
+    ], ["tests/test_core_inference.py", "tests/test_predictor.py", "tests/test_engines.py",
+        "tests/test_engine_units.py"]),
 }
 
 
@@ -288,9 +296,98 @@ def check_hand_mutants(bugs: list[tuple[str, str, str, str]], tests: list[str], 
     return 1 if failures else 0
 
 
-def known_bugs() -> int:
+# The fast test expected to catch each bug (README table): ``--known-bugs --tests listed`` runs
+# only these (a few CPU-minutes less than the four core files on a loaded machine).
+KNOWN_BUG_TESTS = [
+    "tests/test_core_methods.py::test_bma_first_entry_copies_the_student_then_blends_with_alpha_from_the_improvement",
+    "tests/test_core_methods.py::test_semicml_loss_is_sum_of_supervised_plus_weighted_asc_and_ramped_mse",
+    "tests/test_core_prel.py::test_prel_students_see_their_own_modality_and_learn_the_teachers_soft_labels",
+    "tests/test_core_inference.py::test_prediction_of_a_copying_network_gives_back_the_input_mask_voxel_for_voxel",
+    "tests/test_core_data.py::test_flip_moves_label_and_every_modality_together",
+    "tests/test_core_data.py::test_rotation_and_zoom_move_label_and_every_modality_together",
+    "tests/test_core_data.py::test_stored_slices_are_the_documented_normalisation_of_each_whole_modality",
+    "tests/test_core_prel.py::test_choose_teacher_is_the_best_validation_modality",
+]
+
+
+def known_bugs(tests: list[str] = CORE_TESTS) -> int:
     """Apply each bug of issue 14 to a scratch copy; the fast core tests must fail on every one."""
-    return check_hand_mutants(KNOWN_BUGS, CORE_TESTS, "known_bugs.json")
+    return check_hand_mutants(KNOWN_BUGS, tests, "known_bugs.json")
+
+
+# --------------------------------------------------------------------------- consolidated table
+# module -> (before run, after run): the latest run of each under RESULTS (a tuple: the first that
+# has a result for the module). A module key matches the per-module rows of a run by prefix
+# ("losses" sums losses/*.py).
+LATEST = {
+    "methods/base.py": ("before", "after"),
+    "methods/semicml.py": ("before", "after"),
+    "methods/prel.py": ("before", "after"),
+    "methods/teachers.py": ("before", "after"),
+    "methods/supervised.py": ("before2/supervised", "after2/supervised"),
+    "methods/mean_teacher.py": ("before2/mean_teacher", "after2/mean_teacher"),
+    "methods/uamt.py": ("before2/uamt", "after2/uamt"),
+    "methods/cps.py": ("before2/cps", "after2/cps"),
+    "losses": ("before2/losses", "after2/losses"),
+    "evaluation/metrics.py": ("before2/metrics", "after2/metrics"),
+    "data/splits.py": ("before2/splits", "after2/splits"),
+    "data/sampler.py": ("before", ("after3/sampler", "after")),
+    "data/preprocess.py": ("before2/preprocess", "after2/preprocess"),
+    "inference/postprocess.py": ("before", "after2/postprocess"),
+    # code and tests as on 8085c9e, so after3 is also their "before"; else the runs of the old predict.py
+    "inference/predict.py": (("after3/inference", "before2/predict"), ("after3/inference", "after2/predict")),
+    "inference/predictor.py": ("after3/inference", "after3/inference"),
+    "inference/engines.py": ("before3/inference", "after3/inference"),
+    "inference/export.py": ("before3/inference", "after3/inference"),
+    "inference/weights.py": ("before3/inference", "after3/inference"),
+}
+COUNTS = ("total", "killed", "timeout", "survived", "no_tests", "not_checked")
+
+
+def run_counts(labels: str | tuple[str, ...], module: str) -> tuple[str, dict | None]:
+    for label in (labels,) if isinstance(labels, str) else labels:
+        path = RESULTS / label / "summary.json"
+        rows = json.loads(path.read_text())["modules"] if path.is_file() else {}
+        hits = [r for key, r in rows.items() if key == module or key.startswith(module + "/")]
+        if hits:
+            return label, {k: sum(r[k] for r in hits) for k in COUNTS}
+    return "-", None
+
+
+def consolidated_table() -> str:
+    """Markdown table of every module's before and after run (and the totals); also table.json."""
+    head = ("| module | before: mutants | killed | survived | no tests | not run | killed % "
+            "| after: mutants | killed | survived | no tests | not run | killed % | runs |")
+    lines = [head, "|" + "---|" * 14]
+    sums = {"before": Counter(), "after": Counter()}
+    data = {}
+
+    def cells(c: dict | None, side: str | None) -> list[str]:
+        if c is None:
+            return ["-"] * 6
+        if side:
+            sums[side].update(c)
+        killed = c["killed"] + c["timeout"]
+        run = c["total"] - c["not_checked"]
+        return [str(c["total"]), str(killed), str(c["survived"]), str(c["no_tests"]), str(c["not_checked"]),
+                f"{100 * killed / run:.1f}" if run else "-"]
+
+    for module, (before, after) in LATEST.items():
+        (before, b), (after, a) = run_counts(before, module), run_counts(after, module)
+        data[module] = {"before": b, "after": a, "runs": [before, after]}
+        lines.append(f"| {module} | " + " | ".join(cells(b, "before") + cells(a, "after")) + f" | {before}, {after} |")
+    lines.append("| **all** | " + " | ".join(cells(dict(sums["before"]) or None, None)
+                                              + cells(dict(sums["after"]) or None, None))
+                 + " | |")
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "table.md").write_text(text)
+    (RESULTS / "table.json").write_text(json.dumps(data, indent=1))
+    readme = RESULTS / "README.md"  # the table between its markers there, kept in step
+    start, end = "<!-- table -->\n", "<!-- /table -->\n"
+    doc = readme.read_text() if readme.is_file() else ""
+    if start in doc and end in doc:
+        readme.write_text(doc.split(start)[0] + start + text + end + doc.split(end, 1)[1])
+    return text
 
 
 def main() -> int:
@@ -314,11 +411,17 @@ def main() -> int:
                         help="with --resume: copy the working tree's tests/ into --workdir and run only the "
                              "mutants that survived (or had no test) there")
     parser.add_argument("--known-bugs", action="store_true", help="check the issue-14 hand mutations instead")
+    parser.add_argument("--table", action="store_true",
+                        help="write table.md / table.json: every module's latest before and after run")
     parser.add_argument("--hand", choices=sorted(HAND_MUTANTS),
                         help="check the hand mutants of code mutmut cannot reach (writes hand_<name>.json)")
     args = parser.parse_args()
     if args.known_bugs:
-        return known_bugs()
+        listed = {"default": CORE_TESTS, "listed": KNOWN_BUG_TESTS}
+        return known_bugs(listed.get(args.tests[0], args.tests) if len(args.tests) == 1 else args.tests)
+    if args.table:
+        print(consolidated_table(), end="")
+        return 0
     if args.hand:
         bugs, hand_tests = HAND_MUTANTS[args.hand]
         return check_hand_mutants(bugs, hand_tests, f"hand_{args.hand}.json")

@@ -141,7 +141,7 @@ def as_is_weights(run: Path, work: Path) -> Path:
 
 
 def run_experiment(run: Path, data: Path, cases: list[str] | None, spacings: list[float], out: Path, work: Path,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, engine: str = "torch", skip_as_is: bool = False) -> dict:
     from semicml.evaluation.evaluate import evaluate_predictions
     from semicml.inference.predict import predict_cases
 
@@ -151,6 +151,8 @@ def run_experiment(run: Path, data: Path, cases: list[str] | None, spacings: lis
     target = info["target"]["name"]
     trained_at = (info["preprocessing"].get("spacing") or {}).get("in_plane_mm")
     modes = {"resampled": run, "as-is": as_is_weights(run, work)} if trained_at else {"as-is": run}
+    if skip_as_is and trained_at:
+        modes.pop("as-is")
     rows = []
     t0 = time.perf_counter()
     for spacing in [None, *spacings]:
@@ -167,7 +169,7 @@ def run_experiment(run: Path, data: Path, cases: list[str] | None, spacings: lis
                     regrid_masks(work / "pred" / "original" / next(iter(modes)) / m, pred, spacing)
                 elif not done:  # predictions of an earlier, interrupted run with the same --work are kept
                     shutil.rmtree(pred, ignore_errors=True)
-                    predict_cases(weights, m, folder, pred, cases=cases, progress=progress)
+                    predict_cases(weights, m, folder, pred, cases=cases, progress=progress, engine=engine)
                 report = work / "eval" / grid.replace(" ", "") / mode / m
                 summary = evaluate_predictions(pred, folder, target, report, cases=cases, progress=progress)
                 with open(report / "metrics.csv", newline="") as fh:
@@ -176,7 +178,7 @@ def run_experiment(run: Path, data: Path, cases: list[str] | None, spacings: lis
                              "dice_mean": round(float(summary["mean"]["dice"]), 4),
                              "dice_std": round(float(summary["std"]["dice"]), 4), "dice_per_case": per_case})
                 print(f"{grid:>9s} {m:>6s} {mode:>9s}: Dice {summary['mean']['dice']:.3f}", flush=True)
-    result = {"run": str(run), "trained_in_plane_mm": trained_at, "cases": cases, "target": target,
+    result = {"run": str(run), "trained_in_plane_mm": trained_at, "cases": cases, "target": target, "engine": engine,
               "host_cpu": cpu_name(), "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -222,13 +224,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--spacings", default="2.0,0.7", help="in-plane spacings to test, mm")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/resampling")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
+    ap.add_argument("--engine", default="torch", help="torch | onnxruntime | openvino (masks equal: "
+                    "benchmarks/results/inference/)")
+    ap.add_argument("--skip-as-is", action="store_true", help="only the resampled way (and the ceiling)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="semicml-resample-"))
     try:
         return run_experiment(args.run, args.data, args.cases.split(",") if args.cases else None,
                               [float(s) for s in args.spacings.split(",")], args.out, work,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, engine=args.engine, skip_as_is=args.skip_as_is)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

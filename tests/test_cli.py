@@ -85,7 +85,7 @@ def _bad_label(root: Path):
     data = np.asarray(_img(p).dataobj).copy()
     data[0, 0, 0] = 7
     _save(data.astype(np.uint8), p, p)
-    return "phantom_002", "7"
+    return "phantom_002", "label values [7] not in the declared label set"
 
 
 def _four_d(root: Path):

@@ -459,3 +459,45 @@ def test_rotation_alone_is_applied():
     label = l_shape()
     out, lab = augment_pair(label[None].astype(np.float32), label, np.random.default_rng(0), opts)
     assert not np.array_equal(lab, label) and np.count_nonzero(lab != (out[0] > 0.5)) <= 0.08 * label.sum()
+
+
+# --------------------------------------------------------------------------- simulated low resolution
+def test_simulated_low_resolution_is_area_down_then_bilinear_up_per_modality():
+    """A 4x4 block on an 8x8 slice at zoom 0.5: area-averaging keeps the block exact on the 4x4 grid,
+    bilinear up-sampling (half-pixel centres) gives the profile 0, 1/4, 3/4, 1, 1, 3/4, 1/4, 0 along
+    each axis, their outer product in 2D. Probability 0 leaves the images untouched."""
+    from semicml.data.sampler import simulate_low_resolution
+
+    block = np.zeros((8, 8), np.float32)
+    block[2:6, 2:6] = 1
+    profile = np.array([0, 0.25, 0.75, 1, 1, 0.75, 0.25, 0])
+    images = np.stack([block, 3 * block])
+    out = simulate_low_resolution(images, np.random.default_rng(0), 1.0, (0.5, 0.5))
+    assert out.shape == images.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], np.outer(profile, profile), atol=1e-6)
+    np.testing.assert_allclose(out[1], 3 * np.outer(profile, profile), atol=1e-6)
+    assert np.array_equal(simulate_low_resolution(images, np.random.default_rng(0), 0.0), images)
+    # each modality is chosen on its own: over seeds, both "only the first" and "only the second" occur
+    changed = set()
+    for seed in range(40):
+        o = simulate_low_resolution(images, np.random.default_rng(seed), 0.5, (0.5, 0.5))
+        changed.add((not np.array_equal(o[0], images[0]), not np.array_equal(o[1], images[1])))
+    assert {(True, False), (False, True), (True, True), (False, False)} <= changed
+
+
+def test_low_resolution_in_the_dataset_is_seeded_by_position_and_leaves_labels(store):
+    from semicml.data.sampler import PairedSliceDataset
+
+    keys = [(c, z) for c, m in store.cases.items() if m.labeled for z in m.foreground_slices[:2]]
+    plain = PairedSliceDataset(store, keys[:3], keys[3:6], ["T2", "T1ce"])
+    blurred = PairedSliceDataset(store, keys[:3], keys[3:6], ["T2", "T1ce"],
+                                 augment=AugmentOptions(low_resolution=1.0, low_resolution_zoom=(0.5, 0.5)), seed=5)
+    a, b, ref = blurred[(1, 2, 0)], blurred[(1, 2, 0)], plain[1]
+    assert np.array_equal(a["images"], b["images"])  # a function of (seed, iteration, position): resumes stay exact
+    assert np.array_equal(a["label"], ref["label"])  # the label keeps its full resolution
+    x, y = a["images"].numpy(), ref["images"].numpy()
+    assert not np.array_equal(x, y)
+    # the blurred slice carries less high-frequency energy than the stored one, with about the same mean
+    grad = lambda im: float(np.abs(np.diff(im, axis=-1)).mean())
+    assert all(grad(x[m]) < 0.9 * grad(y[m]) for m in range(2))
+    np.testing.assert_allclose(x.mean(axis=(1, 2)), y.mean(axis=(1, 2)), atol=0.05 * np.abs(y).max())

@@ -167,3 +167,21 @@ def test_export_write_failure_leaves_the_previous_export_intact(code, run, tmp_p
                           tmp_path / "p"], monkeypatch, capsys)
     assert rc == 2 and "sidecar does not describe this model file" in err and not (tmp_path / "p").exists()
     assert sidecar_path(out).read_text() == before[sidecar_path(out).name].decode()
+
+
+def test_int8_export_predicts_nearly_the_float32_masks(run, reference, phantom_root, tmp_path):
+    """``--quantize int8``: the sidecar says so, the engines run it, and its masks overlap the float32
+    masks almost entirely (not identical: int8 is opt-in for speed)."""
+    model = export_model(run, "t2", "onnx", tmp_path / "t2-int8.onnx", quantize="int8")
+    meta = read_export(model)
+    assert meta["quantization"]["scheme"] == "int8" and "training cases" in meta["quantization"]["calibration"]
+    out = tmp_path / "pred"
+    predict_cases(model, "T2", phantom_root, out, engine="onnxruntime", save_probabilities=True, progress=False,
+                  cases=CASES)
+    got = read_prediction(out)
+    for c in CASES:
+        ref_mask, ref_prob = reference[c]
+        mask, prob = got[c]
+        assert ref_mask.sum() > 0
+        assert 2 * np.logical_and(mask, ref_mask).sum() / (mask.sum() + ref_mask.sum()) > 0.9
+        assert np.abs(prob - ref_prob).mean() < 0.02

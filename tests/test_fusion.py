@@ -60,6 +60,18 @@ class HalfPlane(nn.Module):
         return (self.L * sign).expand(x.shape[0], 1, h, x.shape[3]).clone()
 
 
+class RegionPointwise(Pointwise):
+    """Three region channels: logit a * x + b, shifted down by 0, 1 and 2 (nested, like wt/tc/et)."""
+
+    def forward(self, x):
+        z = self.a * x + self.b
+        return torch.cat([z, z - 1.0, z - 2.0], dim=1)
+
+
+REGIONS = {"name": "regions", "classes": ["wt", "tc", "et"], "values": [[1, 2, 4], [1, 4], [4]], "regions": True,
+           "paint": [2, 1, 4]}
+
+
 def images(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     body = np.zeros(SHAPE, np.float32)
@@ -85,13 +97,13 @@ def dataset(tmp_path) -> Path:
     return root
 
 
-def make_run(tmp_path: Path, nets: dict[str, tuple], run_info: dict | None = None) -> Path:
+def make_run(tmp_path: Path, nets: dict[str, tuple], run_info: dict | None = None, **payload) -> Path:
     """Weights files whose ``network`` spec names the stub to build."""
     run = tmp_path / "run"
     (run / "weights").mkdir(parents=True, exist_ok=True)
     for m, spec in nets.items():
         torch.save({"format": "semicml-weights-v1", "modality": m, "network": {"stub": spec}, "state_dict": {},
-                    "preprocessing": PREP}, run / "weights" / f"{m}.pt")
+                    "preprocessing": PREP, **payload}, run / "weights" / f"{m}.pt")
     if run_info is not None:
         (run / "run.json").write_text(json.dumps(run_info))
     return run
@@ -101,7 +113,7 @@ def make_run(tmp_path: Path, nets: dict[str, tuple], run_info: dict | None = Non
 def stubs(monkeypatch):
     def build(spec):
         kind, *args = spec["stub"]
-        return Pointwise(*args) if kind == "pointwise" else HalfPlane()
+        return {"pointwise": Pointwise, "regions": RegionPointwise, "halfplane": HalfPlane}[kind](*args)
 
     monkeypatch.setattr(weights_mod, "build_network", build)
 
@@ -137,8 +149,8 @@ def test_fused_probability_is_the_mean_of_the_single_predictions(tmp_path, datas
         assert nib.load(str(out / f"{c}.nii.gz")).header["descrip"].item() == f"{c} t2".encode()
         assert np.array_equal(mask, (fused > 0.5).astype(np.uint8))  # no post-processing recorded
     record = json.loads((out / "predict.json").read_text())
-    assert record["cases"]["a.nii.gz"]["modalities"] == ["t2", "t1ce"]
-    assert record["cases"]["a.nii.gz"]["postprocessing"] == "none"
+    assert record["cases"]["a"]["modalities"] == ["t2", "t1ce"]
+    assert record["cases"]["a"]["postprocessing"] == "none"
 
 
 def test_mixed_orientations_still_align(tmp_path, dataset):
@@ -194,9 +206,9 @@ def test_missing_modality_is_an_error_naming_the_file_or_skipped_and_recorded(tm
     p2 = single_probs(run, dataset, tmp_path, "T2")
     assert np.allclose(load(out / "b_prob.nii.gz")[0], p2["b"], atol=1e-7)  # T2 alone
     record = json.loads((out / "predict.json").read_text())
-    assert record["cases"]["b.nii.gz"]["modalities"] == ["T2"]
-    assert record["cases"]["b.nii.gz"]["missing"] == {"T1ce": str(gone)}
-    assert record["cases"]["a.nii.gz"]["missing"] == {}
+    assert record["cases"]["b"]["modalities"] == ["T2"]
+    assert record["cases"]["b"]["missing"] == {"T1ce": str(gone)}
+    assert record["cases"]["a"]["missing"] == {}
 
 
 def test_cli_fused_missing_file_is_one_line(tmp_path, dataset):
@@ -325,3 +337,32 @@ def test_threshold_masks_per_region_channel():
     assert masks.shape == probs.shape and masks.dtype == np.uint8
     assert masks[0].sum() == 27 and masks[0, 8, 8, 8] == 0 and masks[1].sum() == 8
     assert np.array_equal(threshold_masks(probs[0], 0.5, "none", (1.0, 1.0, 1.0)), (probs[0] > 0.5))
+
+
+def test_fused_regions_are_the_mean_per_region_painted_into_one_label_map(tmp_path, dataset):
+    from semicml.data.targets import Target, label_map_from_regions
+
+    nets = {"T2": ("regions", 2.0, 1.5), "T1ce": ("regions", -1.5, 2.5)}
+    run = make_run(tmp_path, nets, target=REGIONS, postprocessing={"wt": "none", "tc": "none", "et": "none"})
+    singles = {}
+    for m in nets:
+        out = tmp_path / f"single_{m}"
+        predict_cases(run, m, dataset, out, device="cpu", save_probabilities=True, progress=False)
+        singles[m] = load(out / "a_prob.nii.gz")[0]
+    out = tmp_path / "fused"
+    predict_fused(run, ["T2", "T1ce"], dataset, out, device="cpu", save_probabilities=True, uncertainty=True,
+                  progress=False)
+    fused = load(out / "a_prob.nii.gz")[0]
+    assert fused.shape == (*SHAPE, 3)  # regions along the last axis, as for one network
+    assert np.allclose(fused, (singles["T2"].astype(np.float64) + singles["T1ce"]) / 2, atol=1e-6)
+    masks = np.moveaxis(fused, -1, 0) > 0.5
+    assert masks[0].any() and masks[1].any() and (masks[0] & ~masks[1]).any()  # not vacuous
+    label = load(out / "a.nii.gz")[0]
+    np.testing.assert_array_equal(label, label_map_from_regions(masks, Target(**REGIONS)))
+    unc = load(out / "a_uncertainty.nii.gz")[0]  # pointwise nets: the spread of the two networks, per region
+    assert np.allclose(unc, np.abs(singles["T2"] - singles["T1ce"]) / 2, atol=1e-6)
+    files = predict_fused(run, ["T2", "T1ce"], dataset, tmp_path / "files", device="cpu", regions_as_files=True,
+                          progress=False, cases=["a"])
+    assert [p.relative_to(tmp_path / "files").as_posix() for p in files] == ["wt/a.nii.gz", "tc/a.nii.gz",
+                                                                               "et/a.nii.gz"]
+    np.testing.assert_array_equal(np.stack([load(p)[0] for p in files]).astype(bool), masks)

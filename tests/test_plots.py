@@ -1,4 +1,5 @@
-"""Figures: each call writes a real, non-trivial PNG and tolerates sparse inputs."""
+"""Figures: what each one draws (the data behind its lines, bars, images and texts), the pixels
+of the PNG it writes, and sparse inputs."""
 
 from __future__ import annotations
 
@@ -15,11 +16,19 @@ from semicml.evaluation.plots import (
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _assert_png(path) -> None:
+def _assert_png(path, size: tuple[float, float] | None = None) -> np.ndarray:
+    """The PNG's pixels (H, W, RGBA); ``size``: the figure's inches, drawn at 100 dpi."""
+    import matplotlib.image as mpimg
+
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC
-    assert len(data) > 1024
     assert not [p for p in path.parent.iterdir() if ".tmp" in p.name]  # atomic: no leftovers
+    pixels = mpimg.imread(path)
+    if size is not None:
+        assert pixels.shape[:2] == (round(100 * size[1]), round(100 * size[0]))
+    ink = (pixels[..., :3] < 0.9).any(axis=-1)  # anything not (near) white
+    assert 0.001 < ink.mean() < 0.9  # something is drawn on a white page
+    return pixels
 
 
 def _log_rows(with_val: bool = True) -> list[dict]:
@@ -34,7 +43,22 @@ def _log_rows(with_val: bool = True) -> list[dict]:
 def test_training_curves(tmp_path):
     out = plot_training_curves(_log_rows(), tmp_path / "curves.png")
     assert out == tmp_path / "curves.png"
-    _assert_png(out)
+    _assert_png(out, size=(12, 4.5))
+
+
+def test_saved_png_holds_the_figures_pixels(tmp_path):
+    """A figure whose left half is black: the PNG has the figure's size at 100 dpi, and the
+    left half of its pixels black, the right half white."""
+    from matplotlib.patches import Rectangle
+
+    from semicml.evaluation.plots import _new_figure, _save_png
+
+    fig = _new_figure(4, 2)
+    fig.patches.append(Rectangle((0, 0), 0.5, 1, transform=fig.transFigure, color="black", figure=fig))
+    pixels = _assert_png(_save_png(fig, tmp_path / "half.png"), size=(4, 2))
+    grey = pixels[..., :3].mean(axis=-1)
+    assert grey[:, :195].max() < 0.05 and grey[:, 205:].min() > 0.95
+    assert abs((grey < 0.5).mean() - 0.5) < 0.01
 
 
 def _drawn(ax) -> dict[str, list[tuple[float, float]]]:
@@ -66,19 +90,30 @@ def test_training_curves_draw_every_logged_loss_component_and_val_dice_per_modal
     assert _drawn(ax_val) == {"T2": [(4, 0.4), (6, 0.5)], "T1ce": [(4, 0.2), (6, 0.3)]}
 
 
+NO_LOSS, NO_VAL = "no loss records", "no validation records"
+
+
 @pytest.mark.parametrize(
-    "rows",
+    "rows,losses,val,placeholders,yscale",
     [
-        [],  # nothing logged yet
-        None,  # filled in below: losses but no validation records
-        [{"event": "teacher_selected", "modality": "T1ce"}],  # no iteration: skipped
-        [{"iteration": 0, "loss": 0.0}, {"iteration": 1, "loss": float("nan")}],  # no positive loss
-        [{"iteration": 0, "loss": None, "val_dice/CT": 0.2}],
+        ([], {}, {}, [NO_LOSS, NO_VAL], "linear"),  # nothing logged yet
+        # losses but no validation records
+        (None, {"loss": 20, "loss/asc": 20, "loss/sup": 20}, {}, [NO_VAL], "log"),
+        ([{"event": "teacher_selected", "modality": "T1ce"}], {}, {}, [NO_LOSS, NO_VAL], "linear"),  # no iteration
+        # no positive loss: drawn on a linear scale; the NaN point is skipped
+        ([{"iteration": 0, "loss": 0.0}, {"iteration": 1, "loss": float("nan")}], {"loss": 1}, {}, [NO_VAL], "linear"),
+        ([{"iteration": 0, "loss": None, "val_dice/CT": 0.2}], {}, {"CT": 1}, [NO_LOSS], "linear"),
     ],
 )
-def test_training_curves_sparse_logs(tmp_path, rows):
+def test_training_curves_sparse_logs(tmp_path, rows, losses, val, placeholders, yscale):
     rows = _log_rows(with_val=False) if rows is None else rows
-    _assert_png(plot_training_curves(rows, tmp_path / "c.png"))
+    fig = training_curves_figure(rows)
+    ax_loss, ax_val = fig.axes
+    assert {k: len(v) for k, v in _drawn(ax_loss).items()} == losses  # lines and their point counts
+    assert {k: len(v) for k, v in _drawn(ax_val).items()} == val
+    assert sorted(t.get_text() for ax in fig.axes for t in ax.texts) == sorted(placeholders)
+    assert ax_loss.get_yscale() == yscale
+    _assert_png(plot_training_curves(rows, tmp_path / "c.png"), size=(12, 4.5))
 
 
 def test_overlays(tmp_path):
@@ -90,7 +125,7 @@ def test_overlays(tmp_path):
         {"title": "empty pred", "image": image, "label": disk, "pred": np.zeros_like(disk)},
         {"title": "all fg", "image": np.zeros((48, 48)), "label": np.ones((48, 48), bool), "pred": disk},
     ]
-    _assert_png(plot_overlays(rows, tmp_path / "overlay.png"))
+    _assert_png(plot_overlays(rows, tmp_path / "overlay.png"), size=(9, 9))
 
 
 def test_overlays_reject_bad_rows(tmp_path):

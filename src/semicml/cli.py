@@ -60,9 +60,10 @@ def prepare(input: Path = typer.Argument(..., help="dataset root (BraTS, nnU-Net
             format: Optional[str] = typer.Option(None, "--format", help="brats | nnunet | msd (default: detect)"),
             modalities: str = typer.Option(..., help="comma-separated modality names, e.g. t2,t1ce or CT,PT; the "
                                                     "first is the reference grid the others are resampled onto"),
-            target: str = typer.Option("wt", help="what to segment. Trainable (binary): wt | tc | et | label name(s) "
-                                                  "joined by + | values 1,4. raw (multi-class) can be prepared but "
-                                                  "training refuses it for now"),
+            target: str = typer.Option("wt", help="what to segment. Binary: wt | tc | et | label name(s) joined "
+                                                  "by + | values 1,4. Regions (one sigmoid channel each): regions "
+                                                  "(BraTS wt,tc,et; nnU-Net dataset.json regions) | a list such as "
+                                                  "wt,tc,et. raw (multi-class) can be prepared but not trained"),
             size: int = typer.Option(160, help="in-plane size of the stored slices (multiple of 16)"),
             in_plane: str = typer.Option("crop", help="crop (paper) | resize"),
             spacing: str = typer.Option("median", help="target in-plane spacing: median (of the cases, nnU-Net's "
@@ -117,7 +118,8 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
           label_level: Optional[str] = typer.Option(None, help="slice | case"),
           splits: Optional[Path] = typer.Option(None, help="splits.json with train/val/test case lists"),
           modalities: Optional[str] = typer.Option(None, help="subset of the store's modalities"),
-          teacher: Optional[str] = typer.Option(None, help="PReL teacher modality (default: best val Dice)"),
+          teacher: Optional[str] = typer.Option(None, help="PReL teacher modality (default: best val Dice); "
+                                                "per-region: region targets, each region's best modality"),
           init: Optional[Path] = typer.Option(None, help="start from this run (method prel after semicml)"),
           seed: Optional[int] = typer.Option(None),
           width: Optional[int] = typer.Option(None, help="base width of the U-Net"),
@@ -126,6 +128,8 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
           val_every: Optional[int] = typer.Option(None, help="validate every N iterations"),
           num_workers: Optional[int] = typer.Option(None, help="DataLoader workers"),
           augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="paired augmentation"),
+          low_resolution: Optional[float] = typer.Option(None, help="probability of a simulated coarser acquisition "
+                                                         "per modality and slice (robustness to coarse scans)"),
           sync_batchnorm: Optional[bool] = typer.Option(None, "--sync-batchnorm/--no-sync-batchnorm",
                                                         help="under torchrun: BatchNorm statistics over the global "
                                                         "batch (default: on with more than one process)"),
@@ -144,7 +148,7 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
                  "label_level": label_level, "splits": str(splits) if splits else None,
                  "modalities": _split_list(modalities), "seed": seed, "precision": precision, "device": device,
                  "val_every": val_every, "num_workers": num_workers, "augment": augment,
-                 "sync_batchnorm": sync_batchnorm,
+                 "low_resolution": low_resolution, "sync_batchnorm": sync_batchnorm,
                  "init": str(init) if init else None, "slice_filter": slice_filter,
                  "postprocess": postprocess, "config": config, "profile": profile, "width": width, "teacher": teacher}
     if resume:
@@ -163,7 +167,8 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
         if width is not None:
             overrides["model"] = {"base_width": width}
         if teacher is not None:
-            overrides["prel"] = {"teacher": teacher}
+            overrides["prel"] = ({"teacher_per_region": True} if teacher.lower() == "per-region" else
+                                 {"teacher": teacher})
         cfg = build_config(config, profile, overrides)
     trainer = Trainer(cfg, store, out, resume=resume)
     info = trainer.fit()
@@ -173,6 +178,9 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
     typer.echo(f"done: {out} | best val Dice: {best or 'n/a (no val split)'}")
     if "teacher" in info:
         typer.echo(f"PReL teacher: {info['teacher']['modality']} (chosen by {info['teacher']['chosen_by']})")
+        if "per_region" in info["teacher"]:
+            regions = ", ".join(f"{r} {m}" for r, m in info["teacher"]["per_region"].items())
+            typer.echo(f"PReL teacher per region: {regions} ({info['teacher']['per_region_chosen_by']})")
 
 
 @app.command()
@@ -200,12 +208,14 @@ def predict(run: Path = typer.Option(..., help="run directory, a weights/<modali
                                              "0..0.5; implies --tta"),
             missing_modality: str = typer.Option("error", help="fused prediction, a case without one of the "
                                                   "modalities: error | skip (fuse the ones it has, recorded)"),
+            regions_as_files: bool = typer.Option(False, "--regions-as-files", help="region networks: one mask per "
+                                                  "region in OUT/<region>/ instead of one label map"),
             device: str = typer.Option("auto"), precision: str = typer.Option("auto")) -> None:
     """Segment cases from ONE modality with that modality's network, or from several (fused)."""
     names = _split_list(modality) or []
     common = dict(device=device, precision=precision, save_probabilities=probabilities, cases=_split_list(cases),
                   tta=tta, postprocess=postprocess, engine=engine, window=window, margin=margin, threads=threads,
-                  compile=compile, uncertainty=uncertainty)
+                  compile=compile, uncertainty=uncertainty, regions_as_files=regions_as_files)
     if len(names) > 1:
         from .inference.fusion import predict_fused
 
@@ -222,11 +232,14 @@ def export(run: Path = typer.Option(..., help="run directory (or a weights/<moda
            modality: str = typer.Option(..., help="the modality whose network is exported"),
            format: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
            out: Optional[Path] = typer.Option(None, "--out", help="model file (default: RUN/export/<modality>.onnx "
-                                              "or .torchscript.pt); its preprocessing goes to <out>.json")) -> None:
+                                              "or .torchscript.pt); its preprocessing goes to <out>.json"),
+           quantize: Optional[str] = typer.Option(None, help="int8: post-training static quantization (ONNX only), "
+                                                  "calibrated on the run's training slices; faster on CPUs, masks "
+                                                  "not identical to float32")) -> None:
     """Export one modality's network (ONNX or TorchScript) with the preprocessing predict needs."""
     from .inference.export import export_model, sidecar_path
 
-    path = export_model(run, modality, format, out)
+    path = export_model(run, modality, format, out, quantize)
     typer.echo(f"wrote {path} and {sidecar_path(path).name}")
 
 
@@ -234,7 +247,8 @@ def export(run: Path = typer.Option(..., help="run directory (or a weights/<moda
 def evaluate(pred: Path = typer.Option(..., help="folder of predicted <case>.nii.gz masks"),
              ref: Path = typer.Option(..., help="dataset root with reference labels"),
              out: Path = typer.Option(..., help="report folder (metrics.csv, summary.json, summary.md)"),
-             target: str = typer.Option("wt", help="target of the reference labels"),
+             target: str = typer.Option("wt", help="target of the reference labels; regions (or wt,tc,et): every "
+                                                   "metric per region and their mean, from label maps"),
              format: Optional[str] = typer.Option(None, "--format", help="brats | nnunet | msd"),
              cases: Optional[str] = typer.Option(None, help="cases that must be evaluated (comma-separated; "
                                                  "default: every labelled reference case)"),

@@ -75,6 +75,9 @@ class SemiCMLConfig(_TrainModel):
     # "batch": one Dice over all pixels of the batch (the reference). "slice": mean of per-slice
     # Dice, which lets tiny-lesion and tumour-free slices dominate and teaches under-segmentation.
     dice_reduction: Literal["batch", "slice"] = "batch"
+    # Region targets (several sigmoid channels): "joint" = one similarity over all channels of a
+    # map; "per-channel" = ASC on each channel alone, averaged (docs/method-notes.md). Equal for one channel.
+    asc_channels: Literal["joint", "per-channel"] = "joint"
 
 
 class PReLConfig(_TrainModel):
@@ -92,6 +95,8 @@ class PReLConfig(_TrainModel):
     bma_from: float = Field(10 / 81, ge=0, lt=1, description="validations before this fraction of training are not "
                             "offered to the BMA pool (reference: epochs up to 10 of 81)")
     keep_supervised: bool = Field(False, description="keep the labelled loss in stage 2 (the reference drops it)")
+    teacher_per_region: bool = Field(False, description="region targets: each region's soft labels from the modality "
+                                     "with the best validation Dice on that region (default: one teacher for all)")
 
 
 class MeanTeacherConfig(_TrainModel):
@@ -141,6 +146,9 @@ class TrainConfig(_TrainModel):
     compile: bool = Field(False, description="torch.compile the trained networks (first steps compile: minutes)")
     num_workers: int = Field(0, ge=0)
     augment: bool = False
+    low_resolution: float = Field(0.0, ge=0, le=1, description="probability per modality and slice of a simulated "
+                                  "coarser acquisition (down- and up-sampled, zoom 0.5-1; nnU-Net's augmentation): "
+                                  "robustness to scans resampled from a coarser grid")
     postprocess: str = Field("auto", pattern=r"^(auto|none|largest|min-size:\d+(\.\d+)?)$",
                              description="connected-component post-processing: auto (chosen on validation), none, "
                              "largest, min-size:<mm^3>")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -88,8 +88,31 @@ class PrepareSection(StrictModel):
     target: str = "wt"
     size: int = Field(160, ge=16)
     in_plane: Literal["crop", "resize"] = "crop"
-    normalisation: Literal["zscore_nonzero", "zscore", "none"] = "zscore_nonzero"
+    # as `semicml prepare --normalisation`: auto (by channel name), one scheme, or "T2=mri,CT=ct"
+    normalisation: str = "auto"
+    spacing: Union[float, Literal["median", "keep"]] = Field("median", description="in-plane target spacing (mm), "
+                                                             "median of the cases, or keep")
     workers: int = Field(2, ge=1)
+
+    @field_validator("normalisation")
+    @classmethod
+    def _normalisation(cls, v: str) -> str:
+        from semicml.data.normalisation import SCHEMES
+        from semicml.data.prepare import parse_normalisation
+
+        parsed = parse_normalisation(v)
+        schemes = parsed.values() if isinstance(parsed, dict) else [parsed]
+        bad = [x for x in schemes if x not in (*SCHEMES, "auto")]
+        if bad:
+            raise ValueError(f"unknown normalisation {bad[0]!r} (choose from auto, {', '.join(SCHEMES)})")
+        return v
+
+    @field_validator("spacing")
+    @classmethod
+    def _spacing(cls, v):
+        if not isinstance(v, str) and v <= 0:
+            raise ValueError("spacing must be positive (mm), 'median' or 'keep'")
+        return v
 
     @field_validator("size")
     @classmethod

@@ -45,6 +45,10 @@ def _paths(cfg: BenchmarkConfig, out: Path) -> tuple[Path, Path]:
     return dataset, store
 
 
+# Prepare keys added later, with the value every earlier benchmark store was made with.
+LEGACY_PREPARE = {"spacing": "median"}
+
+
 def _prepare(cfg: BenchmarkConfig, out: Path, dataset: Path, store: Path, progress: bool,
              say: Callable[[str], None]) -> None:
     """Create the phantom dataset and/or the store when the config asks for them and they are absent."""
@@ -54,7 +58,9 @@ def _prepare(cfg: BenchmarkConfig, out: Path, dataset: Path, store: Path, progre
     intent = {"prepare": prep.model_dump(mode="json"), "dataset": str(dataset), "store": str(store)}
     marker = out / "prepare.json"
     if marker.is_file():
+        # folders prepared before these keys existed were made with what they mean now
         old = json.loads(marker.read_text())
+        old["prepare"] = {**LEGACY_PREPARE, **old.get("prepare", {})}
         if old != intent:
             raise ConfigError("the data/store in this output folder were made with a different 'prepare' section "
                               f"({first_difference(old, intent)}); use another out or delete {store}", marker)
@@ -70,8 +76,17 @@ def _prepare(cfg: BenchmarkConfig, out: Path, dataset: Path, store: Path, progre
         from semicml.data.store import PrepareOptions, prepare_store
 
         say(f"prepare slice store -> {store}")
+        from semicml.data.prepare import parse_normalisation
+
+        # A fixed split keeps its test labels out of the CT/PET statistics; cross-validation shares
+        # one store across folds, so there they come from every labelled case (MRI is per case).
+        stats = None
+        if cfg.splits is not None:
+            split = json.loads(Path(cfg.splits).read_text())
+            stats = tuple(split.get("train", [])) + tuple(split.get("val", []))
         opts = PrepareOptions(modalities=tuple(prep.modalities), target=prep.target, size=prep.size,
-                              in_plane=prep.in_plane, normalisation=prep.normalisation, workers=prep.workers)
+                              in_plane=prep.in_plane, normalisation=parse_normalisation(prep.normalisation),
+                              workers=prep.workers, spacing=prep.spacing, stats_cases=stats)
         prepare_store(dataset, store, opts, fmt=prep.format, progress=progress)
 
 

@@ -150,7 +150,7 @@ def plan_dataset(info: DatasetInfo, modalities: list[str], target: Target, opts:
     cases (the caller passes its worker pool's map).
     """
     _check_options(opts)
-    target_json = {"name": target.name, "classes": list(target.classes), "values": [list(v) for v in target.values]}
+    target_json = target.to_json()
     if opts.spacing == "keep":
         spacing: dict[str, Any] = {"in_plane_mm": None, "rule": "keep (no resampling)"}
     elif opts.spacing == "median":
@@ -244,7 +244,13 @@ def prepare_case(root: str, fmt: str, case_id: str, plan: Plan, opts: PrepareOpt
     if case.label is not None:
         target = Target(**plan.target)
         classes = apply_target(to_axial_last(case.label, axis), target)
-        if not grid.identity:
+        if not grid.identity and target.regions:
+            # Region bit masks: resample the distinct combinations (= the raw labels' classes).
+            values, codes = np.unique(classes, return_inverse=True)
+            codes = onehot_resample(codes.reshape(classes.shape), len(values),
+                                    lambda a: resample_in_plane(a, grid, order=1))
+            classes = values.astype(np.uint8)[codes]
+        elif not grid.identity:
             classes = onehot_resample(classes, len(target.classes) + 1, lambda a: resample_in_plane(a, grid, order=1))
     resampled = {m: resample_normalised(normed[m], grid) for m in modalities}  # (image, mask)
     box = foreground_box(resampled[ref][0], opts.size, opts.in_plane, mask=resampled[ref][1],

@@ -202,7 +202,9 @@ class NetworkFrame:
 
     def restore(self, probs: np.ndarray) -> np.ndarray:
         """(Z, H, W) probabilities -> the input's voxel grid and axis order. Resampled linearly
-        as probabilities; threshold afterwards."""
+        as probabilities; threshold afterwards. (Z, C, H, W) (one channel per region) -> (C, ...)."""
+        if np.ndim(probs) == 4:
+            return np.stack([self.restore(np.asarray(probs)[:, c]) for c in range(np.shape(probs)[1])])
         on_grid = paste_planes(np.asarray(probs).transpose(1, 2, 0), self.box, self.grid.resampled)
         return from_axial_last(restore_in_plane(on_grid, self.grid, order=1), self.axis)
 

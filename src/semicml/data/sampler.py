@@ -107,6 +107,32 @@ class AugmentOptions:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     noise_std: float = 0.05
+    # Simulated low resolution (independent of ``enabled``): each modality of a slice is, with this
+    # probability, down-sampled by a zoom from ``low_resolution_zoom`` and brought back. A scan
+    # acquired on a coarser grid is resampled to the training spacing by ``predict`` and arrives
+    # just as blurred; a network that never saw such an image over-segments it (issue 10).
+    low_resolution: float = 0.0
+    low_resolution_zoom: tuple[float, float] = (0.5, 1.0)
+
+
+def simulate_low_resolution(images: np.ndarray, rng: np.random.Generator, prob: float,
+                            zoom: tuple[float, float] = (0.5, 1.0)) -> np.ndarray:
+    """images: (M, H, W) float32 -> the same shape; each modality independently, with ``prob``,
+    area-averaged down to ``zoom`` x its size (a bigger voxel) and bilinearly up again (as
+    ``predict`` resamples a coarse scan). MONAI's transform does the work; its random state is
+    seeded from ``rng`` so the result is a function of the caller's seed (resumes stay exact).
+    """
+    from monai.transforms import RandSimulateLowResolution  # monai imports slowly; only when used
+
+    out = np.array(images, dtype=np.float32)
+    for m in range(out.shape[0]):
+        if rng.random() >= prob:
+            continue
+        transform = RandSimulateLowResolution(prob=1.0, downsample_mode="area", upsample_mode="bilinear",
+                                              zoom_range=zoom)
+        transform.set_random_state(seed=int(rng.integers(2**31)))
+        out[m] = np.asarray(transform(out[m][None]).as_tensor())[0]
+    return out
 
 
 def augment_pair(images: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
@@ -166,6 +192,9 @@ class PairedSliceDataset(Dataset):
         if self.augment.enabled:
             rng = np.random.default_rng([self.seed, 7, iteration, position])
             images, label = augment_pair(images, label, rng, self.augment)
+        if self.augment.low_resolution > 0:  # its own stream: switching it on leaves the other draws unchanged
+            rng = np.random.default_rng([self.seed, 11, iteration, position])
+            images = simulate_low_resolution(images, rng, self.augment.low_resolution, self.augment.low_resolution_zoom)
         out = {"images": torch.from_numpy(np.ascontiguousarray(images)), "labeled": is_labeled}
         if label is not None:
             out["label"] = torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))

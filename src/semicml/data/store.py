@@ -5,7 +5,8 @@ Layout of a store folder::
     store.json                 modalities, target, geometry and per-case metadata; written LAST,
                                so a folder without it (or with "complete": false) is not a store
     images/<case>.npy          float16 (Z, M, H, W): normalised slices of the M modalities
-    labels/<case>.npy          uint8 (Z, H, W): target classes (labelled cases only)
+    labels/<case>.npy          uint8 (Z, H, W): target classes (labelled cases only); region
+                               targets: bit k set where the voxel is in region k
     subsets/*.json             labelled-subset files made by seed (see splits.py)
 
 Arrays are opened memory-mapped, so a dataset larger than RAM trains with bounded memory.
@@ -33,7 +34,7 @@ from .geometry import InPlaneGrid, resample_in_plane, restore_in_plane
 from .prepare import PrepareOptions, plan_dataset, prepare_case
 from .preprocess import InPlaneBox, extract_planes, from_axial_last, paste_planes, to_axial_last
 from .readers import open_dataset, resolve_modalities
-from .targets import resolve_target
+from .targets import region_masks, resolve_target
 
 __all__ = ["CaseMeta", "PrepareOptions", "SliceStore", "prepare_store"]
 
@@ -209,9 +210,21 @@ class SliceStore:
 
     @property
     def n_classes(self) -> int:
-        """Output channels: 1 for a binary target, else one per class (softmax extension)."""
+        """Output channels: 1 for a binary target, one per region for a region target (sigmoid
+        each), else one per class + background (softmax extension)."""
         n = len(self.target["classes"])
-        return 1 if n == 1 else n + 1
+        return n if (n == 1 or self.regions) else n + 1
+
+    @property
+    def regions(self) -> bool:
+        """Region-based target: labels are bit masks (bit k = region k, see data/targets.py)."""
+        return bool(self.target.get("regions", False))
+
+    def label_channels(self, label: np.ndarray) -> np.ndarray:
+        """Stored label (Z, H, W) -> (Z, C, H, W) bool: the foreground (binary) or one mask per region."""
+        if self.regions:
+            return np.moveaxis(region_masks(label, self.n_classes), 0, 1)
+        return (np.asarray(label) > 0)[:, None]
 
     def images(self, case_id: str) -> np.ndarray:
         """(Z, M, H, W) float16 memmap."""

@@ -41,11 +41,9 @@ from ..data.sampler import AugmentOptions, PairedSliceDataset, TwoStreamBatchSam
 from ..data.splits import Splits, load_or_make_subset, load_splits, make_splits, check_splits
 from ..data.store import SliceStore
 from ..errors import ConfigError, DataError
-from ..evaluation.metrics import dice_score
 from ..hardware import resolve_precision
 from ..inference.fusion import choose_fused_postprocessing
-from ..inference.postprocess import check_spec, choose_postprocess
-from ..inference.predictor import predict_planes
+from ..inference.postprocess import check_spec
 from ..io_utils import atomic_save_torch, atomic_write_json, atomic_write_text
 from ..locking import ensure_free, exclusive
 from ..methods.base import Method, MethodContext, get_method
@@ -54,6 +52,7 @@ from ..models.syncbn import convert_sync_batchnorm
 from ..parallel import all_gather_objects, barrier, mean_over_ranks, sharded_batch
 from .distributed import check_shardable, launched_world_size, setup_distributed, shutdown, step_seed, wrap_ddp
 from .provenance import check_provenance, provenance
+from .validation import case_channel_dice, channel_probabilities, choose_channel_postprocess, region_means
 from .schedule import lr_factor
 
 # Test hook: simulate a crash (hard exit, no cleanup) right after this iteration.
@@ -85,9 +84,10 @@ class Trainer:
         self.progress = progress
         self.resume = resume
         self._check_run_dir()
-        if self.store.n_classes != 1:
-            raise ConfigError("multi-class targets are not supported by the training methods yet; "
-                              "prepare a binary target (e.g. --target wt)")
+        if self.store.n_classes != 1 and not self.store.regions:
+            raise ConfigError("multi-class (softmax) targets are not supported by the training methods; prepare "
+                              "a binary target (e.g. --target wt) or a region target (--target regions)")
+        self.regions = list(self.store.target["classes"]) if self.store.regions else []
         self.method_cls = get_method(cfg.method)
         self.unlabeled_batch = cfg.unlabeled_batch if self.method_cls.needs_unlabeled else 0
         check_shardable(cfg.labeled_batch, self.unlabeled_batch, launched_world_size())  # before joining a group
@@ -133,7 +133,7 @@ class Trainer:
         self.ctx = MethodContext(cfg=cfg, modalities=self.modalities, out_channels=self.store.n_classes,
                                  total_iterations=self.total, iterations_per_epoch=self.iterations_per_epoch,
                                  device=self.device, new_network=new_network, schedule_offset=self.schedule_offset,
-                                 schedule_total=self.schedule_total)
+                                 schedule_total=self.schedule_total, regions=self.regions)
         try:
             self.method: Method = self.method_cls(self.ctx).to(self.device)
         except ValueError as err:
@@ -141,7 +141,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.method.trainable_parameters(), lr=cfg.optim.lr,
                                           weight_decay=cfg.optim.weight_decay)
         self.iteration = 0
-        self.best: dict[str, dict[str, float]] = {}
+        self.best: dict[str, dict[str, Any]] = {}
+        self.last_region_val: dict[str, dict[str, float]] = {}
         self.history: list[dict] = []
         if resume:
             self._load_resume()
@@ -237,22 +238,18 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean 3D Dice over the val cases, per modality (in the stored slice frame)."""
+        """Mean 3D Dice over the val cases, per modality (in the stored slice frame); for a
+        region target the mean over the regions (per region in ``self.last_region_val``)."""
+        self.last_region_val: dict[str, dict[str, float]] = {}
         if not self.splits.val:
             return {}
-        mine: dict[str, dict[str, float]] = {}  # distributed: rank r scores cases r, r + W, ...
+        mine: dict[str, dict[str, list[float]]] = {}  # distributed: rank r scores cases r, r + W, ...
         for case in self.splits.val[self.dist.rank :: self.dist.world_size]:
-            images = self.store.images(case)
-            label = np.asarray(self.store.label(case)) > 0
-            mine[case] = {}
-            for m, net in self.method.predictors().items():
-                planes = images[:, self.store.modality_index(m)]
-                probs = predict_planes(net, planes, self.device, self.precision,
-                                       channels_last=self.cfg.channels_last)
-                mine[case][m] = dice_score(probs > 0.5, label)
+            mine[case] = case_channel_dice(self.store, case, self.method.predictors(), self.device, self.precision,
+                                           self.cfg.channels_last)
         per_case = {c: d for part in all_gather_objects(mine) for c, d in part.items()}
-        # The mean in the val list's order: the same number whatever the world size.
-        return {m: float(np.mean([per_case[c][m] for c in self.splits.val])) for m in self.modalities}
+        mean, self.last_region_val = region_means(per_case, self.splits.val, self.modalities, self.regions)
+        return mean
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -271,7 +268,7 @@ class Trainer:
             self._write_static_files()
         cfg = self.cfg
         dataset = PairedSliceDataset(self.store, self.subset.labeled, self.subset.unlabeled, self.modalities,
-                                     AugmentOptions(enabled=cfg.augment), seed=cfg.seed)
+                                     AugmentOptions(enabled=cfg.augment, low_resolution=cfg.low_resolution), seed=cfg.seed)
         sampler = TwoStreamBatchSampler(len(self.subset.labeled), len(self.subset.unlabeled), cfg.labeled_batch,
                                         self.unlabeled_batch, cfg.seed, self.iteration, self.total,
                                         labeled_foreground=self._labeled_foreground(),
@@ -325,10 +322,14 @@ class Trainer:
             boundary = self.method.phase(self.iteration) != self.method.phase(it)
             if self.iteration % self.val_every == 0 or self.iteration == self.total or boundary:
                 last_val = self.validate()
-                self.method.on_validation(self.iteration, last_val)
+                if self.regions:
+                    self.method.on_validation(self.iteration, last_val, self.last_region_val)
+                else:
+                    self.method.on_validation(self.iteration, last_val)
                 self._update_best(last_val)
                 record = record or {"iteration": self.iteration, "phase": self.method.phase(it)}
                 record.update({f"val_dice/{m}": d for m, d in last_val.items()})
+                record.update({f"val_dice/{m}/{r}": d for m, rd in self.last_region_val.items() for r, d in rd.items()})
                 self._log(record, writer)
                 if writer is not None:  # TensorBoard holds what the checkpoint holds, even after a crash
                     writer.flush()
@@ -358,6 +359,8 @@ class Trainer:
         for m, d in val.items():
             if m not in self.best or d > self.best[m]["dice"]:
                 self.best[m] = {"dice": d, "iteration": self.iteration}
+                if m in self.last_region_val:  # region target: the regions' Dice of the selected model
+                    self.best[m]["regions"] = dict(self.last_region_val[m])
                 if self.dist.is_main:
                     self._save_weights(m, nets[m])
 
@@ -402,13 +405,13 @@ class Trainer:
         atomic_write_json(self.run_dir / "labeled_subset.json", self.subset.to_json())
 
     def _val_volumes(self) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[float, ...]]]:
-        """Val cases in the stored frame: (images (Z, M, H, W), labels (Z, H, W), spacing in mm)."""
+        """Val cases in the stored frame: (images (Z, M, H, W), labels (Z, C, H, W), spacing in mm)."""
         images, labels, spacings = [], [], []
         for case in self.splits.val:
             meta = self.store.cases[case]
             spacings.append(meta.stored_spacing)  # of the stored planes (resampled, resized)
             images.append(self.store.images(case))
-            labels.append(np.asarray(self.store.label(case)) > 0)
+            labels.append(self.store.label_channels(self.store.label(case)))
         return images, labels, spacings
 
     @torch.no_grad()
@@ -422,15 +425,18 @@ class Trainer:
             path = self.run_dir / "weights" / f"{m}.pt"
             payload = load_checkpoint(path, "cpu")
             if self.cfg.postprocess != "auto":
-                choices[m] = {"choice": check_spec(self.cfg.postprocess), "chosen_by": "config"}
+                spec = check_spec(self.cfg.postprocess)
+                choices[m] = {"choice": {r: spec for r in self.regions} if self.regions else spec,
+                              "chosen_by": "config"}
             else:
                 net = build_network(payload["network"])
                 net.load_state_dict(payload["state_dict"])
                 net.to(self.device)
                 c = self.store.modality_index(m)
-                probs = [predict_planes(net, vol[:, c], self.device, self.precision, channels_last=False)
-                         for vol in images]
-                choices[m] = {**choose_postprocess(probs, labels, spacings), "chosen_by": "validation"}
+                probs = [channel_probabilities(net, vol[:, c], self.store.n_classes, self.device, self.precision,
+                                               False) for vol in images]
+                choices[m] = {**choose_channel_postprocess(probs, labels, spacings, self.regions),
+                              "chosen_by": "validation"}
                 val_probs[m] = probs
             payload["postprocessing"] = choices[m]["choice"]
             atomic_save_torch(payload, path)
@@ -438,7 +444,9 @@ class Trainer:
             self.fused_postprocessing = choose_fused_postprocessing(dict.fromkeys(self.modalities, []), [], [],
                                                                     fixed=self.cfg.postprocess)
         else:
-            self.fused_postprocessing = choose_fused_postprocessing(val_probs, labels, spacings) if labels else {}
+            self.fused_postprocessing = choose_fused_postprocessing(
+                val_probs, labels, spacings, choose=lambda p, y, sp: choose_channel_postprocess(p, y, sp, self.regions)
+            ) if labels else {}
         return choices
 
     def _finish(self, seconds: float) -> dict[str, Any]:

@@ -2,6 +2,11 @@
 
 A mask on another grid of the same patient space (a PET-only prediction on the PET grid, the
 label on the CT grid) is resampled onto the label's grid (nearest neighbour) first.
+
+Region targets (``--target regions`` or a list such as ``wt,tc,et``): a prediction is a label map
+(``<case>.nii.gz``, turned into the regions as the reference is) or one mask per region
+(``<region>/<case>.nii.gz``, as ``predict --regions-as-files`` writes); every metric is reported
+per region plus the mean over regions (:mod:`semicml.evaluation.region_report`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from tqdm.auto import tqdm
 
 from ..data.geometry import MIN_OVERLAP, overlap_fraction, resample_to_grid
 from ..data.readers import open_dataset, read_case
-from ..data.targets import apply_target, resolve_target
+from ..data.targets import Target, apply_target, region_masks, resolve_target
 from ..errors import ConfigError, DataError
 from .metrics import DISTANCE_METRICS, METRICS, volume_diagonal_mm
+from .region_report import write_region_report
 from .report import evaluate_pairs, write_report
 
 
@@ -34,7 +40,8 @@ def _prediction_files(pred_dir: Path) -> dict[str, Path]:
     return files
 
 
-def _load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _load_mask(path: Path, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(mask (nonzero) or, with ``raw``, the label values, affine) of a 3D prediction."""
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
@@ -42,7 +49,39 @@ def _load_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"unreadable NIfTI ({type(err).__name__})", path) from None
     if data.ndim != 3:
         raise DataError(f"expected a 3D mask, got shape {data.shape}", path)
+    if raw:
+        if not np.issubdtype(data.dtype, np.integer) and not np.array_equal(data, np.round(data)):
+            raise DataError("a label map must hold integer values", path)
+        return np.asarray(data).astype(np.int64), img.affine
     return data > 0, img.affine
+
+
+def _region_files(pred_dir: Path, target: Target) -> dict[str, dict[str, Path]]:
+    """``<region>/<case>.nii.gz`` masks (``predict --regions-as-files``): case -> region -> file,
+    for the cases that have a mask of every region."""
+    per_region = {r: _prediction_files(pred_dir / r) for r in target.classes if (pred_dir / r).is_dir()}
+    if len(per_region) < len(target.classes):
+        return {}
+    cases = set.intersection(*(set(f) for f in per_region.values()))
+    return {c: {r: per_region[r][c] for r in target.classes} for c in sorted(cases)}
+
+
+def _region_prediction(case: str, label_maps: dict[str, Path], masks: dict[str, dict[str, Path]], target: Target,
+                       shape: tuple[int, ...], ref_affine: np.ndarray) -> np.ndarray:
+    """(R, *shape) predicted region masks of ``case`` on the reference grid."""
+    if case in label_maps:
+        values, affine = _load_mask(label_maps[case], raw=True)
+        pred = region_masks(apply_target(values, target), len(target.classes))
+        path = label_maps[case]
+    else:
+        loaded = [_load_mask(masks[case][r]) for r in target.classes]
+        if len({m.shape for m, _ in loaded}) > 1:
+            raise DataError("the region masks of this case differ in shape", masks[case][target.classes[0]])
+        pred, affine = np.stack([m for m, _ in loaded]), loaded[0][1]
+        path = masks[case][target.classes[0]]
+    if pred.shape[1:] != tuple(shape) or not np.allclose(affine, ref_affine, atol=1e-3):
+        pred = np.stack([on_reference_grid(p, affine, shape, ref_affine, path) for p in pred])
+    return pred
 
 
 def on_reference_grid(pred: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], ref_affine: np.ndarray,
@@ -88,6 +127,10 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, target: str
     preds = _prediction_files(pred_dir)
     info = open_dataset(ref_root, fmt)
     tgt = resolve_target(info, target)
+    region_files: dict[str, dict[str, Path]] = {}
+    if tgt.regions:
+        region_files = _region_files(pred_dir, tgt)
+        preds = {**{c: next(iter(f.values())) for c, f in region_files.items()}, **preds}
     wanted = list(dict.fromkeys(cases)) if cases is not None else info.labeled_ids
     if not wanted:
         raise DataError("no labelled reference case to evaluate", ref_root)
@@ -100,6 +143,13 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, target: str
         raise DataError(f"no prediction for {len(absent)} of {len(wanted)} expected cases ({shown}); predict "
                         "them, restrict the evaluation with --cases, or score them as failures with --missing worst",
                         pred_dir)
+
+    coverage = {"n_expected": len(wanted), "n_found": len(wanted) - len(absent), "n_missing": len(absent),
+                "missing_policy": missing, "cases_missing": absent,
+                "cases_not_expected": sorted(set(preds) - set(wanted))}
+    if tgt.regions:
+        return _evaluate_regions(info, tgt, wanted, {c: p for c, p in _prediction_files(pred_dir).items()},
+                                 region_files, out_dir, title, {**(extra or {}), "coverage": coverage}, progress)
 
     def pairs():
         for case in wanted:
@@ -119,7 +169,23 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, target: str
             rows.append({**worst_row(case, ref, sp), "prediction": "missing"})
         else:
             rows.extend({**row, "prediction": "found"} for row in evaluate_pairs([(case, pred, ref, sp)], progress=False))
-    coverage = {"n_expected": len(wanted), "n_found": len(wanted) - len(absent), "n_missing": len(absent),
-                "missing_policy": missing, "cases_missing": absent,
-                "cases_not_expected": sorted(set(preds) - set(wanted))}
     return write_report(rows, out_dir, title, extra={**(extra or {}), "coverage": coverage})
+
+
+def _evaluate_regions(info, target: Target, wanted: list[str], label_maps: dict[str, Path],
+                      masks: dict[str, dict[str, Path]], out_dir: Path, title: str, extra: dict,
+                      progress: bool) -> dict:
+    """Every metric per region: label maps (or per-region masks) vs the reference's regions."""
+    rows: dict[str, list[dict]] = {r: [] for r in target.classes}
+    for case in tqdm(wanted, desc="evaluate", unit="case", disable=not progress):
+        ref_case = read_case(info, case, info.modalities[:1], with_label=True)
+        ref = region_masks(apply_target(ref_case.label, target), len(target.classes))
+        found = case in label_maps or case in masks
+        pred = _region_prediction(case, label_maps, masks, target, ref.shape[1:], ref_case.affine) if found else None
+        for k, r in enumerate(target.classes):
+            if pred is None:
+                rows[r].append({**worst_row(case, ref[k], ref_case.spacing), "prediction": "missing"})
+            else:
+                row = evaluate_pairs([(case, pred[k], ref[k], ref_case.spacing)], progress=False)[0]
+                rows[r].append({**row, "prediction": "found"})
+    return write_region_report(rows, out_dir, title, extra={"target": target.to_json(), **extra})

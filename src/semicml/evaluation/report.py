@@ -34,7 +34,7 @@ METRIC_LABELS: dict[str, str] = {
 }
 
 # Keys summary.json writes itself; ``extra`` may not overwrite them.
-_RESERVED_SUMMARY_KEYS = frozenset(
+RESERVED_SUMMARY_KEYS = frozenset(
     {"title", "n_cases", "mean", "std", "std_ddof", "empty_mask_rule", "n_empty_pred", "n_empty_ref"}
 )
 
@@ -82,7 +82,7 @@ def format_metric(metric: str, value: Any) -> str:
     return f"{value:.2f}" if metric in DISTANCE_METRICS else f"{value:.4f}"
 
 
-def _md_cell(text: Any) -> str:
+def md_cell(text: Any) -> str:
     # A '|' in a case id would split the Markdown table cell.
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -110,13 +110,13 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
     return rows_to_csv(rows, ["case", *metrics, *others])
 
 
-def _coverage_line(coverage: dict[str, Any] | None) -> list[str]:
+def coverage_line(coverage: dict[str, Any] | None) -> list[str]:
     if not coverage:
         return []
     text = (f"Cases expected: {coverage['n_expected']}, found: {coverage['n_found']}, "
             f"missing: {coverage['n_missing']}")
     if coverage["n_missing"]:
-        text += (f" ({', '.join(map(_md_cell, coverage['cases_missing'][:10]))}"
+        text += (f" ({', '.join(map(md_cell, coverage['cases_missing'][:10]))}"
                  f"{' ...' if coverage['n_missing'] > 10 else ''}; scored as the worst case: Dice 0, "
                  "distances = volume diagonal)")
     return [text + "."]
@@ -130,14 +130,14 @@ def _markdown_text(rows: Sequence[dict[str, Any]], summary: dict[str, Any], titl
         f"# {title}",
         "",
         f"{summary['n_cases']} cases; last row: mean ± sample std (ddof={STD_DDOF}) over all cases.",
-        *_coverage_line(coverage),
+        *coverage_line(coverage),
         f"Empty masks: {EMPTY_MASK_RULE}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * len(metrics)) + "|",
     ]
     for i, row in enumerate(rows):
-        cells = [_md_cell(row.get("case", i)), *(format_metric(m, row[m]) for m in metrics)]
+        cells = [md_cell(row.get("case", i)), *(format_metric(m, row[m]) for m in metrics)]
         lines.append("| " + " | ".join(cells) + " |")
     stats = [f"{format_metric(m, summary['mean'][m])} ± {format_metric(m, summary['std'][m])}" for m in metrics]
     lines.append("| **mean ± std** | " + " | ".join(stats) + " |")
@@ -169,7 +169,7 @@ def write_report(
     out_dir = Path(out_dir)
     summary = summarize(rows)
     extra = dict(extra or {})
-    clash = sorted(_RESERVED_SUMMARY_KEYS & set(extra))
+    clash = sorted(RESERVED_SUMMARY_KEYS & set(extra))
     if clash:
         raise ValueError(f"extra may not overwrite report keys: {', '.join(clash)}")
     payload = {

@@ -39,11 +39,11 @@ TS_EXTRA = "semicml.json"
 THRESHOLD = 0.5
 
 
-def default_out(run: str | Path, modality: str, fmt: str) -> Path:
-    """``RUN/export/<modality><suffix>``; next to the weights file when ``run`` is one."""
+def default_out(run: str | Path, modality: str, fmt: str, quantize: str | None = None) -> Path:
+    """``RUN/export/<modality>[-int8]<suffix>``; next to the weights file when ``run`` is one."""
     run = Path(run)
     folder = run.parent if run.is_file() else run / "export"
-    return folder / f"{modality}{FORMATS[fmt]}"
+    return folder / f"{modality}{'-' + quantize if quantize else ''}{FORMATS[fmt]}"
 
 
 def sidecar_path(model: str | Path) -> Path:
@@ -88,8 +88,11 @@ def export_metadata(payload: dict, modality: str, fmt: str, source: Path, run: P
                           "resampled to size x size. All-zero slices are not run: probability 0"},
         "threshold": THRESHOLD,
         "postprocessing": payload.get("postprocessing", NONE),
-        "spacing": {"resampled": False, "training_spacing_mm": _training_spacing(run) if run.is_dir() else None,
-                    "note": "cases are used at their own spacing (no resampling); axial axis from the affine"},
+        "spacing": {"resampled": bool((prep.get("spacing") or {}).get("in_plane_mm")),
+                    "training_spacing_mm": _training_spacing(run) if run.is_dir() else None,
+                    "note": "planes are resampled in plane to preprocessing.spacing.in_plane_mm when it is recorded "
+                    "(runs made before it: used at their own spacing), the probabilities back to the input grid; "
+                    "slice thickness unchanged; axial axis from the affine"},
         "weights_file": str(source),
         "weights_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
         "iteration": payload.get("iteration"),
@@ -155,20 +158,37 @@ def load_torchscript(path: str | Path, device: torch.device | str = "cpu", extra
         return torch.jit.load(str(path), map_location=device, _extra_files=extra if extra is not None else {})
 
 
-def export_model(run: str | Path, modality: str, fmt: str = "onnx", out: str | Path | None = None) -> Path:
-    """Write ``modality``'s network of ``run`` as ``fmt`` to ``out`` (+ ``out.json``); returns ``out``."""
+def export_model(run: str | Path, modality: str, fmt: str = "onnx", out: str | Path | None = None,
+                 quantize: str | None = None) -> Path:
+    """Write ``modality``'s network of ``run`` as ``fmt`` to ``out`` (+ ``out.json``); returns ``out``.
+
+    ``quantize="int8"`` (ONNX only): post-training static quantization calibrated on the run's
+    training slices (see :mod:`semicml.inference.quantize`).
+    """
+    from .quantize import SCHEMES, calibration_slices, quantize_onnx, with_metadata
+
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if quantize is not None and (fmt != "onnx" or quantize not in SCHEMES):
+        raise ConfigError(f"--quantize {quantize!r} needs --format onnx and one of: {', '.join(SCHEMES)}")
     source = weights_path(run, modality)
     net, payload = load_weights(run, modality, torch.device("cpu"))
     stored = str(payload.get("modality", modality))
     if stored.lower() != modality.lower():
         raise DataError(f"these weights are for modality {stored!r}, not {modality!r}", source)
-    out = Path(out) if out is not None else default_out(run, stored, fmt)
+    out = Path(out) if out is not None else default_out(run, stored, fmt, quantize)
     meta = export_metadata(payload, stored, fmt, source, Path(run))
     meta["model_file"] = out.name
-    make = onnx_model_bytes if fmt == "onnx" else torchscript_bytes
-    data = make(net, meta["levels"], meta)
+    if quantize is None:
+        make = onnx_model_bytes if fmt == "onnx" else torchscript_bytes
+        data = make(net, meta["levels"], meta)
+    else:
+        slices = calibration_slices(Path(run), stored, multiple=2 ** meta["levels"])
+        meta["quantization"] = {"scheme": quantize, "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                                "weights": "int8 per channel", "activations": "uint8, MinMax calibration",
+                                "calibration": f"{len(slices)} slices of the run's training cases (slice store)"}
+        data = with_metadata(quantize_onnx(onnx_model_bytes(net, meta["levels"]), slices, quantize),
+                             META_KEY, meta)
     meta["model_sha256"] = hashlib.sha256(data).hexdigest()
     # The model first, then its sidecar: a sidecar never describes a file that is not there.
     atomic_write_bytes(out, data)

@@ -36,7 +36,14 @@ from ..hardware import resolve_device
 from ..io_utils import atomic_write_text
 from ..locking import exclusive
 from .postprocess import NONE, apply_postprocess, check_spec, choose_postprocess
-from .predict import atomic_save_nifti, load_model, probabilities_on_grid
+from .predict import (
+    atomic_save_nifti,
+    load_model,
+    probabilities_on_grid,
+    region_postprocess,
+    region_target,
+    write_region_masks,
+)
 from .predictor import WINDOWS
 from .uncertainty import UNCERTAINTY_SUFFIX, Spread, flip_members
 
@@ -79,11 +86,13 @@ def mean_probabilities(maps: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def choose_fused_postprocessing(val_probs: Mapping[str, Sequence[np.ndarray]], labels: Sequence[np.ndarray],
-                                spacings: Sequence[Sequence[float]], fixed: str | None = None) -> dict[str, dict]:
+                                spacings: Sequence[Sequence[float]], fixed: str | None = None,
+                                choose=choose_postprocess) -> dict[str, dict]:
     """At training end: for every set of two or more modalities (all of them when there are more
     than :data:`MAX_SUBSET_MODALITIES`), the post-processing with the best validation Dice of the
     fused (mean) probability map. ``val_probs``: modality -> probabilities of each val case in
-    the stored frame (one grid for all modalities); ``fixed``: the configured choice (no search).
+    the stored frame (one grid for all modalities); ``fixed``: the configured choice (no search);
+    ``choose(probs, labels, spacings)``: the single-network rule (per region for region targets).
     """
     mods = list(val_probs)
     if len(mods) < 2:
@@ -96,26 +105,28 @@ def choose_fused_postprocessing(val_probs: Mapping[str, Sequence[np.ndarray]], l
                 out[fused_name(subset)] = {"choice": check_spec(fixed), "chosen_by": "config"}
                 continue
             fused = [mean_probabilities([val_probs[m][i] for m in subset]) for i in range(len(labels))]
-            out[fused_name(subset)] = {**choose_postprocess(fused, labels, spacings), "chosen_by": "validation"}
+            out[fused_name(subset)] = {**choose(fused, labels, spacings), "chosen_by": "validation"}
     return out
 
 
-def fused_postprocess(run_info: dict, used: Sequence[str], stored: Mapping[str, str]) -> tuple[str, str]:
-    """(spec, why) for a fused prediction from the networks of ``used`` (the run's spelling).
+def fused_postprocess(run_info: dict, used: Sequence[str],
+                      stored: Mapping[str, str | dict]) -> tuple[str | dict, str]:
+    """(choice, why) for a fused prediction from the networks of ``used`` (the run's spelling); a
+    choice is a spec, or one spec per region for region networks.
 
     ``stored``: each network's own choice (from its weights file); one network alone keeps it.
     """
     order = [m for m in run_info.get("modalities", list(used)) if m in used] or list(used)
     if len(order) == 1:
-        return check_spec(stored.get(order[0], NONE)), f"stored with the {order[0]} network"
+        return stored.get(order[0], NONE), f"stored with the {order[0]} network"
     hit = (run_info.get("postprocessing_fused") or {}).get(fused_name(order))
     if hit:
-        return check_spec(hit["choice"]), f"chosen on validation for {fused_name(order)}"
+        return hit["choice"], f"chosen on validation for {fused_name(order)}"
     best = run_info.get("best_val") or {}
     scored = [m for m in order if m in best]
     if scored:
         top = max(scored, key=lambda m: best[m]["dice"])
-        return check_spec(stored.get(top, NONE)), f"no fused choice recorded: that of {top} (best validation Dice)"
+        return stored.get(top, NONE), f"no fused choice recorded: that of {top} (best validation Dice)"
     return NONE, "no fused choice recorded"
 
 
@@ -134,7 +145,7 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
                   threshold: float = 0.5, progress: bool = True, cases: list[str] | None = None, tta: bool = False,
                   postprocess: str | None = None, engine: str = "torch", window: str = "whole", margin: int = 0,
                   threads: int | None = None, compile: bool = False, missing: str = "error",
-                  uncertainty: bool = False) -> list[Path]:
+                  uncertainty: bool = False, regions_as_files: bool = False) -> list[Path]:
     """Segment every case of ``input_path`` from the mean probability of the networks of
     ``modalities`` (two or more) of the run directory ``run``; masks on the reference grid.
 
@@ -161,7 +172,13 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
     dev = resolve_device(device if engine == "torch" else "cpu")
     nets = {m: load_model(run, m, engine, dev, precision, threads, compile) for m in modalities}
     spelling = {m: str(info.get("modality") or m) for m, (_, info) in nets.items()}  # the run's names
-    stored = {spelling[m]: str(info.get("postprocessing", NONE)) for m, (_, info) in nets.items()}
+    stored = {spelling[m]: info.get("postprocessing", NONE) for m, (_, info) in nets.items()}
+    regions = region_target(nets[modalities[0]][1])  # one run: every network has the same target
+    if regions_as_files and regions is None:
+        raise ConfigError("--regions-as-files needs networks trained on a region target (--target regions)")
+    if regions is not None and regions.paint is None and not regions_as_files:
+        raise ConfigError(f"the regions {', '.join(regions.classes)} cannot be painted into one label map "
+                          "(a later region covers an earlier one); use --regions-as-files")
 
     found, absent = read_modality_sets(input_path, modalities)
     if cases is not None:
@@ -180,6 +197,8 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
                         "predict from the modalities each case has with --missing-modality skip", a.expected)
     out_dir = Path(out_dir)
     record: dict = {"run": str(run), "modalities": modalities, "fused": True, "input": str(input_path),
+                    "regions": None if regions is None else {"classes": regions.classes, "values": regions.values,
+                                                             "as_files": regions_as_files},
                     "engine": engine, "window": window, "margin": margin, "threshold": threshold,
                     "tta": tta or uncertainty, "uncertainty": "flip-std" if uncertainty else None,
                     "missing_policy": missing, "cases": {}}
@@ -190,29 +209,40 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
             for case_id, loaders in bar:
                 used = list(loaders)
                 if postprocess is not None:
-                    post, why = check_spec(postprocess), "given by the user"
+                    raw, why = postprocess, "given by the user"
                 else:
-                    post, why = fused_postprocess(run_info, [spelling[m] for m in used], stored)
-                ref, probs, spread = _fuse_case(loaders, nets, spelling, tta, uncertainty, window, margin)
-                mask = threshold_masks(probs, threshold, post, ref.spacing)
+                    raw, why = fused_postprocess(run_info, [spelling[m] for m in used], stored)
+                try:
+                    post = region_postprocess(raw, regions) if regions else check_spec(raw)
+                except ValueError as err:
+                    raise DataError(str(err)) from None
+                channels = len(regions.classes) if regions else 1
+                ref, probs, spread = _fuse_case(loaders, nets, spelling, tta, uncertainty, window, margin, channels)
                 header = ref.header.copy() if ref.header is not None else None
-                path = out_dir / f"{case_id}.nii.gz"
-                atomic_save_nifti(nib.Nifti1Image(mask, ref.affine, header), path, dtype=np.uint8)
-                written.append(path)
+                if regions is None:
+                    paths = [out_dir / f"{case_id}.nii.gz"]
+                    atomic_save_nifti(nib.Nifti1Image(threshold_masks(probs, threshold, post, ref.spacing), ref.affine,
+                                                      header), paths[0], dtype=np.uint8)
+                else:  # one label map painted by the target's rule, or one mask per region
+                    paths = write_region_masks(probs, threshold, post, regions, regions_as_files, ref, case_id,
+                                               header, out_dir)
+                written.extend(paths)
+                four_d = (lambda a: a) if regions is None else (lambda a: np.moveaxis(a, 0, -1))  # regions last
                 if save_probabilities:
-                    atomic_save_nifti(nib.Nifti1Image(probs, ref.affine, header), out_dir / f"{case_id}_prob.nii.gz",
-                                      dtype=np.float32)
+                    atomic_save_nifti(nib.Nifti1Image(four_d(probs), ref.affine, header),
+                                      out_dir / f"{case_id}_prob.nii.gz", dtype=np.float32)
                 if uncertainty:
-                    atomic_save_nifti(nib.Nifti1Image(spread.std(), ref.affine, header),
+                    atomic_save_nifti(nib.Nifti1Image(four_d(spread.std()), ref.affine, header),
                                       out_dir / f"{case_id}{UNCERTAINTY_SUFFIX}", dtype=np.float32)
-                record["cases"][path.name] = {
-                    "modalities": used, "reference_grid": used[0], "postprocessing": post, "postprocessing_from": why,
+                record["cases"][case_id] = {
+                    "masks": [str(p.relative_to(out_dir)) for p in paths], "modalities": used,
+                    "reference_grid": used[0], "postprocessing": post, "postprocessing_from": why,
                     "missing": {a.modality: str(a.expected) for a in absent if a.case_id == case_id}}
     atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=1))
     return written
 
 
-def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: str, margin: int):
+def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: str, margin: int, channels: int):
     """(reference case, mean probability on its grid, the members' :class:`Spread`)."""
     ref = None
     spread = Spread()
@@ -224,10 +254,10 @@ def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: st
         runner, info = nets[m]
         prep = info["preprocessing"]
         if uncertainty:
-            members = flip_members(runner, image, case.affine, prep, spelling[m], window, margin)
+            members = flip_members(runner, image, case.affine, prep, spelling[m], window, margin, channels=channels)
         else:
             members = [probabilities_on_grid(None, image, case.affine, prep, None, None, tta=tta, engine=runner,
-                                             window=window, margin=margin, modality=spelling[m])]
+                                             window=window, margin=margin, modality=spelling[m], channels=channels)]
         for p in members:
             spread.add(align_to_grid(p, case.affine, ref.shape, ref.affine))
     assert ref is not None

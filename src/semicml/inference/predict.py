@@ -5,6 +5,11 @@ from its own intensities. The network sees the WHOLE slice (it is fully convolut
 tumour outside the training crop is lost; post-processing is the one chosen on validation and
 stored with the weights. Masks are written on the original grid with the original affine and
 header.
+
+Region targets (one sigmoid channel per region): each region is thresholded and post-processed on
+its own, then written as one label map by painting the regions in order, later overwriting
+earlier (nnU-Net's rule; BraTS: 2 where wt, 1 where tc, 4 where et), or with
+``regions_as_files`` as one mask per region, ``<out>/<region>/<case>.nii.gz``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tqdm.auto import tqdm
 from ..data.case import Case
 from ..data.preprocess import network_frame
 from ..data.readers import read_single_modality
+from ..data.targets import Target, label_map_from_regions
 from ..errors import ConfigError, DataError
 from ..hardware import Precision, resolve_device, resolve_precision
 from ..io_utils import atomic_write_bytes, atomic_write_text
@@ -32,7 +38,8 @@ from .predictor import WINDOWS, engine_planes
 from .uncertainty import UNCERTAINTY_SUFFIX, flip_spread
 from .weights import load_weights
 
-__all__ = ["atomic_save_nifti", "load_model", "load_weights", "predict_cases", "probabilities_on_grid"]
+__all__ = ["atomic_save_nifti", "load_model", "load_weights", "predict_cases", "probabilities_on_grid",
+           "region_postprocess", "region_target", "write_region_masks"]
 
 
 def atomic_save_nifti(image: nib.Nifti1Image, path: Path, dtype) -> None:
@@ -44,8 +51,10 @@ def atomic_save_nifti(image: nib.Nifti1Image, path: Path, dtype) -> None:
 def probabilities_on_grid(net: torch.nn.Module | None, image: np.ndarray, affine: np.ndarray, preprocessing: dict,
                           device: torch.device | None, precision: Precision | None, channels_last: bool = True,
                           tta: bool = False, engine: Engine | None = None, window: str = "whole",
-                          margin: int = 0, batch_size: int = 32, modality: str | None = None) -> np.ndarray:
-    """Foreground probability of a single-modality 3D image, on the image's own voxel grid.
+                          margin: int = 0, batch_size: int = 32, modality: str | None = None,
+                          channels: int = 1) -> np.ndarray:
+    """Foreground probability of a single-modality 3D image, on the image's own voxel grid; for a
+    network with ``channels`` > 1 outputs (region targets) ``(C, *image.shape)``, one map per region.
 
     The image is normalised as its modality was at training and its planes resampled to the
     training spacing (runs made before spacing was recorded: its own grid); stores made by
@@ -58,8 +67,25 @@ def probabilities_on_grid(net: torch.nn.Module | None, image: np.ndarray, affine
     if engine is None:
         engine = TorchEngine(net, device, precision, channels_last)
     frame = network_frame(image, affine, preprocessing, modality or "", engine.multiple)
-    probs = engine_planes(engine, frame.planes, batch_size=batch_size, tta=tta, window=window, margin=margin)
+    probs = engine_planes(engine, frame.planes, batch_size=batch_size, tta=tta, window=window, margin=margin,
+                          channels=channels)
     return frame.restore(probs)
+
+
+def region_target(info: dict) -> Target | None:
+    """The region target recorded with a network (weights file or export), or None (binary)."""
+    target = info.get("target") or {}
+    return Target(**target) if target.get("regions") else None
+
+
+def region_postprocess(post: str | dict, target: Target) -> dict[str, str]:
+    """One spec per region: a given spec for all, or the per-region choice stored with the weights."""
+    if isinstance(post, str):
+        return {r: check_spec(post) for r in target.classes}
+    missing = [r for r in target.classes if r not in post]
+    if missing:
+        raise DataError(f"the stored post-processing names no choice for region(s) {', '.join(missing)}")
+    return {r: check_spec(post[r]) for r in target.classes}
 
 
 def is_export(path: str | Path) -> bool:
@@ -117,13 +143,15 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
                   threshold: float = 0.5, progress: bool = True, cases: list[str] | None = None,
                   tta: bool = False, postprocess: str | None = None, engine: str = "torch",
                   window: str = "whole", margin: int = 0, threads: int | None = None,
-                  compile: bool = False, uncertainty: bool = False) -> list[Path]:
+                  compile: bool = False, regions_as_files: bool = False, uncertainty: bool = False) -> list[Path]:
     """Segment every case of ``input_path`` that has ``modality`` with that modality's network.
 
     ``run``: run directory, weights file or exported model (see :func:`load_model`).
     ``postprocess``: None uses the choice stored with the weights (made on validation); or
     ``none``, ``largest``, ``min-size:<mm^3>``. ``engine``: torch | onnxruntime | openvino (the
     masks are the same). ``window``: whole (default) | brain, see :mod:`semicml.inference.predictor`.
+    ``regions_as_files``: a region network writes one mask per region (``<out>/<region>/<case>.nii.gz``)
+    instead of one label map.
     ``uncertainty``: also write ``<case>_uncertainty.nii.gz``, the flip disagreement of
     :mod:`semicml.inference.uncertainty` (the mask is then the flip mean, as with ``tta``).
     """
@@ -137,10 +165,17 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
         raise ConfigError(f"--engine {engine} runs on the CPU; --device {device} needs --engine torch")
     dev = resolve_device(device if engine == "torch" else "cpu")
     runner, info = load_model(run, modality, engine, dev, precision, threads, compile)
+    regions = region_target(info)
     try:
-        post = check_spec(postprocess if postprocess is not None else info.get("postprocessing", NONE))
+        stored = postprocess if postprocess is not None else info.get("postprocessing", NONE)
+        post = region_postprocess(stored, regions) if regions else check_spec(stored)
     except ValueError as err:
         raise DataError(str(err)) from None
+    if regions_as_files and regions is None:
+        raise ConfigError("--regions-as-files needs a network trained on a region target (--target regions)")
+    if regions is not None and regions.paint is None and not regions_as_files:
+        raise ConfigError(f"the regions {', '.join(regions.classes)} cannot be painted into one label map "
+                          "(a later region covers an earlier one); use --regions-as-files")
     found = read_single_modality(input_path, modality)
     if cases is not None:
         ids = {cid for cid, _ in found}
@@ -153,15 +188,21 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
     out_dir = Path(out_dir)
     about = {"run": str(run), "modality": modality, "input": str(input_path), "engine": engine, "window": window,
              "margin": margin, **({"uncertainty": "flip-std"} if uncertainty else {})}
+    if regions is not None:
+        about["regions"] = {"classes": regions.classes, "values": regions.values,
+                            "written_as": "one mask per region" if regions_as_files else
+                            f"one label map, painted in order with {regions.paint}"}
     with exclusive(out_dir, "prediction folder"):  # one writer per folder (another fails naming this PID)
         out_dir.mkdir(parents=True, exist_ok=True)
         return _predict_all(found, out_dir, runner, info["preprocessing"], post, threshold, save_probabilities,
-                            tta or uncertainty, progress, about, network_modality=info.get("modality"))
+                            tta or uncertainty, progress, about, network_modality=info.get("modality"),
+                            regions=regions, regions_as_files=regions_as_files)
 
 
-def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post: str, threshold: float,
-                 save_probabilities: bool, tta: bool, progress: bool, about: dict,
-                 network_modality: str | None = None) -> list[Path]:
+def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post: str | dict[str, str],
+                 threshold: float, save_probabilities: bool, tta: bool, progress: bool, about: dict,
+                 network_modality: str | None = None, regions: Target | None = None,
+                 regions_as_files: bool = False) -> list[Path]:
     modality = about["modality"]
     network_modality = network_modality or modality  # the name its normalisation was recorded under
     written = []
@@ -169,25 +210,53 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
         for case_id, load in bar:
             case: Case = load()
             image = next(iter(case.images.values()))
+            channels = len(regions.classes) if regions else 1
             if about.get("uncertainty"):
                 probs, spread = flip_spread(runner, image, case.affine, preprocessing, network_modality,
-                                            about["window"], about["margin"])
+                                            about["window"], about["margin"], channels=channels)
             else:
                 probs = probabilities_on_grid(None, image, case.affine, preprocessing, None, None, tta=tta,
                                               engine=runner, window=about["window"], margin=about["margin"],
-                                              modality=network_modality)
-            mask = apply_postprocess((probs > threshold).astype(np.uint8), post, case.spacing)
+                                              modality=network_modality, channels=channels)
             header = case.header.copy() if case.header is not None else None
-            path = out_dir / f"{case_id}.nii.gz"
-            atomic_save_nifti(nib.Nifti1Image(mask, case.affine, header), path, dtype=np.uint8)
-            written.append(path)
-            if save_probabilities:
-                atomic_save_nifti(nib.Nifti1Image(probs.astype(np.float32), case.affine, header),
+            if regions is None:
+                mask = apply_postprocess((probs > threshold).astype(np.uint8), post, case.spacing)
+                path = out_dir / f"{case_id}.nii.gz"
+                atomic_save_nifti(nib.Nifti1Image(mask, case.affine, header), path, dtype=np.uint8)
+                written.append(path)
+            else:
+                written.extend(write_region_masks(probs, threshold, post, regions, regions_as_files, case, case_id,
+                                                  header, out_dir))
+            if save_probabilities:  # region targets: 4D, the regions along the last axis
+                stack = probs if regions is None else np.moveaxis(probs, 0, -1)
+                atomic_save_nifti(nib.Nifti1Image(stack.astype(np.float32), case.affine, header),
                                   out_dir / f"{case_id}_prob.nii.gz", dtype=np.float32)
-            if about.get("uncertainty"):
+            if about.get("uncertainty"):  # region targets: 4D like the probabilities
+                spread = spread if regions is None else np.moveaxis(spread, 0, -1)
                 atomic_save_nifti(nib.Nifti1Image(spread, case.affine, header),
                                   out_dir / f"{case_id}{UNCERTAINTY_SUFFIX}", dtype=np.float32)
-    atomic_write_text(out_dir / "predict.json", json.dumps({**about, "cases": [p.name for p in written],
+    atomic_write_text(out_dir / "predict.json", json.dumps({**about, "cases": [str(p.relative_to(out_dir))
+                                                                               for p in written],
                                                            "threshold": threshold, "tta": tta,
                                                            "postprocessing": post}, indent=1))
     return written
+
+
+def write_region_masks(probs: np.ndarray, threshold: float, post: dict[str, str], regions: Target, as_files: bool,
+                       case: Case, case_id: str, header, out_dir: Path) -> list[Path]:
+    """(C, ...) region probabilities -> each region thresholded and post-processed alone -> one
+    painted label map, or one mask per region in ``<out>/<region>/``."""
+    masks = np.stack([apply_postprocess((probs[k] > threshold).astype(np.uint8), post[r], case.spacing)
+                      for k, r in enumerate(regions.classes)]).astype(bool)
+    if not as_files:
+        label = label_map_from_regions(masks, regions)
+        path = out_dir / f"{case_id}.nii.gz"
+        atomic_save_nifti(nib.Nifti1Image(label, case.affine, header), path, dtype=label.dtype)
+        return [path]
+    paths = []
+    for k, r in enumerate(regions.classes):
+        path = out_dir / r / f"{case_id}.nii.gz"
+        path.parent.mkdir(exist_ok=True)
+        atomic_save_nifti(nib.Nifti1Image(masks[k].astype(np.uint8), case.affine, header), path, dtype=np.uint8)
+        paths.append(path)
+    return paths

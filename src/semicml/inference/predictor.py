@@ -26,14 +26,17 @@ WINDOWS: tuple[str, ...] = ("whole", "brain")
 
 
 def predict_planes(net: nn.Module, planes: np.ndarray, device: torch.device, precision: Precision,
-                   batch_size: int = 32, channels_last: bool = True, tta: bool = False) -> np.ndarray:
-    """planes: (Z, H, W) normalised slices of ONE modality -> (Z, H, W) float32 probabilities.
+                   batch_size: int = 32, channels_last: bool = True, tta: bool = False,
+                   channels: int = 1) -> np.ndarray:
+    """planes: (Z, H, W) normalised slices of ONE modality -> (Z, H, W) float32 probabilities,
+    or (Z, C, H, W) for a network with ``channels`` > 1 sigmoid outputs (one per region).
 
     Binary networks (1 output channel) give sigmoid probabilities of the foreground. Empty
     (all-zero) slices are skipped and predicted as background. ``tta``: the mean of the
     probabilities of the slice and its three in-plane mirror images (flip test-time augmentation).
     """
-    return engine_planes(TorchEngine(net, device, precision, channels_last), planes, batch_size, tta)
+    return engine_planes(TorchEngine(net, device, precision, channels_last), planes, batch_size, tta,
+                         channels=channels)
 
 
 def nonempty_slices(planes: np.ndarray) -> np.ndarray:
@@ -62,11 +65,15 @@ def brain_windows(planes: np.ndarray, multiple: int, margin: int = 0) -> dict[tu
 
 
 def engine_planes(engine: Engine, planes: np.ndarray, batch_size: int = 32, tta: bool = False,
-                  window: str = "whole", margin: int = 0) -> np.ndarray:
+                  window: str = "whole", margin: int = 0, channels: int = 1) -> np.ndarray:
     """:func:`predict_planes` with any engine and window (see the module docstring)."""
     if window not in WINDOWS:
         raise ValueError(f"unknown window {window!r} (choose from {', '.join(WINDOWS)})")
-    out = np.zeros(planes.shape, dtype=np.float32)
+    if channels > 1:  # one sigmoid map per region: predict as (Z, C, H, W)
+        z, h, w = planes.shape
+        out = np.zeros((z, channels, h, w), dtype=np.float32)
+    else:
+        out = np.zeros(planes.shape, dtype=np.float32)
     if window == "whole":
         groups = {planes.shape[1:]: [(int(z), 0, 0) for z in nonempty_slices(planes)]}
     else:
@@ -78,11 +85,15 @@ def engine_planes(engine: Engine, planes: np.ndarray, batch_size: int = 32, tta:
                 part = members[start : start + batch_size]
                 batch = np.stack([planes[z, x0 : x0 + h, y0 : y0 + w] for z, x0, y0 in part])
                 x = torch.from_numpy(batch.astype(np.float32, copy=False)).unsqueeze(1)
-                acc = torch.zeros(x.shape[0], h, w)
+                acc = torch.zeros(x.shape[0], channels, h, w)
                 for dims in flips:
                     probs = torch.sigmoid(engine(torch.flip(x, dims) if dims else x))
-                    acc += (torch.flip(probs, dims) if dims else probs)[:, 0]
+                    if probs.shape[1] != channels:
+                        raise ValueError(f"the network has {probs.shape[1]} output channels, expected {channels}")
+                    acc += torch.flip(probs, dims) if dims else probs
                 acc /= len(flips)
+                if channels == 1:
+                    acc = acc[:, 0]
                 for k, (z, x0, y0) in enumerate(part):
-                    out[z, x0 : x0 + h, y0 : y0 + w] = acc[k].numpy()
+                    out[z, ..., x0 : x0 + h, y0 : y0 + w] = acc[k].numpy()
     return out

@@ -55,25 +55,26 @@ class FlippedEngine(Engine):
 
 
 def flip_members(engine: Engine, image: np.ndarray, affine: np.ndarray, preprocessing: dict, modality: str,
-                 window: str = "whole", margin: int = 0, batch_size: int = 32):
+                 window: str = "whole", margin: int = 0, batch_size: int = 32, channels: int = 1):
     """Yield the foreground probability of each flip member, on the image's own voxel grid.
 
     The image is normalised and resampled once (as :func:`~semicml.inference.predict.
     probabilities_on_grid` does); each member is restored to the input grid linearly, so the mean
-    of the members equals the ``--tta`` probability up to float rounding.
+    of the members equals the ``--tta`` probability up to float rounding. ``channels`` > 1 (region
+    networks): each member is ``(C, *image.shape)``.
     """
     frame = network_frame(image, affine, preprocessing, modality, engine.multiple)
     for dims in FLIPS:
         probs = engine_planes(FlippedEngine(engine, dims), frame.planes, batch_size=batch_size, window=window,
-                              margin=margin)
+                              margin=margin, channels=channels)
         yield frame.restore(probs)
 
 
 def flip_spread(engine: Engine, image: np.ndarray, affine: np.ndarray, preprocessing: dict, modality: str,
-                window: str = "whole", margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                window: str = "whole", margin: int = 0, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(mean probability, standard deviation) of the four flip members of one network."""
     spread = Spread()
-    for member in flip_members(engine, image, affine, preprocessing, modality, window, margin):
+    for member in flip_members(engine, image, affine, preprocessing, modality, window, margin, channels=channels):
         spread.add(member)
     return spread.mean(), spread.std()
 

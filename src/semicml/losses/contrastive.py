@@ -18,9 +18,10 @@ from semicml.losses.segmentation import fp32_region
 from semicml.losses.validation import check_pair, zero_with_graph
 from semicml.parallel import gather_rows
 
-__all__ = ["ASCLoss", "asc_loss", "multi_asc_loss", "similarity_matrix"]
+__all__ = ["ASC_CHANNELS", "ASCLoss", "asc_loss", "multi_asc_loss", "similarity_matrix"]
 
 _SIMILARITIES = ("dice", "cosine")
+ASC_CHANNELS = ("joint", "per-channel")
 
 
 def similarity_matrix(z: Tensor, similarity: str = "dice", eps: float = 1e-5) -> Tensor:
@@ -47,7 +48,8 @@ def similarity_matrix(z: Tensor, similarity: str = "dice", eps: float = 1e-5) ->
         return unit @ unit.T
 
 
-def asc_loss(p_a: Tensor, p_b: Tensor, *, similarity: str = "dice", temperature: float = 1.0) -> Tensor:
+def asc_loss(p_a: Tensor, p_b: Tensor, *, similarity: str = "dice", temperature: float = 1.0,
+             channels: str = "joint") -> Tensor:
     """Area-similarity contrastive loss between two modalities' predictions of the same slices.
 
     Shape contract: ``p_a``, ``p_b``: ``(U, C, H, W)`` probability maps (after sigmoid), same
@@ -63,12 +65,21 @@ def asc_loss(p_a: Tensor, p_b: Tensor, *, similarity: str = "dice", temperature:
     exactly 0 with zero gradient; ``U == 0`` returns a zero that is still attached to the graph.
     Symmetric: ``asc_loss(a, b) == asc_loss(b, a)``. Under DDP (``semicml.parallel.sharded_batch``)
     ``U`` counts the slices of the global batch: every rank's maps are gathered and contrasted.
+
+    ``channels`` (several output channels, e.g. nested regions): ``"joint"`` takes a map's
+    similarity over all its channels at once; ``"per-channel"`` is the mean over channels ``c`` of
+    ``asc_loss(p_a[:, c], p_b[:, c])``. Both are the same loss when ``C == 1``.
     """
     check_pair("asc_loss", p_a, p_b, "p_a", "p_b")
     if similarity not in _SIMILARITIES:
         raise ValueError(f"asc_loss: similarity must be one of {_SIMILARITIES}, got {similarity!r}")
     if not temperature > 0:
         raise ValueError(f"asc_loss: temperature must be > 0, got {temperature}")
+    if channels not in ASC_CHANNELS:
+        raise ValueError(f"asc_loss: channels must be one of {ASC_CHANNELS}, got {channels!r}")
+    if channels == "per-channel" and p_a.shape[1] > 1:
+        return torch.stack([asc_loss(p_a[:, c : c + 1], p_b[:, c : c + 1], similarity=similarity,
+                                     temperature=temperature) for c in range(p_a.shape[1])]).mean()
     # Under DDP the maps of every rank (the global batch) are contrasted; identity on one process.
     p_a, p_b = gather_rows(p_a), gather_rows(p_b)
     u = p_a.shape[0]

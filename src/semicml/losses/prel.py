@@ -25,13 +25,14 @@ def prel_loss(
     similarity: str = "dice",
     temperature: float = 1.0,
     dice_reduction: str = "batch",
+    asc_channels: str = "joint",
 ) -> Tensor:
     """PReL re-learning loss ``(1 - alpha) * Lsup(logits_weak, y_soft) + alpha * ASC(y_soft, sigmoid(logits_weak))``.
 
     Shape contract: ``logits_weak`` (the weaker network's logits) and ``soft_labels`` (the
     teacher's averaged sigmoid maps in [0, 1]): ``(B, C, H, W)``, same shape. ``soft_labels`` is
     detached here so the teacher never receives gradient. The ASC term is 0 when ``B == 1`` (no
-    negatives). Returns a float32 scalar.
+    negatives). ``asc_channels``: see :func:`asc_loss` (``channels``). Returns a float32 scalar.
     """
     check_pair("prel_loss", logits_weak, soft_labels, "logits_weak", "soft_labels")
     if not 0.0 <= alpha <= 1.0:
@@ -41,5 +42,5 @@ def prel_loss(
                           dice_reduction=dice_reduction)
     with fp32_region(logits_weak):
         p_weak = torch.sigmoid(logits_weak.float())
-    asc = asc_loss(y_soft, p_weak, similarity=similarity, temperature=temperature)
+    asc = asc_loss(y_soft, p_weak, similarity=similarity, temperature=temperature, channels=asc_channels)
     return (1.0 - alpha) * sup + alpha * asc

@@ -36,6 +36,8 @@ class MethodContext:
     # iteration ``i`` here is iteration ``schedule_offset + i`` of ``schedule_total``.
     schedule_offset: int = 0
     schedule_total: int | None = None
+    # Region targets: the region of each output channel (empty for a binary target).
+    regions: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.cfg.compile:
@@ -85,10 +87,12 @@ class Method(nn.Module):
         """(B, M, H, W) batch -> (B, 1, H, W) input of modality ``index``."""
         return images[:, index : index + 1]
 
-    @staticmethod
-    def target(label: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) class map -> (B, 1, H, W) float binary target."""
-        return (label > 0).float().unsqueeze(1)
+    def target(self, label: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) stored label -> (B, C, H, W) float target: the foreground (one channel), or
+        one channel per region of a region target (bit k of the stored label = region k)."""
+        if self.ctx.out_channels == 1:
+            return (label > 0).float().unsqueeze(1)
+        return torch.stack([(label >> k) & 1 for k in range(self.ctx.out_channels)], dim=1).float()
 
     def supervised(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The configured supervised loss (10 BCE + 7 Dice by default), shared by every method."""
@@ -127,8 +131,11 @@ class Method(nn.Module):
     def after_step(self, iteration: int) -> None:
         """Called after each optimiser step (e.g. EMA teacher update)."""
 
-    def on_validation(self, iteration: int, val_dice: dict[str, float]) -> None:
-        """Called after each validation (e.g. best-model averaging of teachers)."""
+    def on_validation(self, iteration: int, val_dice: dict[str, float],
+                      region_dice: dict[str, dict[str, float]] | None = None) -> None:
+        """Called after each validation (e.g. best-model averaging of teachers). ``val_dice``:
+        modality -> mean Dice (over regions for a region target); ``region_dice``: modality ->
+        region -> Dice (region targets only)."""
 
     def phase(self, iteration: int) -> str:
         return self.name

@@ -36,6 +36,7 @@ class SemiCML(Method):
         self.teachers = nn.ModuleDict({k: frozen_copy(net) for k, net in self.students.items()})
         self.bma = {k: BestModelAverage(self.cfg.prel.pool_size, self.cfg.prel.max_alpha) for k in self.students}
         self.best_val: dict[str, float] = {}
+        self.best_val_regions: dict[str, dict[str, float]] = {}  # region targets: modality -> region -> Dice
 
     def forward_all(self, batch: Batch) -> tuple[list[torch.Tensor], int]:
         """Logits of every modality's network on labelled + unlabelled slices in one pass."""
@@ -54,7 +55,7 @@ class SemiCML(Method):
         probs_u = [torch.sigmoid(lg[n_lab:]) for lg in logits]
         if self.use_asc and sc.asc_weight > 0:
             losses["asc"] = multi_asc_loss(probs_u, similarity=self.similarity or sc.similarity,
-                                           temperature=sc.temperature)
+                                           temperature=sc.temperature, channels=sc.asc_channels)
             total = total + sc.asc_weight * losses["asc"]
         if self.use_mse and sc.mse_weight > 0:
             epoch = iteration / self.ctx.iterations_per_epoch
@@ -72,7 +73,8 @@ class SemiCML(Method):
         """Early, still-chaotic models are kept out of the teacher (reference: epochs <= 10 of 81)."""
         return self.ctx.progress(iteration) >= self.cfg.prel.bma_from
 
-    def on_validation(self, iteration: int, val_dice: dict[str, float]) -> None:
+    def on_validation(self, iteration: int, val_dice: dict[str, float],
+                      region_dice: dict[str, dict[str, float]] | None = None) -> None:
         offer = self.offer_to_bma(iteration)
         for i, m in enumerate(self.ctx.modalities):
             if m in val_dice:
@@ -80,14 +82,21 @@ class SemiCML(Method):
                 if offer:
                     self.bma[key].update(val_dice[m], self.teachers[key], self.students[key])
                 self.best_val[m] = max(self.best_val.get(m, float("-inf")), val_dice[m])
+            for r, d in (region_dice or {}).get(m, {}).items():
+                best = self.best_val_regions.setdefault(m, {})
+                best[r] = max(best.get(r, float("-inf")), d)
 
     def extra_state(self) -> dict:
-        return {"bma": {k: b.state() for k, b in self.bma.items()}, "best_val": dict(self.best_val)}
+        state = {"bma": {k: b.state() for k, b in self.bma.items()}, "best_val": dict(self.best_val)}
+        if self.best_val_regions:
+            state["best_val_regions"] = {m: dict(d) for m, d in self.best_val_regions.items()}
+        return state
 
     def load_extra_state(self, state: dict) -> None:
         for k, s in state.get("bma", {}).items():
             self.bma[k].load(s)
         self.best_val = dict(state.get("best_val", {}))
+        self.best_val_regions = {m: dict(d) for m, d in state.get("best_val_regions", {}).items()}
 
 
 # Ablations of the paper (each differs from Semi-CML in one switch).

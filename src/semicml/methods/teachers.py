@@ -72,11 +72,13 @@ class BestModelAverage:
 
 @torch.no_grad()
 def mc_soft_labels(net: nn.Module, x: torch.Tensor, samples: int, noise_std: float, noise_clip: float) -> torch.Tensor:
-    """mean_t sigmoid(f(x + n_t)) with dropout on and clipped Gaussian input noise: (B,1,H,W)."""
-    acc = torch.zeros_like(x, dtype=torch.float32)
+    """mean_t sigmoid(f(x + n_t)) with dropout on and clipped Gaussian input noise: x (B,1,H,W)
+    -> (B,C,H,W), C = the network's output channels (one per region of a region target)."""
+    acc: torch.Tensor | None = None
     with modes_restored(net):
         enable_mc_dropout(net)
         for _ in range(samples):
             noise = torch.clamp(torch.randn_like(x) * noise_std, -noise_clip, noise_clip)
-            acc += torch.sigmoid(net(x + noise).float())
+            probs = torch.sigmoid(net(x + noise).float())
+            acc = probs if acc is None else acc + probs
     return acc / samples

@@ -59,8 +59,11 @@ class DatasetInfo:
     image_files: dict[str, dict[str, Path]] = field(default_factory=dict, repr=False)
     label_files: dict[str, Path] = field(default_factory=dict, repr=False)
     channels: dict[str, int] = field(default_factory=dict, repr=False)
-    #: nnU-Net region-based label entries (name -> several values), usable as target names.
+    #: nnU-Net region-based datasets: every non-background ``labels`` entry (name -> values), in
+    #: the declared order; usable as target names and as the regions of ``--target regions``.
     label_regions: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    #: nnU-Net ``regions_class_order``: the value each region paints back into one label map.
+    region_paint: list[int] | None = field(default=None, repr=False)
     file_ending: str = ".nii.gz"
 
     @property

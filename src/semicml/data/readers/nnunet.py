@@ -39,7 +39,10 @@ def _parse_nnunet_labels(meta: dict, path: Path) -> tuple[dict[str, int], dict[s
         if v is None:
             raise DataError(f"label '{name}' has a non-integer value {value!r}", path)
         names[str(name)] = v
-    if regions:  # region-based: the raw values are the members of the regions
+    if regions:  # region-based: every non-background entry is a region, in the declared order
+        regions = {str(n): ([as_int(v)] if not isinstance(v, (list, tuple)) else [as_int(x) for x in v])
+                   for n, v in labels.items() if isinstance(v, (list, tuple)) or as_int(v) != 0}  # type: ignore[misc]
+        # the raw values are the members of the regions
         for v in sorted({v for vals in regions.values() for v in vals} - set(names.values())):
             names.setdefault(f"label_{v}", v)
     if 0 not in names.values():
@@ -102,6 +105,13 @@ def open_nnunet(root: Path) -> DatasetInfo:
         )
     info = finish_info(root, "nnunet", modalities, label_names, image_files, label_files, channels, regions)
     info.file_ending = ending  # type: ignore[assignment]
+    order = meta.get("regions_class_order")
+    if regions and order is not None:  # the value each region paints back into one label map
+        values = [as_int(v) for v in order] if isinstance(order, list) else [None]
+        if len(values) != len(regions) or any(v is None for v in values):
+            raise DataError(f"regions_class_order must list one integer per region ({len(regions)}), got {order!r}",
+                            meta_path)
+        info.region_paint = [int(v) for v in values]  # type: ignore[arg-type]
     return info
 
 
