@@ -158,8 +158,11 @@ def test_export_metadata_records_what_predict_needs(tmp_path, monkeypatch):
     assert prep["window"].endswith("All-zero slices are not run: probability 0")
     assert "clip_percentiles" not in PREP  # the payload's own record is not modified
     assert meta["threshold"] == 0.5 and meta["postprocessing"] == "largest"
-    assert meta["spacing"] == {"resampled": False, "training_spacing_mm": [1.0, 1.0, 2.0], "note": "cases are used at "
-                               "their own spacing (no resampling); axial axis from the affine"}
+    assert meta["spacing"]["resampled"] is False and meta["spacing"]["training_spacing_mm"] == [1.0, 1.0, 2.0]
+    assert "resampled in plane to preprocessing.spacing.in_plane_mm" in meta["spacing"]["note"]
+    spaced = export_metadata({**payload, "preprocessing": {**PREP, "spacing": {"in_plane_mm": 1.0}}}, "t2", "onnx",
+                             source, tmp_path)
+    assert spaced["spacing"]["resampled"] is True
     assert meta["weights_file"] == str(source)
     assert meta["weights_sha256"] == hashlib.sha256(b"weights bytes").hexdigest()
     json.dumps(meta)  # it goes to a JSON sidecar as it is
