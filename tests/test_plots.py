@@ -228,3 +228,37 @@ def test_val_curves_draw_each_seed_and_the_mean_at_common_iterations(figures, tm
     assert [t.get_text() for t in ax_t2.get_legend().get_texts()] == ["semicml (n=2)"]
     assert [tuple(p) for p in ax_t1ce.get_lines()[-1].get_xydata()] == [(10, 0.5)]
     assert ax_t2.get_ylim() == (0.0, 1.0) and "T2" in ax_t2.get_title()
+
+
+def test_overlays_draw_the_uncertainty_map_on_its_fixed_scale(figures, tmp_path):
+    """The fourth panel's PIXELS: the map's 0.5 block in the top colour of the scale, 0 in the bottom
+    one, a mid value in between; a row without a map says so."""
+    from matplotlib import colormaps
+
+    from semicml.evaluation.plots import UNCERTAINTY_CMAP
+
+    image = np.random.default_rng(0).normal(size=(40, 40)).astype(np.float32)
+    label = np.zeros((40, 40), bool)
+    unc = np.zeros((40, 40), np.float32)
+    unc[5:15, 5:15] = 0.5
+    unc[25:35, 25:35] = 0.25
+    plot_overlays([{"title": "u", "image": image, "label": label, "pred": label, "uncertainty": unc},
+                   {"title": "none", "image": image, "label": label, "pred": label}], tmp_path / "u.png")
+    (fig,) = figures
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    height = pixels.shape[0]
+    ax = fig.axes[3]  # row 0, fourth panel
+    assert "uncertainty" in ax.get_title()
+
+    def colour_at(col: float, row: float) -> np.ndarray:
+        x, y = ax.transData.transform((col, row))
+        return pixels[int(round(height - y)), int(round(x))]
+
+    cmap = colormaps[UNCERTAINTY_CMAP]
+    for (col, row), value in (((10, 10), 1.0), ((30, 30), 0.5), ((20, 5), 0.0), ((35, 10), 0.0)):
+        expected = np.round(np.asarray(cmap(value)[:3]) * 255)
+        assert np.abs(colour_at(col, row) - expected).max() <= 6, (col, row, value)
+    assert fig.axes[7].texts[0].get_text() == "no uncertainty map"  # row 1, fourth panel
+    with pytest.raises(ValueError, match="uncertainty"):
+        plot_overlays([{"image": image, "label": label, "pred": label, "uncertainty": unc[:3]}], tmp_path / "x.png")

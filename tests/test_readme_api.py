@@ -32,12 +32,19 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert (work / "eval" / "metrics.csv").is_file()
     out = capsys.readouterr().out
     assert re.search(r"T1ce alone, test Dice \d\.\d{3} on \d+ cases", out)
+    assert re.search(r"T2 \+ T1ce fused, test Dice \d\.\d{3}", out)
+    assert sorted(p.name for p in (work / "fused").glob("*_uncertainty.nii.gz")) == sorted(
+        f"{c}_uncertainty.nii.gz" for c in test_cases)
+    assert set(info["postprocessing_fused"]) == {"T2+T1ce"}
     # the region example: four networks with three channels, one BraTS-style label map per test case
     assert sorted(p.stem for p in (work / "run4" / "weights").iterdir()) == ["FLAIR", "T1", "T1ce", "T2"]
     run4 = json.loads((work / "run4" / "run.json").read_text())
     assert run4["target"]["classes"] == ["wt", "tc", "et"] and run4["network"]["out_channels"] == 3
     assert re.search(r"\{'wt': \d\.\d+, 'tc': \d\.\d+, 'et': \d\.\d+\} mean \d", out)
     assert json.loads((work / "eval4" / "summary.json").read_text())["region_order"] == ["wt", "tc", "et"]
+    fused4 = json.loads((work / "fused4" / "predict.json").read_text())  # regions fused: one label map per case
+    assert fused4["regions"]["classes"] == ["wt", "tc", "et"] and len(fused4["cases"]) == len(run4["splits"]["test"])
+    assert set(run4["postprocessing_fused"]) >= {"T2+T1ce+FLAIR+T1"}
 
     # training_curves.png of this run would draw every loss term the trainer logged
     rows = [json.loads(line) for line in (work / "run" / "log.jsonl").read_text().splitlines()]

@@ -186,7 +186,8 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
 @app.command()
 def predict(run: Path = typer.Option(..., help="run directory, a weights/<modality>.pt file, or a model written by "
                                           "`semicml export`"),
-            modality: str = typer.Option(..., help="the one modality available"),
+            modality: str = typer.Option(..., help="the one modality available, or several (t2,t1ce): the mean "
+                                               "probability of their networks (fused prediction)"),
             input: Path = typer.Option(..., "--input", help="BraTS / nnU-Net / MSD folder, NIfTI folder or file"),
             out: Path = typer.Option(..., "--out", help="output folder for <case>.nii.gz masks"),
             probabilities: bool = typer.Option(False, help="also write <case>_prob.nii.gz"),
@@ -202,16 +203,27 @@ def predict(run: Path = typer.Option(..., help="run directory, a weights/<modali
             threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: torch's)"),
             compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the network "
                                          "(--engine torch)"),
+            uncertainty: bool = typer.Option(False, "--uncertainty/--no-uncertainty", help="also write "
+                                             "<case>_uncertainty.nii.gz: std of the flip (and network) probabilities, "
+                                             "0..0.5; implies --tta"),
+            missing_modality: str = typer.Option("error", help="fused prediction, a case without one of the "
+                                                  "modalities: error | skip (fuse the ones it has, recorded)"),
             regions_as_files: bool = typer.Option(False, "--regions-as-files", help="region networks: one mask per "
                                                   "region in OUT/<region>/ instead of one label map"),
             device: str = typer.Option("auto"), precision: str = typer.Option("auto")) -> None:
-    """Segment cases from ONE modality with that modality's network."""
-    from .inference.predict import predict_cases
+    """Segment cases from ONE modality with that modality's network, or from several (fused)."""
+    names = _split_list(modality) or []
+    common = dict(device=device, precision=precision, save_probabilities=probabilities, cases=_split_list(cases),
+                  tta=tta, postprocess=postprocess, engine=engine, window=window, margin=margin, threads=threads,
+                  compile=compile, uncertainty=uncertainty, regions_as_files=regions_as_files)
+    if len(names) > 1:
+        from .inference.fusion import predict_fused
 
-    written = predict_cases(run, modality, input, out, device=device, precision=precision,
-                            save_probabilities=probabilities, cases=_split_list(cases), tta=tta,
-                            postprocess=postprocess, engine=engine, window=window, margin=margin, threads=threads,
-                            compile=compile, regions_as_files=regions_as_files)
+        written = predict_fused(run, names, input, out, missing=missing_modality, **common)
+    else:
+        from .inference.predict import predict_cases
+
+        written = predict_cases(run, names[0] if names else modality, input, out, **common)
     typer.echo(f"wrote {len(written)} masks to {out}")
 
 

@@ -14,12 +14,14 @@ import numpy as np
 
 from .config import build_config
 from .data.phantom import write_phantom
+from .data.geometry import resample_to_grid
 from .data.phantom_headneck import write_headneck_phantom
 from .data.store import PrepareOptions, SliceStore, prepare_store
 from .engine.trainer import Trainer
 from .errors import DataError
 from .evaluation.evaluate import evaluate_predictions, on_reference_grid
 from .evaluation.plots import plot_overlays, plot_training_curves
+from .inference.fusion import fused_name, predict_fused
 from .inference.predict import predict_cases
 from .io_utils import atomic_write_json
 
@@ -41,8 +43,10 @@ DEMO_TRAIN: dict[str, Any] = {
 }
 
 
-def overlay_rows(store: SliceStore, case: str, predictions: dict[str, Path], run_info: dict) -> list[dict]:
-    """One row per modality: the stored slice with most tumour, its label and the prediction."""
+def overlay_rows(store: SliceStore, case: str, predictions: dict[str, Path], run_info: dict,
+                 uncertainty: dict[str, Path] | None = None) -> list[dict]:
+    """One row per modality (or fused ``T2+T1ce``, shown on its first modality's image): the stored
+    slice with most tumour, its label, the prediction and, when given, the uncertainty map."""
     import nibabel as nib
 
     meta = store.cases[case]
@@ -55,28 +59,44 @@ def overlay_rows(store: SliceStore, case: str, predictions: dict[str, Path], run
         if pred.shape != tuple(meta.shape) or not np.allclose(img.affine, meta.affine, atol=1e-3):
             pred = on_reference_grid(pred, img.affine, meta.shape, meta.affine, pred_path)  # e.g. PET's own grid
         pred_planes = meta.to_stored_frame(pred.astype(np.uint8), nearest=True)
-        rows.append({"title": f"{case} z={z} {m}", "image": np.asarray(store.images(case)[z, store.modality_index(m)],
-                                                                        dtype=np.float32),
-                     "label": label[z] > 0, "pred": pred_planes[:, :, z] > 0})
+        shown = store.modality_index(m.split("+")[0])
+        row = {"title": f"{case} z={z} {m}", "image": np.asarray(store.images(case)[z, shown], dtype=np.float32),
+               "label": label[z] > 0, "pred": pred_planes[:, :, z] > 0}
+        if uncertainty and m in uncertainty:
+            u_img = nib.load(str(uncertainty[m]))
+            u = np.asarray(u_img.dataobj, dtype=np.float32)
+            if u.shape != tuple(meta.shape) or not np.allclose(u_img.affine, meta.affine, atol=1e-3):
+                u = resample_to_grid(u, u_img.affine, meta.shape, meta.affine, order=1)
+            row["uncertainty"] = meta.to_stored_frame(u)[:, :, z]
+        rows.append(row)
     return rows
 
 
 def evaluate_run(run_dir: Path, dataset: Path, out: Path, progress: bool = True,
-                 split: str = "test") -> dict[str, dict[str, float]]:
+                 split: str = "test", fused: bool = False, singles: bool = True) -> dict[str, dict[str, float]]:
     """Predict every case of ``split`` (test; train to check the fit) with each modality's network
-    ALONE and evaluate it in 3D."""
+    ALONE and evaluate it in 3D; with ``fused`` (and two or more modalities), also the fused
+    prediction of all of them, under the key ``T2+T1ce`` (see :mod:`semicml.inference.fusion`).
+    ``singles=False`` evaluates only the fused one."""
     info = json.loads((run_dir / "run.json").read_text())
     test = info["splits"].get(split)
     if not test:
         raise DataError(f"the run has no {split} split to evaluate", run_dir)
     target = info["target"]["name"]
     results: dict[str, dict[str, float]] = {}
-    for m in info["modalities"]:
+    for m in info["modalities"] if singles else []:
         pred_dir = out / "predictions" / m
         predict_cases(run_dir, m, dataset, pred_dir, cases=test, progress=progress)
         summary = evaluate_predictions(pred_dir, dataset, target, out / "evaluation" / m, cases=test,
                                        title=f"{info['method']} - {m} alone", progress=progress)
         results[m] = summary["mean"]
+    if fused and len(info["modalities"]) >= 2:
+        name = fused_name(info["modalities"])
+        pred_dir = out / "predictions" / name
+        predict_fused(run_dir, info["modalities"], dataset, pred_dir, cases=test, progress=progress)
+        summary = evaluate_predictions(pred_dir, dataset, target, out / "evaluation" / name, cases=test,
+                                       title=f"{info['method']} - {name} fused", progress=progress)
+        results[name] = summary["mean"]
     return results
 
 
@@ -112,17 +132,22 @@ def run_demo(out: Path, cases: int = 24, iterations: int | None = None, seed: in
     print(f"      teacher: {info.get('teacher', {}).get('modality')} (by {info.get('teacher', {}).get('chosen_by')}), "
           f"best val Dice {({m: round(v['dice'], 4) for m, v in info['best_val'].items()})}")
     print("[4/5] predict each modality ALONE on the held-out test cases, evaluate in 3D")
-    metrics = evaluate_run(run_dir, dataset, out)
+    metrics = evaluate_run(run_dir, dataset, out, fused=True)
     atomic_write_json(out / "metrics.json", metrics)
-    print("[5/5] plots")
+    print("[5/5] plots (overlays: each network alone, and fused with its uncertainty map)")
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     plot_training_curves(rows, out / "training_curves.png")
     store = SliceStore(store_path)
     test_case = info["splits"]["test"][0]
     preds = {m: out / "predictions" / m / f"{test_case}.nii.gz" for m in info["modalities"]}
-    plot_overlays(overlay_rows(store, test_case, preds, info), out / "overlays.png")
+    fused = fused_name(info["modalities"])
+    predict_fused(run_dir, info["modalities"], dataset, out / "uncertainty", cases=[test_case], uncertainty=True,
+                  progress=False)
+    preds[fused] = out / "uncertainty" / f"{test_case}.nii.gz"  # the flip mean the map describes
+    maps = {fused: out / "uncertainty" / f"{test_case}_uncertainty.nii.gz"}
+    plot_overlays(overlay_rows(store, test_case, preds, info, uncertainty=maps), out / "overlays.png")
     print()
-    print("test metrics (mean over held-out phantom cases, each modality's network alone):")
+    print("test metrics (mean over held-out phantom cases, each modality's network alone, then fused):")
     print(f"{'modality':10s} {'dice':>7s} {'jaccard':>8s} {'hd95 mm':>8s} {'asd mm':>7s} {'prec':>6s} {'sens':>6s}")
     for m, r in metrics.items():
         print(f"{m:10s} {r['dice']:7.4f} {r['jaccard']:8.4f} {r['hd95']:8.2f} {r['asd']:7.2f} "

@@ -18,7 +18,8 @@ import numpy as np
 
 from semicml.evaluation.plots import finite_number
 
-__all__ = ["PAIRED_METRICS", "collect_case_rows", "paired_comparison", "paired_markdown"]
+__all__ = ["PAIRED_METRICS", "collect_case_rows", "fusion_comparison", "fusion_markdown", "paired_comparison",
+           "paired_markdown"]
 
 PAIRED_METRICS: tuple[str, ...] = ("dice", "hd95")
 BOOTSTRAP_SAMPLES = 10_000
@@ -105,7 +106,8 @@ def paired_markdown(comparison: Sequence[dict[str, Any]]) -> str:
              "bootstrap over patients; p: two-sided Wilcoxon signed-rank; wins: patients where "
              f"{ref} is better.", ""]
     for mod in dict.fromkeys(e["modality"] for e in comparison):
-        lines += [f"### {mod} alone", "", "| other | n | Dice Δ [95% CI] | p | wins | HD95 Δ mm [95% CI] | p |",
+        lines += [f"### {mod} {'fused' if is_fused(mod) else 'alone'}", "",
+                  "| other | n | Dice Δ [95% CI] | p | wins | HD95 Δ mm [95% CI] | p |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for other in dict.fromkeys(e["other"] for e in comparison if e["modality"] == mod):
             cells = [other]
@@ -123,3 +125,89 @@ def paired_markdown(comparison: Sequence[dict[str, Any]]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def is_fused(modality: str) -> bool:
+    """A fused prediction's label joins the modalities with ``+`` (``T2+T1ce``)."""
+    return "+" in modality
+
+
+def fusion_comparison(case_rows: Sequence[dict[str, Any]],
+                      metrics: Sequence[str] = PAIRED_METRICS) -> list[dict[str, Any]]:
+    """Per method and fused prediction: fused - best single modality, per patient (seeds both
+    finished, averaged per patient first, as in :func:`paired_comparison`).
+
+    The best single modality is the one with the highest mean test Dice over those patients: the
+    choice a reader would make with hindsight, so fusion is compared with the hardest single
+    opponent (a choice on validation could only pick a weaker one).
+    """
+    from scipy.stats import wilcoxon
+
+    out = []
+    for method in dict.fromkeys(c["method"] for c in case_rows):
+        mods = list(dict.fromkeys(c["modality"] for c in case_rows if c["method"] == method))
+        singles = [m for m in mods if not is_fused(m)]
+        for fused in [m for m in mods if is_fused(m)]:
+            parts = [m for m in singles if m in fused.split("+")] or singles
+            seeds = {c["seed"] for c in case_rows if c["method"] == method and c["modality"] == fused}
+            for m in parts:
+                seeds &= {c["seed"] for c in case_rows if c["method"] == method and c["modality"] == m}
+            f_dice = _per_patient(case_rows, method, fused, "dice", seeds)
+            single_dice = {m: _per_patient(case_rows, method, m, "dice", seeds) for m in parts}
+            cases = sorted(set(f_dice).intersection(*single_dice.values())) if single_dice else []
+            if not cases:
+                continue
+            best = max(parts, key=lambda m: np.mean([single_dice[m][c] for c in cases]))
+            for metric in metrics:
+                a = _per_patient(case_rows, method, fused, metric, seeds)
+                b = _per_patient(case_rows, method, best, metric, seeds)
+                both = [c for c in cases if c in a and c in b]
+                entry: dict[str, Any] = {"method": method, "fused": fused, "best_single": best, "metric": metric,
+                                         "n_patients": len(both), "seeds": sorted(seeds)}
+                if both:
+                    d = np.asarray([a[c] - b[c] for c in both])
+                    lo, hi = _bootstrap_ci(d)
+                    better = np.sum(d > 0) if metric != "hd95" else np.sum(d < 0)
+                    entry.update(fused_mean=float(np.mean([a[c] for c in both])),
+                                 single_mean=float(np.mean([b[c] for c in both])), mean_diff=float(d.mean()),
+                                 ci_low=lo, ci_high=hi,
+                                 wilcoxon_p=float(wilcoxon(d).pvalue) if len(both) >= 2 and np.any(d != 0) else 1.0,
+                                 fused_better=int(better))
+                out.append(entry)
+    return out
+
+
+def fusion_verdict(entry: dict[str, Any]) -> str:
+    """Dice: 'yes' when the 95% CI of fused - best single lies above 0, 'no' when below, else 'not shown'."""
+    if "mean_diff" not in entry:
+        return "n/a"
+    if entry["ci_low"] > 0:
+        return "yes"
+    if entry["ci_high"] < 0:
+        return "no (worse)"
+    return "not shown (CI spans 0)"
+
+
+def fusion_markdown(comparison: Sequence[dict[str, Any]]) -> str:
+    dice = [e for e in comparison if e["metric"] == "dice"]
+    if not dice:
+        return ""
+    lines = ["## Fused prediction vs the best single modality", "",
+             "Fused: the mean probability of every modality's network (`predict --modality a,b`). Best single: the "
+             "modality with the highest mean test Dice of that method (chosen with hindsight: the hardest "
+             "opponent). Per patient, averaged over seeds; Δ = fused - best single; 95% CI: bootstrap over "
+             "patients; p: two-sided Wilcoxon; wins: patients where fusion is better. Beats: the Dice CI above 0.",
+             "", "| method | fused | best single | n | Dice fused | Dice single | Dice Δ [95% CI] | p | wins | "
+             "HD95 Δ mm [95% CI] | beats |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for e in dice:
+        hd = next((h for h in comparison if h["metric"] == "hd95" and h["method"] == e["method"]
+                   and h["fused"] == e["fused"]), None)
+        if "mean_diff" not in e:
+            continue
+        hd_cell = "n/a" if not hd or "mean_diff" not in hd else \
+            f"{hd['mean_diff']:+.2f} [{hd['ci_low']:+.2f}, {hd['ci_high']:+.2f}]"
+        lines.append(f"| {e['method']} | {e['fused']} | {e['best_single']} | {e['n_patients']} | "
+                     f"{e['fused_mean']:.4f} | {e['single_mean']:.4f} | "
+                     f"{e['mean_diff']:+.4f} [{e['ci_low']:+.4f}, {e['ci_high']:+.4f}] | {e['wilcoxon_p']:.3f} | "
+                     f"{e['fused_better']}/{e['n_patients']} | {hd_cell} | {fusion_verdict(e)} |")
+    return "\n".join(lines + [""])

@@ -124,7 +124,8 @@ def _fold_splits(cfg: BenchmarkConfig, store, out: Path) -> dict[int, str]:
     return paths
 
 
-def _train_and_evaluate(tcfg, store, dataset: Path, run_dir: Path, progress: bool) -> tuple[str, dict, dict]:
+def _train_and_evaluate(tcfg, store, dataset: Path, run_dir: Path, progress: bool,
+                        fused: bool = False) -> tuple[str, dict, dict]:
     """Train (fresh or resumed) and evaluate one run; returns (action, run info, metrics per modality)."""
     from semicml.engine.trainer import Trainer
     from semicml.pipeline import evaluate_run
@@ -143,7 +144,7 @@ def _train_and_evaluate(tcfg, store, dataset: Path, run_dir: Path, progress: boo
     info = Trainer(tcfg, store, run_dir, resume=resume, progress=progress).fit()
     eval_dir = run_dir / "eval"
     shutil.rmtree(eval_dir, ignore_errors=True)  # an interrupted evaluation is redone in full
-    metrics = evaluate_run(run_dir, dataset, eval_dir, progress=progress)
+    metrics = evaluate_run(run_dir, dataset, eval_dir, progress=progress, fused=fused)
     return ("resumed" if resume else "trained"), info, metrics
 
 
@@ -293,6 +294,21 @@ def _run_parallel(cfg: BenchmarkConfig, tasks: list, store, dataset: Path, out: 
             record(k, run_rows)
 
 
+def _add_fused(done: dict, rows: list[dict[str, Any]], dataset: Path, run_dir: Path, marker: Path,
+               progress: bool) -> list[dict[str, Any]]:
+    """Evaluate the fused prediction of a run finished without it; its row joins the marker."""
+    from semicml.pipeline import evaluate_run
+
+    metrics = evaluate_run(run_dir, dataset, run_dir / "eval", progress=progress, fused=True, singles=False)
+    for name, values in metrics.items():
+        row = dict(rows[0], modality=name, best_val_dice=None, best_val_iteration=None)
+        row.update({k: values.get(k) for k in METRICS})
+        rows.append(row)
+        done["rows"].append({k: v for k, v in row.items() if k != "action"} | {"action": done["rows"][0]["action"]})
+    atomic_write_json(marker, done)
+    return rows
+
+
 def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset: Path, run_dir: Path,
              run_rel: str, splits: str | None, progress: bool, selected: bool,
              fold: int | None = None) -> list[dict[str, Any]]:
@@ -309,17 +325,19 @@ def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset
                 raise ConfigError(f"finished run has a different configuration ({why}); delete it or use another out",
                                   run_dir)
             rows = [dict(r, action="skipped") for r in done["rows"]]
+            if cfg.fused and selected and len(rows) >= 2 and not any("+" in r["modality"] for r in rows):
+                rows = _add_fused(done, rows, dataset, run_dir, marker, progress)  # finished before fused was asked
             return rows
         if not selected:
             return []
         t0 = time.time()
-        action, info, metrics = _train_and_evaluate(tcfg, store, dataset, run_dir, progress)
+        action, info, metrics = _train_and_evaluate(tcfg, store, dataset, run_dir, progress, cfg.fused)
         seconds = round(time.time() - t0, 1)
         rows = []
-        for m in info["modalities"]:
+        for m in metrics:  # each modality alone, then the fused prediction when asked for
             row = _row(entry, cfg, seed, m, run_rel, fold)
             row.update({k: metrics[m].get(k) for k in METRICS})
-            best = info.get("best_val", {}).get(m, {})
+            best = info.get("best_val", {}).get(m, {})  # none for a fused row
             row.update(n_test_cases=len(info["splits"]["test"]),
                        n_labeled_slices=(info.get("labeled") or {}).get("n_labeled_slices"),
                        best_val_dice=best.get("dice"),

@@ -152,7 +152,7 @@ def _markdown(rows: Sequence[dict[str, Any]], labeled_fraction: float | None, ti
                 best[key] = (max if higher else min)(cands, key=float)
         header = ["Method", "Labelled", "n", *(label for _, label, _ in TABLE_METRICS), *(h for _, h in deltas),
                   "s/run"]
-        lines += [f"## {mod} alone", "", "| " + " | ".join(header) + " |",
+        lines += [f"## {mod} {'fused' if '+' in mod else 'alone'}", "", "| " + " | ".join(header) + " |",
                   "|" + "|".join(["---", "---:", "---:"] + ["---:"] * (len(TABLE_METRICS) + len(deltas) + 1)) + "|"]
         for name, s in per_method.items():
             n = f"{s['n']}" + (f" ({s['n_failed']} failed)" if s["n_failed"] else "")
@@ -244,7 +244,13 @@ def write_results(rows: Sequence[dict[str, Any]], out: str | Path, labeled_fract
     rows); validation curves are read from ``out/<row run_dir>/log.jsonl``. Returns the paths.
     A plot with nothing to show (every run failed) is skipped, not an error.
     """
-    from semicml.benchmark.paired import collect_case_rows, paired_comparison, paired_markdown
+    from semicml.benchmark.paired import (
+        collect_case_rows,
+        fusion_comparison,
+        fusion_markdown,
+        paired_comparison,
+        paired_markdown,
+    )
 
     out = Path(out)
     rows = list(rows)
@@ -253,7 +259,8 @@ def write_results(rows: Sequence[dict[str, Any]], out: str | Path, labeled_fract
     case_rows = collect_case_rows(rows, out)
     reference = benchmark.reference_name() if benchmark is not None else None
     comparison = paired_comparison(case_rows, reference) if reference and case_rows else []
-    extra: dict[str, Any] = {"summary": summarize_rows(table_rows), "paired": comparison}
+    fusion = fusion_comparison(case_rows) if case_rows else []
+    extra: dict[str, Any] = {"summary": summarize_rows(table_rows), "paired": comparison, "fusion": fusion}
     if benchmark is not None:
         extra = {"benchmark": benchmark.model_dump(mode="json"), **extra}
     write_tables(rows, out, extra)
@@ -263,7 +270,9 @@ def write_results(rows: Sequence[dict[str, Any]], out: str | Path, labeled_fract
     if cv is not None:
         text += (f"\n{cv.folds}-fold cross-validation (seed {cv.seed}, {cv.val_cases} validation patients per fold): "
                  "each row pools every test patient of all folds; folds in `splits/`.\n")
-    atomic_write_text(out / "results.md", text + "\n" + paired_markdown(comparison))
+    fusion_md = fusion_markdown(fusion)
+    text += "\n" + (fusion_md + "\n" if fusion_md else "")
+    atomic_write_text(out / "results.md", text + paired_markdown(comparison))
     paths = {"csv": out / "results.csv", "json": out / "results.json", "md": out / "results.md",
              "cases": out / "cases.csv"}
     rows = table_rows

@@ -42,6 +42,7 @@ from ..data.splits import Splits, load_or_make_subset, load_splits, make_splits,
 from ..data.store import SliceStore
 from ..errors import ConfigError, DataError
 from ..hardware import resolve_precision
+from ..inference.fusion import choose_fused_postprocessing
 from ..inference.postprocess import check_spec
 from ..io_utils import atomic_save_torch, atomic_write_json, atomic_write_text
 from ..locking import ensure_free, exclusive
@@ -419,6 +420,7 @@ class Trainer:
         (best) weights; stored in each weights file so ``predict`` applies it."""
         images, labels, spacings = self._val_volumes()
         choices: dict[str, dict] = {}
+        val_probs: dict[str, list[np.ndarray]] = {}  # for the fused map's choice (same stored grid)
         for m in self.modalities:
             path = self.run_dir / "weights" / f"{m}.pt"
             payload = load_checkpoint(path, "cpu")
@@ -435,8 +437,16 @@ class Trainer:
                                                False) for vol in images]
                 choices[m] = {**choose_channel_postprocess(probs, labels, spacings, self.regions),
                               "chosen_by": "validation"}
+                val_probs[m] = probs
             payload["postprocessing"] = choices[m]["choice"]
             atomic_save_torch(payload, path)
+        if self.cfg.postprocess != "auto":
+            self.fused_postprocessing = choose_fused_postprocessing(dict.fromkeys(self.modalities, []), [], [],
+                                                                    fixed=self.cfg.postprocess)
+        else:
+            self.fused_postprocessing = choose_fused_postprocessing(
+                val_probs, labels, spacings, choose=lambda p, y, sp: choose_channel_postprocess(p, y, sp, self.regions)
+            ) if labels else {}
         return choices
 
     def _finish(self, seconds: float) -> dict[str, Any]:
@@ -471,6 +481,7 @@ class Trainer:
                                     if self.device.type == "cuda" else None),
             "best_val": self.best,
             "postprocessing": postprocessing,
+            "postprocessing_fused": self.fused_postprocessing,
             "weights": {m: f"weights/{m}.pt" for m in self.modalities},
             **self.ctx.info,
         }

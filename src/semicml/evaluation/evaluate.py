@@ -33,7 +33,8 @@ def _prediction_files(pred_dir: Path) -> dict[str, Path]:
     files = {}
     for p in sorted(pred_dir.iterdir()):
         name = p.name
-        if name.endswith("_prob.nii.gz") or not (name.endswith(".nii.gz") or name.endswith(".nii")):
+        # probabilities and uncertainty maps are written beside the masks by predict
+        if name.endswith(("_prob.nii.gz", "_uncertainty.nii.gz")) or not name.endswith((".nii.gz", ".nii")):
             continue
         files[name.removesuffix(".gz").removesuffix(".nii")] = p
     return files

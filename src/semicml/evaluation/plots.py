@@ -173,15 +173,13 @@ def _show_image(ax: Axes, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def plot_overlays(rows: Sequence[dict[str, Any]], out_path: str | Path) -> Path:
-    """Grid of examples, one per row: image | image + label (green) | image + prediction (red).
+#: The colour scale of uncertainty maps: 0 (members agree) .. 0.5 (the largest spread of values in [0, 1]).
+UNCERTAINTY_RANGE = (0.0, 0.5)
+UNCERTAINTY_CMAP = "inferno"
 
-    Each row is ``{"title": str, "image": 2D array, "label": 2D bool, "pred": 2D bool}``, all of
-    the same shape. The prediction panel's title carries the slice Dice.
 
-    Raises:
-        ValueError: no rows, or a row whose arrays are not 2D of one shape.
-    """
+def overlays_figure(rows: Sequence[dict[str, Any]]) -> Figure:
+    """The figure of :func:`plot_overlays`, unsaved (one row of axes per example)."""
     from semicml.evaluation.metrics import dice_score
 
     if not rows:
@@ -191,18 +189,23 @@ def plot_overlays(rows: Sequence[dict[str, Any]], out_path: str | Path) -> Path:
         image = np.asarray(row["image"], dtype=np.float32)
         label = np.asarray(row["label"]) != 0
         pred = np.asarray(row["pred"]) != 0
+        unc = row.get("uncertainty")
+        unc = None if unc is None else np.asarray(unc, dtype=np.float32)
         title = str(row.get("title", f"example {i}"))
-        if image.ndim != 2 or label.shape != image.shape or pred.shape != image.shape:
+        if image.ndim != 2 or label.shape != image.shape or pred.shape != image.shape or (
+                unc is not None and unc.shape != image.shape):
             raise ValueError(
-                f"row {i} ({title}): image, label and pred must be 2D of one shape, got "
-                f"{image.shape}, {label.shape}, {pred.shape}"
+                f"row {i} ({title}): image, label, pred (and uncertainty) must be 2D of one shape, got "
+                f"{image.shape}, {label.shape}, {pred.shape}" + ("" if unc is None else f", {unc.shape}")
             )
-        prepared.append((title, image, label, pred))
+        prepared.append((title, image, label, pred, unc))
 
     n = len(prepared)
-    fig = _new_figure(9, 3 * n)
-    axes = np.atleast_2d(fig.subplots(n, 3, squeeze=False))
-    for (title, image, label, pred), (ax_img, ax_lab, ax_pred) in zip(prepared, axes, strict=True):
+    cols = 4 if any(p[4] is not None for p in prepared) else 3
+    fig = _new_figure(3 * cols, 3 * n)
+    axes = np.atleast_2d(fig.subplots(n, cols, squeeze=False))
+    for (title, image, label, pred, unc), row_axes in zip(prepared, axes, strict=True):
+        ax_img, ax_lab, ax_pred = row_axes[:3]
         for ax in (ax_img, ax_lab, ax_pred):
             _show_image(ax, image)
         _overlay(ax_lab, label, _LABEL_COLOR)
@@ -211,8 +214,40 @@ def plot_overlays(rows: Sequence[dict[str, Any]], out_path: str | Path) -> Path:
         ax_img.set_title("image", fontsize=9)
         ax_lab.set_title("label", fontsize=9, color=_LABEL_COLOR)
         ax_pred.set_title(f"prediction (Dice {dice_score(pred, label):.3f})", fontsize=9, color=_PRED_COLOR)
+        if cols == 4:
+            _show_uncertainty(fig, row_axes[3], unc, pred)
     fig.tight_layout()
-    return _save_png(fig, out_path)
+    return fig
+
+
+def _show_uncertainty(fig: Figure, ax: Axes, unc: np.ndarray | None, pred: np.ndarray) -> None:
+    """The map on a fixed scale (comparable between rows and cases), the prediction's outline on it."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if unc is None:
+        _placeholder(ax, "no uncertainty map")
+        return
+    shown = ax.imshow(np.nan_to_num(unc), cmap=UNCERTAINTY_CMAP, vmin=UNCERTAINTY_RANGE[0], vmax=UNCERTAINTY_RANGE[1],
+                      interpolation="nearest")
+    if pred.any() and not pred.all():
+        ax.contour(pred.astype(np.float32), levels=[0.5], colors=[_PRED_COLOR], linewidths=1.0)
+    ax.set_title("uncertainty (std of the members)", fontsize=9)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+
+
+def plot_overlays(rows: Sequence[dict[str, Any]], out_path: str | Path) -> Path:
+    """Grid of examples, one per row: image | image + label (green) | image + prediction (red),
+    and, when a row has ``"uncertainty"`` (2D, from ``predict --uncertainty``), a fourth panel:
+    the map in the ``inferno`` colours on the fixed scale 0..0.5, with the prediction's outline.
+
+    Each row is ``{"title": str, "image": 2D array, "label": 2D bool, "pred": 2D bool}`` (plus
+    the optional ``"uncertainty"``), all of the same shape. The prediction panel's title carries
+    the slice Dice.
+
+    Raises:
+        ValueError: no rows, or a row whose arrays are not 2D of one shape.
+    """
+    return _save_png(overlays_figure(rows), out_path)
 
 
 def plot_metric_bars(df_rows: Sequence[dict[str, Any]], metric: str, out_path: str | Path) -> Path:

@@ -35,9 +35,11 @@ from .engines import Engine, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine, che
 from .export import FORMATS, load_torchscript, model_format, onnx_model_bytes, read_export, sidecar_path
 from .postprocess import NONE, apply_postprocess, check_spec
 from .predictor import WINDOWS, engine_planes
+from .uncertainty import UNCERTAINTY_SUFFIX, flip_spread
 from .weights import load_weights
 
-__all__ = ["atomic_save_nifti", "load_model", "load_weights", "predict_cases", "probabilities_on_grid"]
+__all__ = ["atomic_save_nifti", "load_model", "load_weights", "predict_cases", "probabilities_on_grid",
+           "region_postprocess", "region_target", "write_region_masks"]
 
 
 def atomic_save_nifti(image: nib.Nifti1Image, path: Path, dtype) -> None:
@@ -141,7 +143,7 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
                   threshold: float = 0.5, progress: bool = True, cases: list[str] | None = None,
                   tta: bool = False, postprocess: str | None = None, engine: str = "torch",
                   window: str = "whole", margin: int = 0, threads: int | None = None,
-                  compile: bool = False, regions_as_files: bool = False) -> list[Path]:
+                  compile: bool = False, regions_as_files: bool = False, uncertainty: bool = False) -> list[Path]:
     """Segment every case of ``input_path`` that has ``modality`` with that modality's network.
 
     ``run``: run directory, weights file or exported model (see :func:`load_model`).
@@ -150,6 +152,8 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
     masks are the same). ``window``: whole (default) | brain, see :mod:`semicml.inference.predictor`.
     ``regions_as_files``: a region network writes one mask per region (``<out>/<region>/<case>.nii.gz``)
     instead of one label map.
+    ``uncertainty``: also write ``<case>_uncertainty.nii.gz``, the flip disagreement of
+    :mod:`semicml.inference.uncertainty` (the mask is then the flip mean, as with ``tta``).
     """
     if window not in WINDOWS:
         raise ConfigError(f"unknown window {window!r} (choose from {', '.join(WINDOWS)})")
@@ -183,16 +187,16 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
         raise DataError(f"no case with modality {modality!r} found", input_path)
     out_dir = Path(out_dir)
     about = {"run": str(run), "modality": modality, "input": str(input_path), "engine": engine, "window": window,
-             "margin": margin}
+             "margin": margin, **({"uncertainty": "flip-std"} if uncertainty else {})}
     if regions is not None:
         about["regions"] = {"classes": regions.classes, "values": regions.values,
                             "written_as": "one mask per region" if regions_as_files else
                             f"one label map, painted in order with {regions.paint}"}
     with exclusive(out_dir, "prediction folder"):  # one writer per folder (another fails naming this PID)
         out_dir.mkdir(parents=True, exist_ok=True)
-        return _predict_all(found, out_dir, runner, info["preprocessing"], post, threshold, save_probabilities, tta,
-                            progress, about, network_modality=info.get("modality"), regions=regions,
-                            regions_as_files=regions_as_files)
+        return _predict_all(found, out_dir, runner, info["preprocessing"], post, threshold, save_probabilities,
+                            tta or uncertainty, progress, about, network_modality=info.get("modality"),
+                            regions=regions, regions_as_files=regions_as_files)
 
 
 def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post: str | dict[str, str],
@@ -206,9 +210,14 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
         for case_id, load in bar:
             case: Case = load()
             image = next(iter(case.images.values()))
-            probs = probabilities_on_grid(None, image, case.affine, preprocessing, None, None, tta=tta, engine=runner,
-                                          window=about["window"], margin=about["margin"], modality=network_modality,
-                                          channels=len(regions.classes) if regions else 1)
+            channels = len(regions.classes) if regions else 1
+            if about.get("uncertainty"):
+                probs, spread = flip_spread(runner, image, case.affine, preprocessing, network_modality,
+                                            about["window"], about["margin"], channels=channels)
+            else:
+                probs = probabilities_on_grid(None, image, case.affine, preprocessing, None, None, tta=tta,
+                                              engine=runner, window=about["window"], margin=about["margin"],
+                                              modality=network_modality, channels=channels)
             header = case.header.copy() if case.header is not None else None
             if regions is None:
                 mask = apply_postprocess((probs > threshold).astype(np.uint8), post, case.spacing)
@@ -216,12 +225,16 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
                 atomic_save_nifti(nib.Nifti1Image(mask, case.affine, header), path, dtype=np.uint8)
                 written.append(path)
             else:
-                written.extend(_write_regions(probs, threshold, post, regions, regions_as_files, case, case_id, header,
-                                              out_dir))
+                written.extend(write_region_masks(probs, threshold, post, regions, regions_as_files, case, case_id,
+                                                  header, out_dir))
             if save_probabilities:  # region targets: 4D, the regions along the last axis
                 stack = probs if regions is None else np.moveaxis(probs, 0, -1)
                 atomic_save_nifti(nib.Nifti1Image(stack.astype(np.float32), case.affine, header),
                                   out_dir / f"{case_id}_prob.nii.gz", dtype=np.float32)
+            if about.get("uncertainty"):  # region targets: 4D like the probabilities
+                spread = spread if regions is None else np.moveaxis(spread, 0, -1)
+                atomic_save_nifti(nib.Nifti1Image(spread, case.affine, header),
+                                  out_dir / f"{case_id}{UNCERTAINTY_SUFFIX}", dtype=np.float32)
     atomic_write_text(out_dir / "predict.json", json.dumps({**about, "cases": [str(p.relative_to(out_dir))
                                                                                for p in written],
                                                            "threshold": threshold, "tta": tta,
@@ -229,8 +242,8 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
     return written
 
 
-def _write_regions(probs: np.ndarray, threshold: float, post: dict[str, str], regions: Target, as_files: bool,
-                   case: Case, case_id: str, header, out_dir: Path) -> list[Path]:
+def write_region_masks(probs: np.ndarray, threshold: float, post: dict[str, str], regions: Target, as_files: bool,
+                       case: Case, case_id: str, header, out_dir: Path) -> list[Path]:
     """(C, ...) region probabilities -> each region thresholded and post-processed alone -> one
     painted label map, or one mask per region in ``<out>/<region>/``."""
     masks = np.stack([apply_postprocess((probs[k] > threshold).astype(np.uint8), post[r], case.spacing)

@@ -1,0 +1,264 @@
+"""Fused prediction: a case with several of the run's modalities is segmented from the MEAN of
+the probabilities of the available networks (``semicml predict --modality t2,t1ce``).
+
+Each network still sees only its own modality, normalised and resampled as at training, on its
+own file's grid; its probabilities are then brought onto the **reference grid** (the first listed
+modality the case has) through world coordinates (linear, 0 outside the modality's field of
+view), so files stored in other orientations or on other grids still line up voxel for voxel.
+The mean is thresholded (``> threshold``, 0.5 by default) and post-processed:
+
+* the post-processing chosen on the validation cases for the fused map of that set of modalities
+  (``run.json: postprocessing_fused``, written at the end of training, nnU-Net's rule);
+* for runs trained before that record existed: the choice stored with the network of the modality
+  with the best validation Dice; ``--postprocess`` overrides either.
+
+A case missing one of the modalities is a one-line error naming the expected file, or, with
+``missing="skip"``, is predicted from the modalities it has (recorded per case in
+``predict.json``). Arrays are ``(..., X, Y, Z)``: a leading channel axis (one probability map per
+region) is carried through unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data.geometry import resample_to_grid
+from ..data.readers.multi import read_modality_sets
+from ..errors import ConfigError, DataError
+from ..hardware import resolve_device
+from ..io_utils import atomic_write_text
+from ..locking import exclusive
+from .postprocess import NONE, apply_postprocess, check_spec, choose_postprocess
+from .predict import (
+    atomic_save_nifti,
+    load_model,
+    probabilities_on_grid,
+    region_postprocess,
+    region_target,
+    write_region_masks,
+)
+from .predictor import WINDOWS
+from .uncertainty import UNCERTAINTY_SUFFIX, Spread, flip_members
+
+__all__ = ["MISSING_POLICIES", "align_to_grid", "choose_fused_postprocessing", "fused_name", "fused_postprocess",
+           "mean_probabilities", "predict_fused", "threshold_masks"]
+
+MISSING_POLICIES = ("error", "skip")
+#: Subsets of modalities whose fused post-processing is chosen at training end (2^M - M - 1 sets).
+MAX_SUBSET_MODALITIES = 4
+
+
+def fused_name(modalities: Sequence[str]) -> str:
+    """``T2+T1ce``: the label of a fused prediction (folders, tables, ``run.json`` keys)."""
+    return "+".join(modalities)
+
+
+def align_to_grid(probs: np.ndarray, affine: np.ndarray, ref_shape: Sequence[int], ref_affine: np.ndarray,
+                  atol: float = 1e-4) -> np.ndarray:
+    """``probs`` ``(..., X, Y, Z)`` on ``affine`` -> ``(..., *ref_shape)`` on the reference grid.
+
+    The same grid is returned as is; any other (a flipped or permuted orientation, another voxel
+    size) is sampled at the reference voxel centres through world space, linearly, with 0 (no
+    foreground) outside the modality's field of view.
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    spatial = tuple(probs.shape[-3:])
+    if spatial == tuple(ref_shape) and np.allclose(affine, ref_affine, atol=atol):
+        return probs
+    flat = probs.reshape(-1, *spatial)
+    out = np.stack([resample_to_grid(ch, affine, tuple(ref_shape), ref_affine, order=1, cval=0.0) for ch in flat])
+    return np.clip(out, 0.0, 1.0).reshape(*probs.shape[:-3], *ref_shape).astype(np.float32)
+
+
+def mean_probabilities(maps: Sequence[np.ndarray]) -> np.ndarray:
+    """The voxel-wise mean of probability maps of one shape (float64 sum, float32 result)."""
+    spread = Spread()
+    for m in maps:
+        spread.add(m)
+    return spread.mean()
+
+
+def choose_fused_postprocessing(val_probs: Mapping[str, Sequence[np.ndarray]], labels: Sequence[np.ndarray],
+                                spacings: Sequence[Sequence[float]], fixed: str | None = None,
+                                choose=choose_postprocess) -> dict[str, dict]:
+    """At training end: for every set of two or more modalities (all of them when there are more
+    than :data:`MAX_SUBSET_MODALITIES`), the post-processing with the best validation Dice of the
+    fused (mean) probability map. ``val_probs``: modality -> probabilities of each val case in
+    the stored frame (one grid for all modalities); ``fixed``: the configured choice (no search);
+    ``choose(probs, labels, spacings)``: the single-network rule (per region for region targets).
+    """
+    mods = list(val_probs)
+    if len(mods) < 2:
+        return {}
+    sizes = range(2, len(mods) + 1) if len(mods) <= MAX_SUBSET_MODALITIES else [len(mods)]
+    out: dict[str, dict] = {}
+    for k in sizes:
+        for subset in itertools.combinations(mods, k):
+            if fixed is not None:
+                out[fused_name(subset)] = {"choice": check_spec(fixed), "chosen_by": "config"}
+                continue
+            fused = [mean_probabilities([val_probs[m][i] for m in subset]) for i in range(len(labels))]
+            out[fused_name(subset)] = {**choose(fused, labels, spacings), "chosen_by": "validation"}
+    return out
+
+
+def fused_postprocess(run_info: dict, used: Sequence[str],
+                      stored: Mapping[str, str | dict]) -> tuple[str | dict, str]:
+    """(choice, why) for a fused prediction from the networks of ``used`` (the run's spelling); a
+    choice is a spec, or one spec per region for region networks.
+
+    ``stored``: each network's own choice (from its weights file); one network alone keeps it.
+    """
+    order = [m for m in run_info.get("modalities", list(used)) if m in used] or list(used)
+    if len(order) == 1:
+        return stored.get(order[0], NONE), f"stored with the {order[0]} network"
+    hit = (run_info.get("postprocessing_fused") or {}).get(fused_name(order))
+    if hit:
+        return hit["choice"], f"chosen on validation for {fused_name(order)}"
+    best = run_info.get("best_val") or {}
+    scored = [m for m in order if m in best]
+    if scored:
+        top = max(scored, key=lambda m: best[m]["dice"])
+        return stored.get(top, NONE), f"no fused choice recorded: that of {top} (best validation Dice)"
+    return NONE, "no fused choice recorded"
+
+
+def threshold_masks(probs: np.ndarray, threshold: float, post: str, spacing: Sequence[float]) -> np.ndarray:
+    """``probs > threshold`` then ``post`` (uint8), per channel when ``probs`` is ``(C, X, Y, Z)``
+    (one mask per region; turning regions into one label map is the caller's)."""
+    masks = (np.asarray(probs) > threshold).astype(np.uint8)
+    if masks.ndim == 3:
+        return apply_postprocess(masks, post, spacing)
+    return np.stack([apply_postprocess(m, post, spacing) for m in masks.reshape(-1, *masks.shape[-3:])]).reshape(
+        masks.shape)
+
+
+def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | Path, out_dir: str | Path,
+                  device: str = "auto", precision: str = "auto", save_probabilities: bool = False,
+                  threshold: float = 0.5, progress: bool = True, cases: list[str] | None = None, tta: bool = False,
+                  postprocess: str | None = None, engine: str = "torch", window: str = "whole", margin: int = 0,
+                  threads: int | None = None, compile: bool = False, missing: str = "error",
+                  uncertainty: bool = False, regions_as_files: bool = False) -> list[Path]:
+    """Segment every case of ``input_path`` from the mean probability of the networks of
+    ``modalities`` (two or more) of the run directory ``run``; masks on the reference grid.
+
+    ``missing``: error (default) | skip (see the module docstring). ``uncertainty``: also write
+    ``<case>_uncertainty.nii.gz`` (see :mod:`semicml.inference.uncertainty`); the mask is then
+    the mean of the flip members (as with ``tta``). Other options as in
+    :func:`~semicml.inference.predict.predict_cases`.
+    """
+    modalities = list(modalities)
+    if len(modalities) < 2:
+        raise ConfigError("fused prediction needs two or more modalities, e.g. --modality t2,t1ce")
+    if missing not in MISSING_POLICIES:
+        raise ConfigError(f"--missing-modality must be one of {', '.join(MISSING_POLICIES)}, not {missing!r}")
+    if window not in WINDOWS:
+        raise ConfigError(f"unknown window {window!r} (choose from {', '.join(WINDOWS)})")
+    if margin < 0:
+        raise ConfigError(f"--margin must be >= 0, got {margin}")
+    if not Path(run).is_dir():
+        raise DataError("fused prediction needs a run directory (one network per modality)", run)
+    if engine != "torch" and device not in ("auto", "cpu"):
+        raise ConfigError(f"--engine {engine} runs on the CPU; --device {device} needs --engine torch")
+    run_info_path = Path(run) / "run.json"
+    run_info = json.loads(run_info_path.read_text()) if run_info_path.is_file() else {}
+    dev = resolve_device(device if engine == "torch" else "cpu")
+    nets = {m: load_model(run, m, engine, dev, precision, threads, compile) for m in modalities}
+    spelling = {m: str(info.get("modality") or m) for m, (_, info) in nets.items()}  # the run's names
+    stored = {spelling[m]: info.get("postprocessing", NONE) for m, (_, info) in nets.items()}
+    regions = region_target(nets[modalities[0]][1])  # one run: every network has the same target
+    if regions_as_files and regions is None:
+        raise ConfigError("--regions-as-files needs networks trained on a region target (--target regions)")
+    if regions is not None and regions.paint is None and not regions_as_files:
+        raise ConfigError(f"the regions {', '.join(regions.classes)} cannot be painted into one label map "
+                          "(a later region covers an earlier one); use --regions-as-files")
+
+    found, absent = read_modality_sets(input_path, modalities)
+    if cases is not None:
+        ids = {cid for cid, _ in found}
+        for cid in cases:
+            if cid not in ids:
+                raise DataError(f"case {cid!r} with any of {', '.join(modalities)} not found", input_path)
+        found = [(cid, loaders) for cid, loaders in found if cid in set(cases)]
+        absent = [a for a in absent if a.case_id in set(cases)]
+    if not found:
+        raise DataError(f"no case with {', '.join(modalities)} found", input_path)
+    if absent and missing == "error":  # before anything is written
+        a = absent[0]
+        more = f" ({len(absent) - 1} more files missing)" if len(absent) > 1 else ""
+        raise DataError(f"case {a.case_id!r} has no {a.modality} image for the fused prediction{more}; add it, or "
+                        "predict from the modalities each case has with --missing-modality skip", a.expected)
+    out_dir = Path(out_dir)
+    record: dict = {"run": str(run), "modalities": modalities, "fused": True, "input": str(input_path),
+                    "regions": None if regions is None else {"classes": regions.classes, "values": regions.values,
+                                                             "as_files": regions_as_files},
+                    "engine": engine, "window": window, "margin": margin, "threshold": threshold,
+                    "tta": tta or uncertainty, "uncertainty": "flip-std" if uncertainty else None,
+                    "missing_policy": missing, "cases": {}}
+    written = []
+    with exclusive(out_dir, "prediction folder"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tqdm(found, desc=f"predict {fused_name(modalities)}", unit="case", disable=not progress) as bar:
+            for case_id, loaders in bar:
+                used = list(loaders)
+                if postprocess is not None:
+                    raw, why = postprocess, "given by the user"
+                else:
+                    raw, why = fused_postprocess(run_info, [spelling[m] for m in used], stored)
+                try:
+                    post = region_postprocess(raw, regions) if regions else check_spec(raw)
+                except ValueError as err:
+                    raise DataError(str(err)) from None
+                channels = len(regions.classes) if regions else 1
+                ref, probs, spread = _fuse_case(loaders, nets, spelling, tta, uncertainty, window, margin, channels)
+                header = ref.header.copy() if ref.header is not None else None
+                if regions is None:
+                    paths = [out_dir / f"{case_id}.nii.gz"]
+                    atomic_save_nifti(nib.Nifti1Image(threshold_masks(probs, threshold, post, ref.spacing), ref.affine,
+                                                      header), paths[0], dtype=np.uint8)
+                else:  # one label map painted by the target's rule, or one mask per region
+                    paths = write_region_masks(probs, threshold, post, regions, regions_as_files, ref, case_id,
+                                               header, out_dir)
+                written.extend(paths)
+                four_d = (lambda a: a) if regions is None else (lambda a: np.moveaxis(a, 0, -1))  # regions last
+                if save_probabilities:
+                    atomic_save_nifti(nib.Nifti1Image(four_d(probs), ref.affine, header),
+                                      out_dir / f"{case_id}_prob.nii.gz", dtype=np.float32)
+                if uncertainty:
+                    atomic_save_nifti(nib.Nifti1Image(four_d(spread.std()), ref.affine, header),
+                                      out_dir / f"{case_id}{UNCERTAINTY_SUFFIX}", dtype=np.float32)
+                record["cases"][case_id] = {
+                    "masks": [str(p.relative_to(out_dir)) for p in paths], "modalities": used,
+                    "reference_grid": used[0], "postprocessing": post, "postprocessing_from": why,
+                    "missing": {a.modality: str(a.expected) for a in absent if a.case_id == case_id}}
+    atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=1))
+    return written
+
+
+def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: str, margin: int, channels: int):
+    """(reference case, mean probability on its grid, the members' :class:`Spread`)."""
+    ref = None
+    spread = Spread()
+    for m, load in loaders.items():
+        case = load()
+        if ref is None:
+            ref = case
+        image = next(iter(case.images.values()))
+        runner, info = nets[m]
+        prep = info["preprocessing"]
+        if uncertainty:
+            members = flip_members(runner, image, case.affine, prep, spelling[m], window, margin, channels=channels)
+        else:
+            members = [probabilities_on_grid(None, image, case.affine, prep, None, None, tta=tta, engine=runner,
+                                             window=window, margin=margin, modality=spelling[m], channels=channels)]
+        for p in members:
+            spread.add(align_to_grid(p, case.affine, ref.shape, ref.affine))
+    assert ref is not None
+    return ref, spread.mean(), spread
