@@ -16,7 +16,7 @@ from semicml.methods.teachers import mc_soft_labels
 from semicml.models import UNet2D
 
 REGIONS = ["wt", "tc", "et"]
-PC = "per-channel"  # the default semicml.asc_channels
+PC = "joint"  # the default semicml.asc_channels
 
 
 def make_regions(cls, mods=("T2", "T1ce"), total: int = 10, **cfg):
@@ -171,6 +171,6 @@ def test_mc_soft_labels_keep_every_channel():
 
 
 def test_region_defaults_are_the_ones_chosen_on_validation():
-    """docs/method-notes.md, "Region targets": per-channel ASC and a teacher per region."""
+    """docs/method-notes.md, "Region targets": joint ASC and a teacher per region."""
     cfg = TrainConfig()
-    assert cfg.semicml.asc_channels == "per-channel" and cfg.prel.teacher_per_region is True
+    assert cfg.semicml.asc_channels == "joint" and cfg.prel.teacher_per_region is True
