@@ -38,6 +38,8 @@ SETTINGS = {
     "joint, one teacher": {"semicml": {"asc_channels": "joint"}},
     "per-channel, one teacher": {"semicml": {"asc_channels": "per-channel"}},
     "joint, teacher per region": {"semicml": {"asc_channels": "joint"}, "prel": {"teacher_per_region": True}},
+    "per-channel, teacher per region": {"semicml": {"asc_channels": "per-channel"},
+                                        "prel": {"teacher_per_region": True}},
 }
 
 
@@ -69,7 +71,8 @@ def main() -> None:
                     "iterations": args.iterations, "labeled_batch": 8, "unlabeled_batch": 8,
                     "labeled_fraction": 0.3, "val_every": 10, "optim": {"lr": 3e-3, "milestones": [0.5, 0.75]},
                     "val_fraction": 0.2, "test_fraction": 0.2, "postprocess": "none", "seed": seed,
-                    "prel": {"start_fraction": 0.5, **extra.get("prel", {})}, "semicml": extra["semicml"]}
+                    "prel": {"start_fraction": 0.5, "teacher_per_region": False, **extra.get("prel", {})},
+                    "semicml": extra["semicml"]}
             t0 = time.time()
             info = Trainer(build_config(overrides=over), store, tmp / f"{name}-{seed}".replace(" ", "_").replace(",", ""),
                            progress=False).fit()
@@ -83,7 +86,7 @@ def main() -> None:
     seeds = sorted({r["seed"] for r in rows})
     print(f"\nsemicml-prel, phantom 10 cases 64x64x24, T2 + T1ce, {args.iterations} iterations, seeds {seeds}; "
           f"best validation Dice (mean over seeds); CPU: {cpu_name()} (shared, busy)")
-    print(f"{'setting':28s} {'modality':8s} {'mean':>6s} {'wt':>6s} {'tc':>6s} {'et':>6s}")
+    print(f"{'setting':32s} {'modality':8s} {'mean':>6s} {'wt':>6s} {'tc':>6s} {'et':>6s}")
     summary = {}
     for name in SETTINGS:
         for m in ("T2", "T1ce"):
@@ -92,7 +95,7 @@ def main() -> None:
                 continue
             avg = {k: sum(v[k] for v in vals) / len(vals) for k in ("mean", "wt", "tc", "et")}
             summary.setdefault(name, {})[m] = avg
-            print(f"{name:28s} {m:8s} " + " ".join(f"{avg[k]:6.3f}" for k in ("mean", "wt", "tc", "et")))
+            print(f"{name:32s} {m:8s} " + " ".join(f"{avg[k]:6.3f}" for k in ("mean", "wt", "tc", "et")))
     args.out.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps({"cpu": cpu_name(), "torch": torch.__version__, "iterations": args.iterations,
                                   "seeds": seeds, "summary": summary, "runs": rows}, indent=1))

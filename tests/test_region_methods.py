@@ -16,6 +16,7 @@ from semicml.methods.teachers import mc_soft_labels
 from semicml.models import UNet2D
 
 REGIONS = ["wt", "tc", "et"]
+PC = "joint"  # the default semicml.asc_channels
 
 
 def make_regions(cls, mods=("T2", "T1ce"), total: int = 10, **cfg):
@@ -120,7 +121,7 @@ def test_per_region_teacher_is_the_best_modality_of_each_region_and_recorded():
     assert info["per_region"] == {"wt": "T2", "tc": "T1ce", "et": "T1ce"}
     assert info["per_region_chosen_by"] == "validation, per region"
     assert info["val_dice_per_region_after_stage1"] == m.best_val_regions
-    # the default (option off) and a named teacher keep one teacher for all regions
+    # the option off and a named teacher keep one teacher for all regions
     for cfg in ({"teacher_per_region": False}, {"teacher": "T1ce"}):
         one = stub(**cfg)
         one.best_val, one.best_val_regions = dict(m.best_val), dict(m.best_val_regions)
@@ -152,10 +153,10 @@ def test_per_region_soft_labels_come_from_each_regions_teacher():
         return s.w.detach().view(1, -1, 1, 1) * x[:, i : i + 1] + s.b.detach().view(1, -1, 1, 1)
 
     # T2 teaches wt: T2's network learns tc and et; T1ce teaches tc, et: T1ce's network learns wt
-    assert losses["prel/T2"].item() == pytest.approx(prel_loss(logits(0)[:, 1:], soft[:, 1:]).item(), rel=1e-5)
-    assert losses["prel/T1ce"].item() == pytest.approx(prel_loss(logits(1)[:, :1], soft[:, :1]).item(), rel=1e-5)
+    assert losses["prel/T2"].item() == pytest.approx(prel_loss(logits(0)[:, 1:], soft[:, 1:], asc_channels=PC).item(), rel=1e-5)
+    assert losses["prel/T1ce"].item() == pytest.approx(prel_loss(logits(1)[:, :1], soft[:, :1], asc_channels=PC).item(), rel=1e-5)
     late = m.prel_losses(batch, 5)  # from refine_teacher_from: every channel
-    assert late["prel/T2"].item() == pytest.approx(prel_loss(logits(0), soft).item(), rel=1e-5)
+    assert late["prel/T2"].item() == pytest.approx(prel_loss(logits(0), soft, asc_channels=PC).item(), rel=1e-5)
     # one teacher for all regions: the teacher's network rests until refine_teacher_from (as binary)
     m.region_teachers = None
     assert set(m.prel_losses(batch, 0)) == {"prel/T1ce", "loss"}
@@ -167,3 +168,9 @@ def test_mc_soft_labels_keep_every_channel():
     soft = mc_soft_labels(net, x, samples=3, noise_std=0.0, noise_clip=0.2)
     assert soft.shape == (2, 3, 4, 4)
     torch.testing.assert_close(soft[:, 1:2], torch.sigmoid(-x))
+
+
+def test_region_defaults_are_the_ones_chosen_on_validation():
+    """docs/method-notes.md, "Region targets": joint ASC and a teacher per region."""
+    cfg = TrainConfig()
+    assert cfg.semicml.asc_channels == "joint" and cfg.prel.teacher_per_region is True

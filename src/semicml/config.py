@@ -76,7 +76,9 @@ class SemiCMLConfig(_TrainModel):
     # Dice, which lets tiny-lesion and tumour-free slices dominate and teaches under-segmentation.
     dice_reduction: Literal["batch", "slice"] = "batch"
     # Region targets (several sigmoid channels): "joint" = one similarity over all channels of a
-    # map; "per-channel" = ASC on each channel alone, averaged (docs/method-notes.md). Equal for one channel.
+    # map (the default: with a teacher per region the best setting of a phantom validation
+    # comparison, docs/method-notes.md "Region targets"); "per-channel" = ASC on each channel
+    # alone, averaged. The same loss for one channel.
     asc_channels: Literal["joint", "per-channel"] = "joint"
 
 
@@ -95,8 +97,10 @@ class PReLConfig(_TrainModel):
     bma_from: float = Field(10 / 81, ge=0, lt=1, description="validations before this fraction of training are not "
                             "offered to the BMA pool (reference: epochs up to 10 of 81)")
     keep_supervised: bool = Field(False, description="keep the labelled loss in stage 2 (the reference drops it)")
-    teacher_per_region: bool = Field(False, description="region targets: each region's soft labels from the modality "
-                                     "with the best validation Dice on that region (default: one teacher for all)")
+    # On by default: with joint ASC better than one teacher in every paired phantom comparison
+    # (docs/method-notes.md, "Region targets").
+    teacher_per_region: bool = Field(True, description="region targets: each region's soft labels from the modality "
+                                     "with the best validation Dice on that region (false: one teacher for all)")
 
 
 class MeanTeacherConfig(_TrainModel):
