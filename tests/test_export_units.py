@@ -160,6 +160,9 @@ def test_export_metadata_records_what_predict_needs(tmp_path, monkeypatch):
     assert meta["threshold"] == 0.5 and meta["postprocessing"] == "largest"
     assert meta["spacing"]["resampled"] is False and meta["spacing"]["training_spacing_mm"] == [1.0, 1.0, 2.0]
     assert "resampled in plane to preprocessing.spacing.in_plane_mm" in meta["spacing"]["note"]
+    regions = {**payload, "target": {"name": "regions", "classes": ["wt", "tc", "et"], "regions": True}}
+    assert export_metadata(regions, "t2", "onnx", source, tmp_path)["output"]["activation"] == (
+        "sigmoid per channel: the probability of each region, in order wt, tc, et")
     spaced = export_metadata({**payload, "preprocessing": {**PREP, "spacing": {"in_plane_mm": 1.0}}}, "t2", "onnx",
                              source, tmp_path)
     assert spaced["spacing"]["resampled"] is True

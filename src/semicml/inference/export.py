@@ -64,6 +64,13 @@ def _training_spacing(run: Path) -> list[float] | None:
         return None
 
 
+def _activation(payload: dict) -> str:
+    target = payload.get("target")
+    if isinstance(target, dict) and target.get("regions"):
+        return "sigmoid per channel: the probability of each region, in order " + ", ".join(target["classes"])
+    return "sigmoid (foreground probability)"
+
+
 def export_metadata(payload: dict, modality: str, fmt: str, source: Path, run: Path) -> dict[str, Any]:
     levels = len(payload["network"]["widths"]) - 1
     prep = dict(payload["preprocessing"])
@@ -78,7 +85,7 @@ def export_metadata(payload: dict, modality: str, fmt: str, source: Path, run: P
         "input": {"name": ONNX_INPUT, "shape": ["batch", 1, "height", "width"], "dtype": "float32",
                   "multiple_of": 2 ** levels, "content": "normalised axial slices of the one modality"},
         "output": {"name": ONNX_OUTPUT, "shape": ["batch", payload["network"]["out_channels"], "height", "width"],
-                   "activation": "sigmoid (foreground probability)"},
+                   "activation": _activation(payload)},
         "preprocessing": {**prep, "clip_percentiles": list(CLIP_PERCENTILES),
                           "normalisation_rule": "zscore_nonzero: clip the non-zero voxels of the volume to the "
                           "clip percentiles, z-score with their mean and std, zeros stay 0; zscore: the same over "
