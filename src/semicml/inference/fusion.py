@@ -186,8 +186,9 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
         for cid in cases:
             if cid not in ids:
                 raise DataError(f"case {cid!r} with any of {', '.join(modalities)} not found", input_path)
-        found = [(cid, loaders) for cid, loaders in found if cid in set(cases)]
-        absent = [a for a in absent if a.case_id in set(cases)]
+        wanted = set(cases)
+        found = [(cid, loaders) for cid, loaders in found if cid in wanted]
+        absent = [a for a in absent if a.case_id in wanted]
     if not found:
         raise DataError(f"no case with {', '.join(modalities)} found", input_path)
     if absent and missing == "error":  # before anything is written

@@ -182,7 +182,8 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
         for cid in cases:
             if cid not in ids:
                 raise DataError(f"case {cid!r} with modality {modality!r} not found", input_path)
-        found = [(cid, load) for cid, load in found if cid in set(cases)]
+        wanted = set(cases)
+        found = [(cid, load) for cid, load in found if cid in wanted]
     if not found:
         raise DataError(f"no case with modality {modality!r} found", input_path)
     out_dir = Path(out_dir)
