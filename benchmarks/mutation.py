@@ -72,6 +72,13 @@ MODULES = {
     "evaluation/metrics.py": "src/semicml/evaluation/metrics.py",
     "data/splits.py": "src/semicml/data/splits.py",
     "data/preprocess.py": "src/semicml/data/preprocess.py",
+    # preprocessing code that moved out of preprocess.py (issue 9/10)
+    "data/normalisation.py": "src/semicml/data/normalisation.py",
+    "data/geometry.py": "src/semicml/data/geometry.py",
+    # inference modules added by issues 11 and 12
+    "inference/fusion.py": "src/semicml/inference/fusion.py",
+    "inference/uncertainty.py": "src/semicml/inference/uncertainty.py",
+    "inference/quantize.py": "src/semicml/inference/quantize.py",
 }
 IMPORTANT = ["methods/base.py", "methods/semicml.py", "methods/prel.py", "methods/teachers.py", "losses",
              "inference/postprocess.py", "data/sampler.py"]
