@@ -28,18 +28,11 @@ import time
 from pathlib import Path
 
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's shared helpers
+from host import cpu_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_setting(name: str, nproc: int, threads: int | None, store: Path, config: Path, out: Path,
@@ -72,7 +65,7 @@ def write_result(args, settings, seconds: dict[str, list[float]], wall: float) -
         rows.append({"setting": name, "processes": nproc, "threads_per_process": threads or torch.get_num_threads(),
                      "seconds": seconds[name], "median_seconds": med, "paired_slices_per_s": slices / med,
                      "speed_vs_1_process": base / med, "load_average_at_end": load})
-    result = {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
+    result = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
               "platform": platform.platform(), "iterations": args.iterations, "global_batch": "8 labelled + 8 unlabelled",
               "slice_size": 160, "width": 16, "method": "semicml", "repeats_done": len(seconds[settings[-1][0]]),
               "wall_minutes": round(wall / 60, 1), "rows": rows,
@@ -113,7 +106,7 @@ def main() -> None:
                                                  args.iterations))
                 print(f"repeat {rep + 1}: {name}: {seconds[name][-1]:.1f} s", flush=True)
             rows = write_result(args, settings, seconds, time.time() - t0)  # after every repeat: partial is kept
-    print(f"\n{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, 1-min load average at the end "
+    print(f"\n{cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, 1-min load average at the end "
           f"{rows[0]['load_average_at_end']}; semicml stage 1, cpu profile, 160x160, global batch 8+8, "
           f"{args.iterations} iterations, {args.repeats} repeats (median)\n")
     print(f"{'setting':40s} {'s / run':>9s} {'slices/s':>9s} {'vs 1 proc':>9s}")

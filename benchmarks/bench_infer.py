@@ -17,13 +17,14 @@ import argparse
 import glob
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's shared helpers
+from host import cpu_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (engine, window, channels_last, compile, batch)
@@ -51,21 +52,6 @@ INT8 = {n for n in SETTINGS if " int8" in n}
 MARGINS = {"onnxruntime + brain window 16": 16, "openvino + brain window 16": 16,
            "onnxruntime int8 + brain window 16": 16}
 
-
-def cpu_name() -> dict:
-    """The CPU model and the vector ISA that decides conv speed (AVX2, AVX-512, AMX)."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", "x86_64", ""):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f in flags]
-    return {"model": model, "cores": os.cpu_count(), "isa": isa,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def load_volume(path: str | None, modality: str = "t2") -> tuple[np.ndarray, np.ndarray, str]:
@@ -177,7 +163,7 @@ def main() -> None:
     load_before = os.getloadavg()
     vol, affine, source = load_volume(args.volume, args.modality)
     nonempty = int(np.count_nonzero(vol.reshape(-1, vol.shape[2]).any(axis=0)))
-    cpu = cpu_name()
+    cpu = cpu_info()
     results = []
     widths = [None] if args.run else [int(w) for w in args.widths.split(",")]
     for width in widths:

@@ -25,25 +25,17 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's shared helpers
+from host import cpu_model  # noqa: E402
 
 ALL = ("T2", "T1ce", "FLAIR", "T1")
 COUNTS = (2, 3, 4)
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def status_mb(key: str) -> float:
@@ -182,7 +174,7 @@ def main() -> None:
             rows[n][key.replace("_s_per_step", "").replace("_s", "").replace("_mb", "") + "_ratio_vs_2"] = \
                 round(rows[n][key] / base[key], 2) if base[key] else None
         rows[n]["semicml_pair_share"] = round(rows[n]["pair_terms_s"] / rows[n]["semicml_s_per_step"], 4)
-    result = {"cpu": cpu_name(), "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__,
+    result = {"cpu": cpu_model(), "load_average_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__,
               "threads": args.threads, "width": args.width, "size": args.size, "batch": [args.batch, args.batch],
               "steps_per_round": args.steps, "rounds": args.rounds, "seconds_total": round(time.time() - t_start, 1),
               "counts": {str(n): rows[n] for n in COUNTS}}

@@ -165,10 +165,10 @@ def main() -> None:
             for stage in ("semicml", "prel"):
                 rows[n][f"{stage}_speedup_vs_fp32_nchw"] = round(rows[n][f"{stage}_slices_per_s"]
                                                                  / base[f"{stage}_slices_per_s"], 2)
-    from bench_infer import cpu_name  # same folder
+    from host import cpu_info  # same folder
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    result = {"device": str(device), "gpu": gpu, "cpu": cpu_name(), "load_average_1min": round(os.getloadavg()[0], 2),
+    result = {"device": str(device), "gpu": gpu, "cpu": cpu_info(), "load_average_1min": round(os.getloadavg()[0], 2),
               "cpu_fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "width": args.width, "size": args.size,
               "batch": [args.labeled_batch, args.unlabeled_batch], "settings": rows}

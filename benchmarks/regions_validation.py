@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ from semicml.config import build_config  # noqa: E402
 from semicml.data.phantom import write_phantom  # noqa: E402
 from semicml.data.store import PrepareOptions, prepare_store  # noqa: E402
 from semicml.engine.trainer import Trainer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's shared helpers
+from host import cpu_model  # noqa: E402
 
 SETTINGS = {
     "joint, one teacher": {"semicml": {"asc_channels": "joint"}},
@@ -42,12 +43,6 @@ SETTINGS = {
                                         "prel": {"teacher_per_region": True}},
 }
 
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
@@ -85,7 +80,7 @@ def main() -> None:
     rows = [r for r in rows if r["iterations"] == args.iterations]
     seeds = sorted({r["seed"] for r in rows})
     print(f"\nsemicml-prel, phantom 10 cases 64x64x24, T2 + T1ce, {args.iterations} iterations, seeds {seeds}; "
-          f"best validation Dice (mean over seeds); CPU: {cpu_name()} (shared, busy)")
+          f"best validation Dice (mean over seeds); CPU: {cpu_model()} (shared, busy)")
     print(f"{'setting':32s} {'modality':8s} {'mean':>6s} {'wt':>6s} {'tc':>6s} {'et':>6s}")
     summary = {}
     for name in SETTINGS:
@@ -97,7 +92,7 @@ def main() -> None:
             summary.setdefault(name, {})[m] = avg
             print(f"{name:32s} {m:8s} " + " ".join(f"{avg[k]:6.3f}" for k in ("mean", "wt", "tc", "et")))
     args.out.mkdir(parents=True, exist_ok=True)
-    result.write_text(json.dumps({"cpu": cpu_name(), "torch": torch.__version__, "iterations": args.iterations,
+    result.write_text(json.dumps({"cpu": cpu_model(), "torch": torch.__version__, "iterations": args.iterations,
                                   "seeds": seeds, "summary": summary, "runs": rows}, indent=1))
 
 

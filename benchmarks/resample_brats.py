@@ -33,7 +33,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -43,18 +42,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's shared helpers
+from host import cpu_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs visible)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def in_plane_axes(affine: np.ndarray) -> list[int]:
@@ -179,7 +171,7 @@ def run_experiment(run: Path, data: Path, cases: list[str] | None, spacings: lis
                              "dice_std": round(float(summary["std"]["dice"]), 4), "dice_per_case": per_case})
                 print(f"{grid:>9s} {m:>6s} {mode:>9s}: Dice {summary['mean']['dice']:.3f}", flush=True)
     result = {"run": str(run), "trained_in_plane_mm": trained_at, "cases": cases, "target": target, "engine": engine,
-              "host_cpu": cpu_name(), "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
+              "host_cpu": cpu_model(), "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "results.md").write_text(markdown(result))

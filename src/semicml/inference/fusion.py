@@ -38,10 +38,12 @@ from ..locking import exclusive
 from .postprocess import NONE, apply_postprocess, check_spec, choose_postprocess
 from .predict import (
     atomic_save_nifti,
+    check_region_output,
     load_model,
     probabilities_on_grid,
     region_postprocess,
     region_target,
+    select_cases,
     write_region_masks,
 )
 from .predictor import WINDOWS
@@ -174,23 +176,12 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
     spelling = {m: str(info.get("modality") or m) for m, (_, info) in nets.items()}  # the run's names
     stored = {spelling[m]: info.get("postprocessing", NONE) for m, (_, info) in nets.items()}
     regions = region_target(nets[modalities[0]][1])  # one run: every network has the same target
-    if regions_as_files and regions is None:
-        raise ConfigError("--regions-as-files needs networks trained on a region target (--target regions)")
-    if regions is not None and regions.paint is None and not regions_as_files:
-        raise ConfigError(f"the regions {', '.join(regions.classes)} cannot be painted into one label map "
-                          "(a later region covers an earlier one); use --regions-as-files")
+    check_region_output(regions, regions_as_files)
 
     found, absent = read_modality_sets(input_path, modalities)
+    found = select_cases(found, cases, f"any of {', '.join(modalities)}", input_path)
     if cases is not None:
-        ids = {cid for cid, _ in found}
-        for cid in cases:
-            if cid not in ids:
-                raise DataError(f"case {cid!r} with any of {', '.join(modalities)} not found", input_path)
-        wanted = set(cases)
-        found = [(cid, loaders) for cid, loaders in found if cid in wanted]
-        absent = [a for a in absent if a.case_id in wanted]
-    if not found:
-        raise DataError(f"no case with {', '.join(modalities)} found", input_path)
+        absent = [a for a in absent if a.case_id in set(cases)]
     if absent and missing == "error":  # before anything is written
         a = absent[0]
         more = f" ({len(absent) - 1} more files missing)" if len(absent) > 1 else ""

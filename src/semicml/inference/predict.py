@@ -88,6 +88,29 @@ def region_postprocess(post: str | dict, target: Target) -> dict[str, str]:
     return {r: check_spec(post[r]) for r in target.classes}
 
 
+def check_region_output(regions: Target | None, as_files: bool) -> None:
+    """Refuse, before anything is read, an output the network's target cannot give."""
+    if as_files and regions is None:
+        raise ConfigError("--regions-as-files needs a network trained on a region target (--target regions)")
+    if regions is not None and regions.paint is None and not as_files:
+        raise ConfigError(f"the regions {', '.join(regions.classes)} cannot be painted into one label map "
+                          "(a later region covers an earlier one); use --regions-as-files")
+
+
+def select_cases(found: list, cases: list[str] | None, what: str, input_path: str | Path) -> list:
+    """``found`` ((case id, loader) pairs) restricted to ``cases``; every asked case must exist."""
+    if cases is not None:
+        ids = {cid for cid, _ in found}
+        for cid in cases:
+            if cid not in ids:
+                raise DataError(f"case {cid!r} with {what} not found", input_path)
+        wanted = set(cases)
+        found = [(cid, load) for cid, load in found if cid in wanted]
+    if not found:
+        raise DataError(f"no case with {what} found", input_path)
+    return found
+
+
 def is_export(path: str | Path) -> bool:
     """An exported model (``.onnx``, ``.torchscript.pt`` or any file with an export sidecar)."""
     path = Path(path)
@@ -171,21 +194,8 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
         post = region_postprocess(stored, regions) if regions else check_spec(stored)
     except ValueError as err:
         raise DataError(str(err)) from None
-    if regions_as_files and regions is None:
-        raise ConfigError("--regions-as-files needs a network trained on a region target (--target regions)")
-    if regions is not None and regions.paint is None and not regions_as_files:
-        raise ConfigError(f"the regions {', '.join(regions.classes)} cannot be painted into one label map "
-                          "(a later region covers an earlier one); use --regions-as-files")
-    found = read_single_modality(input_path, modality)
-    if cases is not None:
-        ids = {cid for cid, _ in found}
-        for cid in cases:
-            if cid not in ids:
-                raise DataError(f"case {cid!r} with modality {modality!r} not found", input_path)
-        wanted = set(cases)
-        found = [(cid, load) for cid, load in found if cid in wanted]
-    if not found:
-        raise DataError(f"no case with modality {modality!r} found", input_path)
+    check_region_output(regions, regions_as_files)
+    found = select_cases(read_single_modality(input_path, modality), cases, f"modality {modality!r}", input_path)
     out_dir = Path(out_dir)
     about = {"run": str(run), "modality": modality, "input": str(input_path), "engine": engine, "window": window,
              "margin": margin, **({"uncertainty": "flip-std"} if uncertainty else {})}
