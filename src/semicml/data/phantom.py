@@ -63,19 +63,15 @@ and ``labelsTr/phantom_XXX.nii.gz`` (uint8), affine ``diag(-sx, -sy, sz)`` with 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from semicml.errors import ConfigError, DataError
+from semicml.data.raw_writer import save_nifti, write_raw_dataset
+from semicml.errors import ConfigError
 
 __all__ = ["CONTRASTS", "PHANTOM_LABELS", "PhantomCase", "phantom_case", "smooth_field", "write_phantom"]
 
@@ -431,14 +427,6 @@ def _bias_field(rng: np.random.Generator, terms: list[np.ndarray], brain: np.nda
 # --------------------------------------------------------------------------------------------
 
 
-def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
-
-
 def write_phantom(out: Path, cases: int = 12, seed: int = 0, shape: Sequence[int] = (128, 128, 48),
                   modalities: Sequence[str] = ("T2", "T1ce"),
                   spacing: Sequence[float] = (1.5, 1.5, 3.0)) -> Path:
@@ -452,36 +440,22 @@ def write_phantom(out: Path, cases: int = 12, seed: int = 0, shape: Sequence[int
         raise ConfigError(f"phantom cases must be a positive integer, got {cases!r}")
     shp, sp = _check_args(shape, spacing, seed)
     names = _canonical_modalities(modalities)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError("output exists and is not an empty folder; refusing to overwrite", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        (tmp / "imagesTr").mkdir(parents=True)
-        (tmp / "labelsTr").mkdir()
-        for k in range(int(cases)):
-            case = phantom_case(k, seed, shp, names, sp)
-            cid = f"phantom_{k:03d}"
-            for ch, name in enumerate(names):
-                _save(case.images[name], case.affine, tmp / "imagesTr" / f"{cid}_{ch:04d}.nii.gz")
-            _save(case.label, case.affine, tmp / "labelsTr" / f"{cid}.nii.gz")
-        meta = {
-            "name": "semicml_phantom",
-            "description": (
-                f"Synthetic BraTS-like brain tumour phantom from semicml.data.phantom "
-                f"(seed={int(seed)}, shape={list(shp)}, spacing={list(sp)}); not patient data."
-            ),
-            "channel_names": {str(i): n for i, n in enumerate(names)},
-            "labels": dict(PHANTOM_LABELS),
-            "numTraining": int(cases),
-            "file_ending": ".nii.gz",
-            "phantom": {"seed": int(seed), "shape": list(shp), "spacing": list(sp), "version": 1},
-        }
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()  # empty (checked above); rename cannot replace a folder on every OS
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    def write_case(k: int, images: Path, labels: Path) -> None:
+        case = phantom_case(k, seed, shp, names, sp)
+        cid = f"phantom_{k:03d}"
+        for ch, name in enumerate(names):
+            save_nifti(case.images[name], case.affine, images / f"{cid}_{ch:04d}.nii.gz")
+        save_nifti(case.label, case.affine, labels / f"{cid}.nii.gz")
+
+    meta = {
+        "name": "semicml_phantom",
+        "description": (
+            f"Synthetic BraTS-like brain tumour phantom from semicml.data.phantom "
+            f"(seed={int(seed)}, shape={list(shp)}, spacing={list(sp)}); not patient data."
+        ),
+        "channel_names": {str(i): n for i, n in enumerate(names)},
+        "labels": dict(PHANTOM_LABELS),
+        "phantom": {"seed": int(seed), "shape": list(shp), "spacing": list(sp), "version": 1},
+    }
+    return write_raw_dataset(out, int(cases), write_case, meta)

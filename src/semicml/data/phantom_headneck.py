@@ -34,21 +34,17 @@ On disk: ``dataset.json`` with ``channel_names`` {"0": "CT", "1": "PT"}, ``label
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from semicml.data.geometry import resample_to_grid
 from semicml.data.phantom import smooth_field
-from semicml.errors import ConfigError, DataError
+from semicml.data.raw_writer import save_nifti, write_raw_dataset
+from semicml.errors import ConfigError
 
 __all__ = ["HEADNECK_LABELS", "HeadNeckCase", "PET_SPACING_FACTOR", "headneck_case", "write_headneck_phantom"]
 
@@ -203,14 +199,6 @@ def headneck_case(index: int, seed: int = 0, shape: Sequence[int] = (128, 128, 4
                         tissue=tissue)
 
 
-def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
-
-
 def write_headneck_phantom(out: Path, cases: int = 12, seed: int = 0, shape: Sequence[int] = (128, 128, 48),
                            spacing: Sequence[float] = (1.5, 1.5, 3.0)) -> Path:
     """Write ``cases`` head-and-neck phantom cases (nnU-Net raw layout) at ``out``; atomic, and
@@ -219,35 +207,21 @@ def write_headneck_phantom(out: Path, cases: int = 12, seed: int = 0, shape: Seq
     if int(cases) != cases or cases < 1:
         raise ConfigError(f"phantom cases must be a positive integer, got {cases!r}")
     shp, sp = _check(shape, spacing, seed)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError("output exists and is not an empty folder; refusing to overwrite", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        (tmp / "imagesTr").mkdir(parents=True)
-        (tmp / "labelsTr").mkdir()
-        for k in range(int(cases)):
-            case = headneck_case(k, seed, shp, sp)
-            cid = f"hn_{k:03d}"
-            _save(case.ct, case.ct_affine, tmp / "imagesTr" / f"{cid}_0000.nii.gz")
-            _save(case.pet, case.pet_affine, tmp / "imagesTr" / f"{cid}_0001.nii.gz")
-            _save(case.label, case.ct_affine, tmp / "labelsTr" / f"{cid}.nii.gz")
-        meta = {
-            "name": "semicml_headneck_phantom",
-            "description": (f"Synthetic HECKTOR-like head-and-neck CT + PET phantom from "
-                            f"semicml.data.phantom_headneck (seed={int(seed)}, CT shape={list(shp)}, "
-                            f"CT spacing={list(sp)}, PET on a {PET_SPACING_FACTOR}x coarser grid); not patient data."),
-            "channel_names": {str(i): n for i, n in enumerate(CHANNELS)},
-            "labels": dict(HEADNECK_LABELS),
-            "numTraining": int(cases),
-            "file_ending": ".nii.gz",
-            "phantom": {"kind": "headneck", "seed": int(seed), "shape": list(shp), "spacing": list(sp), "version": 1},
-        }
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    def write_case(k: int, images: Path, labels: Path) -> None:
+        case = headneck_case(k, seed, shp, sp)
+        cid = f"hn_{k:03d}"
+        save_nifti(case.ct, case.ct_affine, images / f"{cid}_0000.nii.gz")
+        save_nifti(case.pet, case.pet_affine, images / f"{cid}_0001.nii.gz")
+        save_nifti(case.label, case.ct_affine, labels / f"{cid}.nii.gz")
+
+    meta = {
+        "name": "semicml_headneck_phantom",
+        "description": (f"Synthetic HECKTOR-like head-and-neck CT + PET phantom from "
+                        f"semicml.data.phantom_headneck (seed={int(seed)}, CT shape={list(shp)}, "
+                        f"CT spacing={list(sp)}, PET on a {PET_SPACING_FACTOR}x coarser grid); not patient data."),
+        "channel_names": {str(i): n for i, n in enumerate(CHANNELS)},
+        "labels": dict(HEADNECK_LABELS),
+        "phantom": {"kind": "headneck", "seed": int(seed), "shape": list(shp), "spacing": list(sp), "version": 1},
+    }
+    return write_raw_dataset(out, int(cases), write_case, meta)
