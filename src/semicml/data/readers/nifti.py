@@ -88,15 +88,23 @@ def load_volume(path: Path, what: str) -> Volume:
     except DataError as err:
         raise DataError(err.problem, path) from None
     except _READ_ERRORS as err:
-        detail = " ".join(str(err).replace(str(path), path.name).split())[:160]
-        raise DataError(f"corrupt or truncated NIfTI file ({type(err).__name__}: {detail})", path) from None
+        raise _corrupt(err, path) from None
+    _check_geometry(affine, img.header.get_zooms()[:3], path)
+    return Volume(data, affine, img.header)
+
+
+def _corrupt(err: Exception, path: Path) -> DataError:
+    detail = " ".join(str(err).replace(str(path), path.name).split())[:160]
+    return DataError(f"corrupt or truncated NIfTI file ({type(err).__name__}: {detail})", path)
+
+
+def _check_geometry(affine: np.ndarray, zooms, path: Path) -> None:
     if not np.isfinite(affine).all():
         raise DataError("header holds a non-finite affine (qform/sform)", path)
-    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    zooms = [float(z) for z in zooms]
     if not all(np.isfinite(z) and z > 0 for z in zooms):
         raise DataError(f"header holds voxel sizes {zooms}; every one must be a positive number", path)
     check_affine(affine, path, "header")  # a singular sform/qform cannot place voxels in space
-    return Volume(data, affine, img.header)
 
 
 def header_affine(path: Path, what: str) -> np.ndarray:
@@ -113,13 +121,8 @@ def header_affine(path: Path, what: str) -> np.ndarray:
     except DataError as err:
         raise DataError(err.problem, path) from None
     except _READ_ERRORS as err:
-        detail = " ".join(str(err).replace(str(path), path.name).split())[:160]
-        raise DataError(f"corrupt or truncated NIfTI file ({type(err).__name__}: {detail})", path) from None
-    if not np.isfinite(affine).all():
-        raise DataError("header holds a non-finite affine (qform/sform)", path)
-    if not all(np.isfinite(z) and z > 0 for z in zooms):
-        raise DataError(f"header holds voxel sizes {zooms}; every one must be a positive number", path)
-    check_affine(affine, path, "header")
+        raise _corrupt(err, path) from None
+    _check_geometry(affine, zooms, path)
     return affine
 
 
