@@ -103,8 +103,9 @@ class Channels(nn.Module):
         return self.w.view(1, -1, 1, 1) * x + self.b.view(1, -1, 1, 1)
 
 
-def stub(**prel):
-    m = make_regions(SemiCMLPReL, prel={"noise_std": 0.0, "mc_samples": 2, "teacher_per_region": True, **prel})
+def stub(semicml: dict | None = None, **prel):
+    m = make_regions(SemiCMLPReL, prel={"noise_std": 0.0, "mc_samples": 2, "teacher_per_region": True, **prel},
+                     semicml=semicml or {})
     m.students = nn.ModuleDict({"0": Channels([1.0, 2.0, 3.0], [0.0, 0.1, 0.2]),
                                 "1": Channels([-1.0, 0.5, 2.0], [0.3, 0.0, -0.1])})
     m.teachers = nn.ModuleDict({"0": Channels([3.0, 1.0, -1.0], [0.0, 0.5, 0.0]),
@@ -174,3 +175,48 @@ def test_region_defaults_are_the_ones_chosen_on_validation():
     """docs/method-notes.md, "Region targets": joint ASC and a teacher per region."""
     cfg = TrainConfig()
     assert cfg.semicml.asc_channels == "joint" and cfg.prel.teacher_per_region is True
+
+
+def test_per_region_teachers_and_validation_survive_a_checkpoint():
+    """A resumed run must keep the per-region teachers and the per-region validation they were
+    chosen from (extra_state -> checkpoint -> load_extra_state of a fresh method)."""
+    m = stub()
+    m.best_val = {"T2": 0.6, "T1ce": 0.5}
+    m.best_val_regions = {"T2": {"wt": 0.9, "tc": 0.4, "et": 0.3}, "T1ce": {"wt": 0.7, "tc": 0.5, "et": 0.6}}
+    m.teacher_index = m.choose_teacher()
+    state = m.extra_state()
+    assert state["region_teachers"] == [0, 1, 1] and state["best_val_regions"] == m.best_val_regions
+    fresh = stub()
+    assert fresh.region_teachers is None and fresh.best_val_regions == {}
+    fresh.load_extra_state(state)
+    assert fresh.teacher_index == 0 and fresh.region_teachers == [0, 1, 1]
+    assert fresh.best_val_regions == m.best_val_regions
+    fresh.best_val_regions["T2"]["wt"] = 0.0  # a copy, not the saved dictionaries themselves
+    assert state["best_val_regions"]["T2"]["wt"] == 0.9
+
+
+def test_prel_uses_the_configured_asc_channels():
+    """PReL's ASC term follows semicml.asc_channels like stage 1 (per-channel differs from joint here)."""
+    m = stub(semicml={"asc_channels": "per-channel"})
+    m.teacher_index, m.region_teachers = 0, [0, 0, 0]
+    batch = region_batch()
+    x = torch.cat([batch["images_l"], batch["images_u"]])
+    loss = m.prel_losses(batch, 0)["prel/T1ce"].item()
+    t0, s1 = m.teachers["0"], m.students["1"]
+    soft = torch.sigmoid(t0.w.detach().view(1, -1, 1, 1) * x[:, 0:1] + t0.b.detach().view(1, -1, 1, 1))
+    logits = s1.w.detach().view(1, -1, 1, 1) * x[:, 1:2] + s1.b.detach().view(1, -1, 1, 1)
+    per = prel_loss(logits, soft, asc_channels="per-channel").item()
+    joint = prel_loss(logits, soft, asc_channels="joint").item()
+    assert abs(per - joint) > 1e-5 * abs(per)  # the ASC term is a small part of the loss here
+    assert abs(loss - per) < 0.05 * abs(per - joint)
+
+
+def test_stage1_validation_keeps_the_best_dice_of_each_region_per_modality():
+    m = make_regions(get_method("semicml"))
+    m.on_validation(0, {"T2": 0.5, "T1ce": 0.4}, {"T2": {"wt": 0.6, "tc": 0.2}, "T1ce": {"wt": 0.3}})
+    m.on_validation(1, {"T2": 0.4, "T1ce": 0.6}, {"T2": {"wt": 0.5, "tc": 0.3}, "T1ce": {"wt": 0.1, "et": 0.2}})
+    assert m.best_val == {"T2": 0.5, "T1ce": 0.6}
+    assert m.best_val_regions == {"T2": {"wt": 0.6, "tc": 0.3}, "T1ce": {"wt": 0.3, "et": 0.2}}
+    binary = make_regions(get_method("semicml"))
+    binary.on_validation(0, {"T2": 0.5, "T1ce": 0.4})  # no region Dice: nothing recorded per region
+    assert binary.best_val_regions == {}
