@@ -129,6 +129,7 @@ def test_per_region_teacher_is_the_best_modality_of_each_region_and_recorded():
         index = one.choose_teacher()
         assert one.region_teachers is None and one.ctx.info["teacher"]["per_region"] == {r: MODS2[index]
                                                                                          for r in REGIONS}
+        assert one.ctx.info["teacher"]["per_region_chosen_by"] == "one teacher"
 
 
 MODS2 = ["T2", "T1ce"]
