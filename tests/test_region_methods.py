@@ -221,3 +221,15 @@ def test_stage1_validation_keeps_the_best_dice_of_each_region_per_modality():
     binary = make_regions(get_method("semicml"))
     binary.on_validation(0, {"T2": 0.5, "T1ce": 0.4})  # no region Dice: nothing recorded per region
     assert binary.best_val_regions == {}
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 8, 8), (4, 3, 1, 8)])  # two channels; maps one row high
+def test_per_channel_asc_passes_its_similarity_and_temperature_to_every_channel(shape):
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.rand(*shape, generator=g), torch.rand(*shape, generator=g)
+    for similarity, tau in (("dice", 1.0), ("cosine", 0.3)):
+        kw = dict(similarity=similarity, temperature=tau)
+        per = [asc_loss(a[:, c : c + 1], b[:, c : c + 1], **kw).item() for c in range(shape[1])]
+        got = asc_loss(a, b, channels="per-channel", **kw).item()
+        assert got == pytest.approx(sum(per) / len(per), rel=1e-6)
+        assert abs(got - asc_loss(a, b, **kw).item()) > 1e-4  # not the joint loss
