@@ -160,3 +160,59 @@ def test_with_metadata_replaces_its_own_entry_and_keeps_the_others():
     twice = with_metadata(once, "quantization", {"scheme": "int8", "slices": 64})
     props = [(p.key, p.value) for p in onnx.load_from_string(twice).metadata_props]
     assert props == [("semicml", '{"modality": "T2"}'), ("quantization", json.dumps({"scheme": "int8", "slices": 64}))]
+
+
+# ------------------------------------------------------------------ calibration_slices: defaults and errors
+def test_calibration_defaults_take_up_to_64_slices_evenly_from_every_training_case(store_run):
+    from semicml.inference.quantize import CALIBRATION_SLICES, calibration_slices
+
+    store, run, splits = store_run
+    got = calibration_slices(run, "T2")  # count 64, multiple 16 (a 32 x 32 store)
+    per_case = -(-CALIBRATION_SLICES // len(splits["train"]))
+    expected = sum(min(per_case, len(store.cases[c].nonempty_slices)) for c in splits["train"])
+    assert got.shape == (min(expected, CALIBRATION_SLICES), 1, 32, 32)
+
+
+def test_calibration_skips_a_training_case_without_brain_slices_and_goes_on(store_run, monkeypatch):
+    import dataclasses
+
+    from semicml.data.store import SliceStore
+    from semicml.inference.quantize import calibration_slices
+
+    store, run, splits = store_run
+    first, second = splits["train"]
+    init = SliceStore.__init__
+
+    def without_first(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.cases[first] = dataclasses.replace(self.cases[first], nonempty_slices=[])
+
+    monkeypatch.setattr(SliceStore, "__init__", without_first)
+    got = calibration_slices(run, "T2", count=4)
+    zs = store.cases[second].nonempty_slices
+    images = np.asarray(store.images(second)[:, store.modality_index("T2")])
+    # 2 per case (4 over 2 cases), both from the second: its first and last brain slice
+    assert got.shape[0] == 2 and np.array_equal(got[0, 0], images[zs[0]]) and np.array_equal(got[1, 0], images[zs[-1]])
+
+
+def test_calibration_errors_name_the_run_and_the_problem(store_run, tmp_path, monkeypatch):
+    from semicml.data.store import SliceStore
+    from semicml.inference.quantize import calibration_slices
+
+    store, run, splits = store_run
+    with pytest.raises(DataError) as err:
+        calibration_slices(tmp_path, "T2")
+    assert str(err.value).startswith(f"{tmp_path}: calibration needs the run's run.json and its slice store (")
+    other = tmp_path / "run"
+    other.mkdir()
+    info = json.loads((run / "run.json").read_text())
+    (other / "run.json").write_text(json.dumps({**info, "splits": {**info["splits"], "train": ["nobody"]}}))
+    with pytest.raises(DataError) as err:
+        calibration_slices(other, "T2")
+    assert str(err.value) == f"{other}: no training case of the run is in its slice store: nothing to calibrate on"
+    # slices 32 high but 24 wide: one side not a multiple of 16 is enough to refuse
+    images = SliceStore.images
+    monkeypatch.setattr(SliceStore, "images", lambda self, case: images(self, case)[..., :24])
+    with pytest.raises(DataError) as err:
+        calibration_slices(run, "T2", count=4, multiple=16)
+    assert str(err.value) == (f"{run}: stored slices (32, 24) are not multiples of 16: re-prepare the store")
