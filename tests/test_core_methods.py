@@ -284,3 +284,29 @@ def test_extra_state_round_trip():
     again = make(SemiCMLPReL)
     again.load_extra_state(none)
     assert again.teacher_index is None
+
+
+def test_compile_option_compiles_every_network_the_method_builds():
+    """cfg.compile: each network (students, and the teachers copied from them) is the module
+    new_network built, compiled in place (same object, same state_dict keys)."""
+    built = []
+
+    def new_network() -> nn.Module:
+        built.append(UNet2D(1, 1, widths=(4, 8, 16), dropout=(0.05, 0.1, 0.2)))
+        return built[-1]
+
+    ctx = MethodContext(cfg=TrainConfig(compile=True), modalities=list(MODS), out_channels=1, total_iterations=10,
+                        iterations_per_epoch=2, device=torch.device("cpu"), new_network=new_network)
+    net = ctx.new_network()
+    assert net is built[-1] and net._compiled_call_impl is not None
+    plain = MethodContext(cfg=TrainConfig(), modalities=list(MODS), out_channels=1, total_iterations=10,
+                          iterations_per_epoch=2, device=torch.device("cpu"), new_network=new_network)
+    assert plain.new_network is new_network and plain.new_network()._compiled_call_impl is None
+
+
+def test_forward_is_the_train_step(monkeypatch):
+    method = make(SemiCML)
+    calls = []
+    monkeypatch.setattr(method, "train_step", lambda batch, it: calls.append((batch, it)) or {"loss": it})
+    batch = {"images_l": torch.zeros(1)}
+    assert method(batch, 7) == {"loss": 7} and calls == [(batch, 7)]
