@@ -177,6 +177,11 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
     stored = {spelling[m]: info.get("postprocessing", NONE) for m, (_, info) in nets.items()}
     regions = region_target(nets[modalities[0]][1])  # one run: every network has the same target
     check_region_output(regions, regions_as_files)
+    if postprocess is not None:  # a bad --postprocess fails before the output folder is made
+        try:
+            region_postprocess(postprocess, regions) if regions else check_spec(postprocess)
+        except ValueError as err:
+            raise DataError(str(err)) from None
 
     found, absent = read_modality_sets(input_path, modalities)
     found = select_cases(found, cases, f"any of {', '.join(modalities)}", input_path)
