@@ -218,18 +218,26 @@ def test_torchscript_export_is_the_frozen_eval_network_with_its_metadata(tmp_pat
     assert isinstance(load_torchscript(path), torch.jit.ScriptModule)
 
 
-@pytest.fixture(scope="module")
-def onnx_export():
+def test_onnx_export_without_its_packages_names_the_extra_that_installs_them(monkeypatch):
+    pytest.importorskip("onnxscript")  # imported for real first: only the package named below is missing
+    for module in ("onnxscript", "onnx"):
+        with monkeypatch.context() as patch:
+            patch.setitem(sys.modules, module, None)  # how Python sees a package that is not installed
+            with pytest.raises(ConfigError) as err:
+                onnx_model_bytes(tiny_net(), levels=3)
+        assert str(err.value) == f"{module} is not installed (pip install 'semicml[onnx]')"
+
+
+# The export runs inside the test, not in a fixture: mutmut times a test by its call phase only,
+# and a fixture's ~10-30 s export made every mutant of onnx_model_bytes exceed its time limit
+# (counted as killed whatever the mutant did).
+def test_onnx_export_is_the_eval_network_with_dynamic_shapes_folded_and_its_metadata():
     pytest.importorskip("onnxruntime")
-    net = tiny_net()
-    return net, onnx_model_bytes(net, levels=3, metadata={"format": EXPORT_FORMAT, "k": "v"})
-
-
-def test_onnx_export_is_the_eval_network_with_dynamic_shapes_folded_and_its_metadata(onnx_export):
     import onnx
     import onnxruntime as ort
 
-    net, data = onnx_export
+    net = tiny_net()
+    data = onnx_model_bytes(net, levels=3, metadata={"format": EXPORT_FORMAT, "k": "v"})
     model = onnx.load_from_string(data)
     assert {p.key: p.value for p in model.metadata_props} == {META_KEY: json.dumps({"format": EXPORT_FORMAT, "k": "v"})}
     assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output] == ["logits"]
@@ -243,16 +251,6 @@ def test_onnx_export_is_the_eval_network_with_dynamic_shapes_folded_and_its_meta
         (got,) = sess.run(["logits"], {"image": x.numpy()})
         assert np.allclose(got, reference(net, x).numpy(), atol=1e-5)
     assert net.training is False  # the exporter put the network in eval mode
-
-
-def test_onnx_export_without_its_packages_names_the_extra_that_installs_them(monkeypatch):
-    pytest.importorskip("onnxscript")  # imported for real first: only the package named below is missing
-    for module in ("onnxscript", "onnx"):
-        with monkeypatch.context() as patch:
-            patch.setitem(sys.modules, module, None)  # how Python sees a package that is not installed
-            with pytest.raises(ConfigError) as err:
-                onnx_model_bytes(tiny_net(), levels=3)
-        assert str(err.value) == f"{module} is not installed (pip install 'semicml[onnx]')"
 
 
 # --------------------------------------------------------------------------- export_model
@@ -432,12 +430,15 @@ def test_read_export_checks_the_sidecar(tmp_path):
     assert str(err.value) == f"{side}: sidecar does not describe this model file (sha256 differs; re-export)"
 
 
-def test_read_export_falls_back_to_the_metadata_inside_the_model(tmp_path, onnx_export):
+def test_read_export_falls_back_to_the_metadata_inside_the_model(tmp_path):
+    pytest.importorskip("onnx")
+    from semicml.inference.quantize import with_metadata
+
     ts = tmp_path / "m.torchscript.pt"
     ts.write_bytes(torchscript_bytes(tiny_net(), 3, {"format": EXPORT_FORMAT, "modality": "T1ce"}))
     assert read_export(ts) == {"format": EXPORT_FORMAT, "modality": "T1ce"}
     onnx_file = tmp_path / "m.onnx"
-    onnx_file.write_bytes(onnx_export[1])
+    onnx_file.write_bytes(with_metadata(identity_onnx(), META_KEY, {"format": EXPORT_FORMAT, "k": "v"}))
     assert read_export(onnx_file) == {"format": EXPORT_FORMAT, "k": "v"}
 
     ts.write_bytes(torchscript_bytes(tiny_net(), 3, {"format": "something-else"}))
