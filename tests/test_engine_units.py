@@ -8,7 +8,10 @@ test_export.py (slow).
 
 from __future__ import annotations
 
+import re
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +52,30 @@ def affine_onnx(scale: float = 2.0, shift: float = 1.0) -> bytes:
     return model.SerializeToString()
 
 
+def two_output_onnx() -> bytes:
+    """ONNX graph with an extra output BEFORE ``logits``: ``aux = -image`` (float32) and
+    ``logits = float16(2 * image + 1)``: an engine must pick the logits by name and return float32."""
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info(ONNX_INPUT, TensorProto.FLOAT, ["b", 1, "h", "w"])
+    aux = helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["b", 1, "h", "w"])
+    logits = helper.make_tensor_value_info(ONNX_OUTPUT, TensorProto.FLOAT16, ["b", 1, "h", "w"])
+    consts = [helper.make_tensor("s", TensorProto.FLOAT, [], [2.0]), helper.make_tensor("t", TensorProto.FLOAT, [], [1.0])]
+    nodes = [helper.make_node("Neg", [ONNX_INPUT], ["aux"]),
+             helper.make_node("Mul", [ONNX_INPUT, "s"], ["scaled"]), helper.make_node("Add", ["scaled", "t"], ["affine"]),
+             helper.make_node("Cast", ["affine"], [ONNX_OUTPUT], to=TensorProto.FLOAT16)]
+    graph = helper.make_graph(nodes, "two_outputs", [image], [aux, logits], initializer=consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def other_threads() -> int:
+    """A thread count that differs from torch's (the engines' default) and from the runtimes' own
+    default (every core), so that the assertions see the setting and not a default."""
+    return 1 if torch.get_num_threads() > 1 else 2
+
+
 def slices(batch: int = 3, h: int = 8, w: int = 12) -> torch.Tensor:
     return torch.arange(batch * h * w, dtype=torch.float32).reshape(batch, 1, h, w) / 7.0 - 5.0
 
@@ -67,6 +94,18 @@ def test_engine_names_and_the_optional_imports():
         require("semicml_no_such_runtime", "gpu")
     assert str(err.value) == "semicml_no_such_runtime is not installed (pip install 'semicml[gpu]')"
     assert err.value.__cause__ is None and err.value.__suppress_context__  # one line, no chained traceback
+
+
+@pytest.mark.parametrize("engine, module, extra", [(OnnxRuntimeEngine, "onnxruntime", "onnx"),
+                                                   (OpenVinoEngine, "openvino", "openvino")])
+def test_an_engine_whose_runtime_is_missing_names_the_extra_that_installs_it(monkeypatch, engine, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # how Python sees a package that is not installed
+    with pytest.raises(ConfigError) as err:
+        engine(affine_onnx(), multiple=8)
+    assert str(err.value) == f"{module} is not installed (pip install 'semicml[{extra}]')"
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    line = re.search(rf"^{extra} = \[(.*)\]$", pyproject, re.M)  # the extra exists and installs the runtime
+    assert line and f'"{module}' in line.group(1)
 
 
 def test_the_base_engine_is_abstract_with_a_neutral_session():
@@ -138,6 +177,18 @@ def test_torch_engine_logits_layout_and_precision(channels_last):
     assert torch.allclose(out, 2 * x + 1, rtol=2 ** -7, atol=0.05) and not torch.equal(out, 2 * x + 1)
 
 
+def test_torch_engine_runs_the_network_on_its_device_and_returns_cpu_logits():
+    class Where(nn.Module):
+        def forward(self, x):
+            self.device = x.device
+            return torch.zeros(x.shape)  # a meta tensor holds no values to copy back
+
+    net = Where()
+    meta = torch.device("meta")  # a device other than the CPU that needs no hardware
+    out = TorchEngine(net, meta, FP32, channels_last=False)(slices())
+    assert net.device == meta and out.shape == (3, 1, 8, 12)
+
+
 def test_torch_engine_session_is_eval_without_grad_and_restores_every_modules_mode():
     net = Probe()
     net.train()
@@ -173,10 +224,10 @@ def onnx_file(tmp_path_factory):
 def test_onnxruntime_engine_runs_the_graph_with_its_thread_settings(onnx_file, source):
     pytest.importorskip("onnxruntime")
     model = {"bytes": onnx_file.read_bytes(), "path": onnx_file, "str": str(onnx_file)}[source]
-    engine = OnnxRuntimeEngine(model, multiple=8.0, threads=2)
+    engine = OnnxRuntimeEngine(model, multiple=8.0, threads=other_threads())
     assert engine.name == "onnxruntime" and engine.multiple == 8 and isinstance(engine.multiple, int)
     opts = engine.sess.get_session_options()
-    assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
+    assert opts.intra_op_num_threads == other_threads() and opts.inter_op_num_threads == 1
     assert engine.sess.get_providers() == ["CPUExecutionProvider"]
     for x in (slices(), slices(1, 16, 4)):  # dynamic batch and size
         out = engine(x)
@@ -189,11 +240,11 @@ def test_onnxruntime_engine_runs_the_graph_with_its_thread_settings(onnx_file, s
 def test_openvino_engine_runs_the_graph_in_fp32_with_its_thread_settings(onnx_file, source):
     pytest.importorskip("openvino")
     model = onnx_file.read_bytes() if source == "bytes" else onnx_file
-    engine = OpenVinoEngine(model, multiple=4.0, threads=2)
+    engine = OpenVinoEngine(model, multiple=4.0, threads=other_threads())
     assert engine.name == "openvino" and engine.multiple == 4 and isinstance(engine.multiple, int)
     props = {k: str(engine.compiled.get_property(k)) for k in
              ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT")}
-    assert props["INFERENCE_NUM_THREADS"] == "2"
+    assert props["INFERENCE_NUM_THREADS"] == str(other_threads())
     assert props["PERFORMANCE_HINT"].endswith("LATENCY")
     assert props["INFERENCE_PRECISION_HINT"] in ("f32", "<Type: 'float32'>")
     for x in (slices(), slices(1, 16, 4)):
@@ -201,6 +252,30 @@ def test_openvino_engine_runs_the_graph_in_fp32_with_its_thread_settings(onnx_fi
         assert out.dtype == torch.float32 and torch.allclose(out, 2 * x + 1, atol=1e-6)
     default = OpenVinoEngine(onnx_file, multiple=4)
     assert int(str(default.compiled.get_property("INFERENCE_NUM_THREADS"))) == torch.get_num_threads()
+
+
+def test_onnxruntime_engine_asks_for_the_cpu_provider_by_name(onnx_file, monkeypatch):
+    """A GPU build of ONNX Runtime would pick (or, since 1.9, demand) a provider otherwise; the
+    engines hand CPU tensors to the runtime and take CPU tensors back."""
+    ort = pytest.importorskip("onnxruntime")
+    asked, real = [], ort.InferenceSession
+
+    def spy(source, options, providers=None, **kwargs):
+        asked.append(providers)
+        return real(source, options, providers=providers, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    OnnxRuntimeEngine(onnx_file, multiple=4)
+    assert asked == [["CPUExecutionProvider"]]
+
+
+@pytest.mark.parametrize("engine, module", [(OnnxRuntimeEngine, "onnxruntime"), (OpenVinoEngine, "openvino")])
+def test_engines_return_the_output_named_logits_as_float32(engine, module):
+    pytest.importorskip(module)
+    x = slices()
+    out = engine(two_output_onnx(), multiple=4)(x)
+    assert out.dtype == torch.float32  # the graph's float16 logits, converted
+    assert torch.equal(out, (2 * x + 1).half().float())  # not the first output (-x)
 
 
 def test_openvino_reads_a_model_held_in_memory_through_a_file_it_removes(tmp_path, monkeypatch):

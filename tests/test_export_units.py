@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,6 +86,8 @@ def test_default_output_and_sidecar_paths(tmp_path):
     run = make_run(tmp_path)
     assert default_out(run, "T2", "onnx") == run / "export" / "T2.onnx"
     assert default_out(run, "FLAIR", "torchscript") == run / "export" / "FLAIR.torchscript.pt"
+    assert default_out(run, "T2", "onnx", "int8") == run / "export" / "T2-int8.onnx"
+    assert default_out(run, "T2", "onnx", None) == run / "export" / "T2.onnx"
     weights = run / "weights" / "T2.pt"  # a weights file: the export goes next to it
     assert default_out(weights, "T2", "onnx") == run / "weights" / "T2.onnx"
     assert sidecar_path("a/m.onnx") == Path("a/m.onnx.json")
@@ -215,21 +218,32 @@ def test_torchscript_export_is_the_frozen_eval_network_with_its_metadata(tmp_pat
     assert isinstance(load_torchscript(path), torch.jit.ScriptModule)
 
 
-@pytest.fixture(scope="module")
-def onnx_export():
+def test_onnx_export_without_its_packages_names_the_extra_that_installs_them(monkeypatch):
+    pytest.importorskip("onnxscript")  # imported for real first: only the package named below is missing
+    for module in ("onnxscript", "onnx"):
+        with monkeypatch.context() as patch:
+            patch.setitem(sys.modules, module, None)  # how Python sees a package that is not installed
+            with pytest.raises(ConfigError) as err:
+                onnx_model_bytes(tiny_net(), levels=3)
+        assert str(err.value) == f"{module} is not installed (pip install 'semicml[onnx]')"
+
+
+# The export runs inside the test, not in a fixture: mutmut times a test by its call phase only,
+# and a fixture's ~10-30 s export made every mutant of onnx_model_bytes exceed its time limit
+# (counted as killed whatever the mutant did).
+def test_onnx_export_is_the_eval_network_with_dynamic_shapes_folded_and_its_metadata():
     pytest.importorskip("onnxruntime")
-    net = tiny_net()
-    return net, onnx_model_bytes(net, levels=3, metadata={"format": EXPORT_FORMAT, "k": "v"})
-
-
-def test_onnx_export_is_the_eval_network_with_dynamic_shapes_folded_and_its_metadata(onnx_export):
     import onnx
     import onnxruntime as ort
 
-    net, data = onnx_export
+    net = tiny_net()
+    data = onnx_model_bytes(net, levels=3, metadata={"format": EXPORT_FORMAT, "k": "v"})
     model = onnx.load_from_string(data)
     assert {p.key: p.value for p in model.metadata_props} == {META_KEY: json.dumps({"format": EXPORT_FORMAT, "k": "v"})}
     assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output] == ["logits"]
+    # what a reader of the file sees: batch, one channel, H and W multiples of 2 ** levels, each its own axis
+    for value in (model.graph.input[0], model.graph.output[0]):
+        assert [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] == ["batch", 1, "8*h", "8*w"]
     ops = {n.op_type for n in model.graph.node}
     assert "Conv" in ops and "BatchNormalization" not in ops  # constants folded in the file
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -276,6 +290,114 @@ def test_export_model_errors(tmp_path):
     assert not (run / "weights" / "T2.torchscript.pt").exists() and not (run / "export").exists()
 
 
+def identity_onnx() -> bytes:
+    """A valid one-node ONNX graph ``logits = image``: the stand-in for a quantized export."""
+    from onnx import TensorProto, helper
+
+    io_ = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", 1, "h", "w"]) for n in ("image", "logits")]
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "id", io_[:1], io_[1:])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def same_state(net: torch.nn.Module, weights: Path) -> bool:
+    saved = torch.load(weights, weights_only=True)["state_dict"]
+    state = net.state_dict()
+    return state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
+
+
+class FakeOnnxExporter:
+    """Stands in for ``onnx_model_bytes`` (a real export is ~10 s here): records its calls."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def __call__(self, net, levels, metadata=None, optimize=True):
+        # a copy as the real exporter writes it (the caller adds the model's sha256 afterwards)
+        record = None if metadata is None else json.loads(json.dumps(metadata))
+        self.calls.append({"net": net, "levels": levels, "metadata": record, "optimize": optimize})
+        return b"onnx graph of the network"
+
+
+def test_export_model_writes_onnx_by_default_through_the_onnx_exporter(tmp_path, monkeypatch):
+    fake = FakeOnnxExporter()
+    monkeypatch.setattr(export, "onnx_model_bytes", fake)
+    monkeypatch.setattr(export, "_training_spacing", lambda run: None)
+    run = make_run(tmp_path)
+    out = export_model(run, "T2")
+    assert out == run / "export" / "T2.onnx" and out.read_bytes() == b"onnx graph of the network"
+    meta = read_export(out)
+    assert meta["model_format"] == "onnx" and meta["model_file"] == "T2.onnx" and "quantization" not in meta
+    (call,) = fake.calls
+    assert call["levels"] == 3 and call["optimize"] is True  # the file keeps the folded graph
+    assert call["metadata"] == {k: v for k, v in meta.items() if k != "model_sha256"}  # embedded as well
+    assert same_state(call["net"], run / "weights" / "T2.pt") and not call["net"].training
+
+
+def test_export_model_of_older_weights_without_a_modality_uses_the_name_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "onnx_model_bytes", FakeOnnxExporter())
+    run = make_run(tmp_path)
+    payload = torch.load(run / "weights" / "T2.pt", weights_only=True)
+    del payload["modality"]
+    torch.save(payload, run / "weights" / "T2.pt")
+    out = export_model(run, "t2", "onnx")
+    assert out == run / "export" / "t2.onnx" and read_export(out)["modality"] == "t2"
+
+
+def test_int8_export_calibrates_on_the_run_quantizes_the_float_graph_and_embeds_the_record(tmp_path, monkeypatch):
+    """The quantizer itself is tested in test_quantize.py (slow); here: what export_model hands it and keeps."""
+    from semicml.inference import quantize
+
+    fp32 = FakeOnnxExporter()
+    calib = np.zeros((5, 1, 8, 8), np.float32)
+    seen: dict = {}
+
+    def calibration_slices(run, modality, multiple):
+        seen["calibration"] = (run, modality, multiple)
+        return calib
+
+    def quantize_onnx(model, slices, scheme):
+        seen["quantize"] = (model, slices, scheme)
+        return identity_onnx()
+
+    monkeypatch.setattr(export, "onnx_model_bytes", fp32)
+    monkeypatch.setattr(export, "_training_spacing", lambda run: None)
+    monkeypatch.setattr(quantize, "calibration_slices", calibration_slices)
+    monkeypatch.setattr(quantize, "quantize_onnx", quantize_onnx)
+    run = make_run(tmp_path)
+    out = export_model(str(run), "t2", "onnx", quantize="int8")
+    assert out == run / "export" / "T2-int8.onnx"
+    assert seen["calibration"] == (run, "T2", 8)  # the stored modality name, slices multiples of 2 ** levels
+    assert seen["quantize"][0] == b"onnx graph of the network" and seen["quantize"][1] is calib
+    assert seen["quantize"][2] == "int8"
+    assert fp32.calls[0]["levels"] == 3 and fp32.calls[0]["metadata"] is None  # the record goes on the int8 graph
+    assert same_state(fp32.calls[0]["net"], run / "weights" / "T2.pt")  # the run's trained network
+    meta = read_export(out)
+    assert meta["quantization"] == {"scheme": "int8", "tool": "onnxruntime.quantization.quantize_static",
+                                    "format": "QDQ", "weights": "int8 per channel",
+                                    "activations": "uint8, MinMax calibration",
+                                    "calibration": "5 slices of the run's training cases (slice store)"}
+    assert meta["model_file"] == "T2-int8.onnx" and meta["model_format"] == "onnx"
+    import onnx
+
+    model = onnx.load_from_string(out.read_bytes())
+    assert [n.op_type for n in model.graph.node] == ["Identity"]  # the quantizer's graph is what is written
+    embedded = json.loads({p.key: p.value for p in model.metadata_props}[META_KEY])
+    assert embedded == {k: v for k, v in meta.items() if k != "model_sha256"}
+    sidecar_path(out).unlink()
+    assert read_export(out) == embedded  # the model alone still predicts
+
+
+def test_quantize_errors_list_the_schemes(tmp_path, monkeypatch):
+    from semicml.inference import quantize
+
+    monkeypatch.setattr(quantize, "SCHEMES", ("int8", "int4"))
+    for fmt, scheme in (("torchscript", "int8"), ("onnx", "fp8")):
+        with pytest.raises(ConfigError) as err:
+            export_model(tmp_path, "T2", fmt, quantize=scheme)
+        assert str(err.value) == f"--quantize {scheme!r} needs --format onnx and one of: int8, int4"
+    assert not (tmp_path / "export").exists()
+
+
 # --------------------------------------------------------------------------- read_export
 def write_sidecar(model: Path, **meta) -> None:
     content = {"format": EXPORT_FORMAT, "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(), **meta}
@@ -296,9 +418,11 @@ def test_read_export_checks_the_sidecar(tmp_path):
         with pytest.raises(DataError) as err:
             read_export(model)
         assert str(err.value) == f"{side}: not a semicml export sidecar (format 'semicml-export-v1' expected)"
-    side.write_bytes(b"\xff\xfe not text")
-    with pytest.raises(DataError, match="sidecar is not valid JSON"):
-        read_export(model)
+    for bad in (b"\xff\xfe not text", b"{not json"):
+        side.write_bytes(bad)
+        with pytest.raises(DataError) as err:
+            read_export(model)
+        assert str(err.value) == f"{side}: sidecar is not valid JSON"
     write_sidecar(model)
     model.write_bytes(b"model, re-exported")
     with pytest.raises(DataError) as err:
@@ -306,12 +430,15 @@ def test_read_export_checks_the_sidecar(tmp_path):
     assert str(err.value) == f"{side}: sidecar does not describe this model file (sha256 differs; re-export)"
 
 
-def test_read_export_falls_back_to_the_metadata_inside_the_model(tmp_path, onnx_export):
+def test_read_export_falls_back_to_the_metadata_inside_the_model(tmp_path):
+    pytest.importorskip("onnx")
+    from semicml.inference.quantize import with_metadata
+
     ts = tmp_path / "m.torchscript.pt"
     ts.write_bytes(torchscript_bytes(tiny_net(), 3, {"format": EXPORT_FORMAT, "modality": "T1ce"}))
     assert read_export(ts) == {"format": EXPORT_FORMAT, "modality": "T1ce"}
     onnx_file = tmp_path / "m.onnx"
-    onnx_file.write_bytes(onnx_export[1])
+    onnx_file.write_bytes(with_metadata(identity_onnx(), META_KEY, {"format": EXPORT_FORMAT, "k": "v"}))
     assert read_export(onnx_file) == {"format": EXPORT_FORMAT, "k": "v"}
 
     ts.write_bytes(torchscript_bytes(tiny_net(), 3, {"format": "something-else"}))

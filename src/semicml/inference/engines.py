@@ -135,7 +135,8 @@ class OpenVinoEngine(Engine):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         result = self.request.infer({ONNX_INPUT: x.numpy()})
-        return torch.from_numpy(np.array(result[self.compiled.output(0)], dtype=np.float32))
+        # by name, as in ONNX Runtime: a graph may have other outputs, in any order
+        return torch.from_numpy(np.array(result[self.compiled.output(ONNX_OUTPUT)], dtype=np.float32))
 
 
 def _read_onnx_bytes(core, data: bytes):
