@@ -373,7 +373,7 @@ def test_int8_export_calibrates_on_the_run_quantizes_the_float_graph_and_embeds_
     assert same_state(fp32.calls[0]["net"], run / "weights" / "T2.pt")  # the run's trained network
     meta = read_export(out)
     assert meta["quantization"] == {"scheme": "int8", "tool": "onnxruntime.quantization.quantize_static",
-                                    "format": "QDQ", "weights": "int8 per channel",
+                                    "format": "QDQ", "weights": "int8 per channel, 7-bit range",
                                     "activations": "uint8, MinMax calibration",
                                     "calibration": "5 slices of the run's training cases (slice store)"}
     assert meta["model_file"] == "T2-int8.onnx" and meta["model_format"] == "onnx"

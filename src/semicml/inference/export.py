@@ -192,7 +192,7 @@ def export_model(run: str | Path, modality: str, fmt: str = "onnx", out: str | P
     else:
         slices = calibration_slices(Path(run), stored, multiple=2 ** meta["levels"])
         meta["quantization"] = {"scheme": quantize, "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                                "weights": "int8 per channel", "activations": "uint8, MinMax calibration",
+                                "weights": "int8 per channel, 7-bit range", "activations": "uint8, MinMax calibration",
                                 "calibration": f"{len(slices)} slices of the run's training cases (slice store)"}
         data = with_metadata(quantize_onnx(onnx_model_bytes(net, meta["levels"]), slices, quantize),
                              META_KEY, meta)
