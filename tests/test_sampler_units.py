@@ -123,3 +123,15 @@ def test_dataset_low_resolution_draws_its_zoom_from_the_seeded_stream_and_the_op
     aug = dict(enabled=True, rotate_degrees=0.0, scale=(1.0, 1.0), noise_std=0.0, intensity_shift=0.0)
     plain, both = item(**aug), item(**aug, low_resolution=1.0, low_resolution_zoom=(1.0, 1.0))
     np.testing.assert_allclose(both, plain, atol=1e-5)
+
+
+def test_low_resolution_down_sampling_averages_areas_so_a_single_bright_voxel_keeps_its_mass():
+    """Area averaging keeps the mean of a slice (a lone voxel becomes a quarter in its 2 x 2 cell,
+    then is spread back by the bilinear up-sampling); nearest-neighbour down-sampling would drop
+    it or blow it up to the whole cell."""
+    from semicml.data.sampler import simulate_low_resolution
+
+    image = np.zeros((1, 8, 8), np.float32)
+    image[0, 3, 3] = 1.0
+    out = simulate_low_resolution(image, np.random.default_rng(0), 1.0, (0.5, 0.5))
+    assert out.sum() == pytest.approx(1.0, abs=1e-5) and 0 < out.max() < 0.25
