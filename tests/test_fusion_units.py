@@ -216,6 +216,8 @@ def test_the_runs_modality_window_and_margin_reach_every_network(tmp_path):
         predict_fused(run, ["t2", "t1ce"], root, out, device="cpu", window="brain", margin=2,
                       uncertainty=uncertainty, save_probabilities=True, progress=False)
         np.testing.assert_allclose(load(out / "a_prob.nii.gz")[0], want, atol=1e-6)
+        maps = ["a_prob.nii.gz"] + ["a_uncertainty.nii.gz"] * uncertainty
+        assert [nib.load(str(out / f)).get_data_dtype() for f in maps] == [np.float32] * len(maps)  # not float64
         record = json.loads((out / "predict.json").read_text())
         assert (record["window"], record["margin"], record["tta"], record["uncertainty"]) == (
             "brain", 2, uncertainty, "flip-std" if uncertainty else None)
