@@ -11,6 +11,7 @@ Stub networks, runs and cases come from ``test_fusion.py``.
 from __future__ import annotations
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -19,8 +20,15 @@ import torch
 from test_fusion import POINTWISE, REGIONS, dataset, load, make_run, stubs, write_case  # noqa: F401 (fixtures)
 
 import semicml.inference.fusion as fusion_mod
-from semicml.errors import ConfigError, DataError
-from semicml.inference.fusion import align_to_grid, fused_postprocess, predict_fused, threshold_masks
+from semicml.errors import BusyError, ConfigError, DataError
+from semicml.inference.fusion import (
+    align_to_grid,
+    choose_fused_postprocessing,
+    fused_postprocess,
+    predict_fused,
+    threshold_masks,
+)
+from semicml.locking import exclusive
 from semicml.inference.predict import predict_cases
 
 CPU = torch.device("cpu")
@@ -78,9 +86,20 @@ def test_defaults_write_only_the_masks_and_the_record_with_a_progress_bar(tmp_pa
         "run": str(run), "modalities": ["t2", "t1ce"], "fused": True, "input": str(dataset), "regions": None,
         "engine": "torch", "window": "whole", "margin": 0, "threshold": 0.5, "tta": False, "uncertainty": None,
         "missing_policy": "error", "cases": {c: {"masks": [f"{c}.nii.gz"], **case} for c in ("a", "b")}}
-    assert "predict t2+t1ce" in capsys.readouterr().err  # the bar is on by default
-    predict_fused(run, ["t2", "t1ce"], dataset, tmp_path / "quiet", device="cpu", progress=False)
+    err = capsys.readouterr().err  # the bar is on by default, counting cases
+    assert "predict t2+t1ce" in err and ("case/s" in err or "s/case" in err)
+    assert predict_fused(run, ["t2", "t1ce"], dataset, out, device="cpu", progress=False) == written  # again
     assert "predict" not in capsys.readouterr().err
+
+
+def test_a_busy_output_folder_is_refused_before_anything_is_written(tmp_path, dataset):
+    run = make_run(tmp_path, POINTWISE)
+    out = tmp_path / "fused"
+    with exclusive(out, "another writer"), pytest.raises(BusyError) as err:
+        predict_fused(run, ["t2", "t1ce"], dataset, out, device="cpu", progress=False)
+    assert str(err.value) == (f"{out}: prediction folder is in use by another semicml process (PID {os.getpid()}, "
+                              "lock .fused.lock); wait for it to finish or stop it")
+    assert not out.exists()
 
 
 def test_region_record_and_a_bad_postprocess_before_anything_is_written(tmp_path, dataset):
@@ -197,8 +216,11 @@ def test_the_runs_modality_window_and_margin_reach_every_network(tmp_path):
         predict_fused(run, ["t2", "t1ce"], root, out, device="cpu", window="brain", margin=2,
                       uncertainty=uncertainty, save_probabilities=True, progress=False)
         np.testing.assert_allclose(load(out / "a_prob.nii.gz")[0], want, atol=1e-6)
+        maps = ["a_prob.nii.gz"] + ["a_uncertainty.nii.gz"] * uncertainty
+        assert [nib.load(str(out / f)).get_data_dtype() for f in maps] == [np.float32] * len(maps)  # not float64
         record = json.loads((out / "predict.json").read_text())
-        assert (record["window"], record["margin"], record["tta"]) == ("brain", 2, uncertainty)
+        assert (record["window"], record["margin"], record["tta"], record["uncertainty"]) == (
+            "brain", 2, uncertainty, "flip-std" if uncertainty else None)
 
 
 def test_tta_reaches_every_network(tmp_path, dataset):
@@ -220,24 +242,36 @@ def test_tta_reaches_every_network(tmp_path, dataset):
 def test_post_processing_from_run_json_and_the_weights_by_the_runs_spelling(tmp_path, dataset):
     """The user types t2,t1ce; the run spells T2, T1ce (weights and run.json). Case b lacks T1ce
     (skipped): T2's own stored choice. Without a fused record: that of T1ce, the best on validation."""
-    make_run(tmp_path, {"T2": POINTWISE["T2"]}, postprocessing="largest")
+    nets = {"T2": ("pointwise", 3.0, -2.0), "T1ce": ("pointwise", 2.5, -1.5)}  # speckled masks: islands
+    make_run(tmp_path, {"T2": nets["T2"]}, postprocessing="largest")
     info = {"modalities": ["T2", "T1ce", "FLAIR"], "best_val": {"T2": {"dice": 0.6}, "T1ce": {"dice": 0.8}},
             "postprocessing_fused": {"T2+T1ce": {"choice": "min-size:7"}}}
-    run = make_run(tmp_path, {"T1ce": POINTWISE["T1ce"]}, info, postprocessing="min-size:3")
+    run = make_run(tmp_path, {"T1ce": nets["T1ce"]}, info, postprocessing="min-size:3")
     (dataset / "b" / "b_t1ce.nii.gz").unlink()
 
     def chosen(out):
         cases = json.loads((out / "predict.json").read_text())["cases"]
         return {c: (v["postprocessing"], v["postprocessing_from"]) for c, v in cases.items()}
 
-    predict_fused(run, ["t2", "t1ce"], dataset, tmp_path / "f1", device="cpu", missing="skip", progress=False)
-    assert chosen(tmp_path / "f1") == {"a": ("min-size:7", "chosen on validation for T2+T1ce"),
-                                       "b": ("largest", "stored with the T2 network")}
+    out = tmp_path / "f1"
+    predict_fused(run, ["t2", "t1ce"], dataset, out, device="cpu", missing="skip", progress=False,
+                  save_probabilities=True)
+    assert chosen(out) == {"a": ("min-size:7", "chosen on validation for T2+T1ce"),
+                           "b": ("largest", "stored with the T2 network")}
+    prob, mask = load(out / "a_prob.nii.gz")[0], nib.load(str(out / "a.nii.gz"))
+    assert mask.get_data_dtype() == np.uint8
+    want = threshold_masks(prob, 0.5, "min-size:7", (1.0, 1.0, 2.0))  # 2 mm^3 voxels: islands of 1-3 go
+    assert np.array_equal(np.asarray(mask.dataobj), want) and not np.array_equal(want, prob > 0.5)
     del info["postprocessing_fused"]
     (run / "run.json").write_text(json.dumps(info))
     predict_fused(run, ["t2", "t1ce"], dataset, tmp_path / "f2", device="cpu", progress=False, cases=["a"])
     assert chosen(tmp_path / "f2") == {"a": ("min-size:3", "no fused choice recorded: that of T1ce (best validation "
                                                            "Dice)")}
+    info["postprocessing_fused"] = {"T2+T1ce": {"choice": "biggest"}}  # a corrupt record: one line, no traceback
+    (run / "run.json").write_text(json.dumps(info))
+    with pytest.raises(DataError) as err:
+        predict_fused(run, ["t2", "t1ce"], dataset, tmp_path / "f3", device="cpu", progress=False, cases=["a"])
+    assert str(err.value) == "unknown post-processing 'biggest' (none, largest or min-size:<mm^3>)"
 
 
 def test_fused_postprocess_fallbacks_and_their_reasons():
@@ -255,6 +289,32 @@ def test_fused_postprocess_fallbacks_and_their_reasons():
         "min-size:1000", "no fused choice recorded: that of T1ce (best validation Dice)")
     assert fused_postprocess(best, ["T2", "T1ce", "FLAIR"], {"T2": "largest"}) == (
         "none", "no fused choice recorded: that of T1ce (best validation Dice)")
+
+
+def test_fused_choices_are_made_for_every_subset_up_to_four_modalities_from_the_mean():
+    """2 to 4 modalities: every subset of two or more (1, 4, 11 of them); 5: only all together.
+    ``choose`` sees, per validation case, the mean of the subset's maps."""
+    maps = {m: [np.full((2, 2, 2), v + k, np.float32) for k in range(2)] for m, v in
+            zip("ABCDE", (0.1, 0.2, 0.4, 0.8, 1.6))}
+    seen = {}
+
+    def choose(probs, labels, spacings):
+        key = round(float(probs[0].mean()), 6)
+        seen[key] = [p.copy() for p in probs]
+        return {"choice": "largest", "labels": len(labels), "spacings": spacings}
+
+    labels, spacings = [np.zeros((2, 2, 2))] * 2, [(1.0, 1.0, 1.0)] * 2
+    assert choose_fused_postprocessing({"A": maps["A"]}, labels, spacings) == {}
+    for n, count in ((2, 1), (3, 4), (4, 11), (5, 1)):
+        got = choose_fused_postprocessing({m: maps[m] for m in "ABCDE"[:n]}, labels, spacings, choose=choose)
+        assert len(got) == count and all(v == {"choice": "largest", "labels": 2, "spacings": spacings,
+                                               "chosen_by": "validation"} for v in got.values())
+    assert "A+B+C+D+E" in got and "A+C+D" not in choose_fused_postprocessing(
+        {m: maps[m] for m in "ABCDE"}, labels, spacings, fixed="none")
+    acd = seen[round((0.1 + 0.4 + 0.8) / 3, 6)]  # A+C+D: the mean per case (case 1: each map + 1)
+    np.testing.assert_allclose(acd[1], (0.1 + 0.4 + 0.8) / 3 + 1, atol=1e-6)
+    assert choose_fused_postprocessing({m: maps[m] for m in "ABCD"}, labels, spacings, fixed="min-size:5")[
+        "B+D"] == {"choice": "min-size:5", "chosen_by": "config"}
 
 
 # ------------------------------------------------------------------------------ align_to_grid by hand
