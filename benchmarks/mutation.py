@@ -353,8 +353,8 @@ LATEST = {
     "inference/weights.py": ("before3/inference", ("after4/inference-engines", "after3/inference")),
     # added by issues 11 and 12: "before" is this round's first pass, with the tests they came with
     "inference/fusion.py": ("after4-pass1/inference", "after4/inference"),
-    "inference/uncertainty.py": ("after4-pass1/inference", "after4/inference"),
-    "inference/quantize.py": ("after4-pass1/inference", "after4/inference"),
+    "inference/uncertainty.py": ("after4-pass1/inference", ("after4/inference-uq", "after4/inference")),
+    "inference/quantize.py": ("after4-pass1/inference", ("after4/inference-uq", "after4/inference")),
 }
 COUNTS = ("total", "killed", "timeout", "survived", "no_tests", "not_checked")
 
