@@ -186,7 +186,8 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
     found, absent = read_modality_sets(input_path, modalities)
     found = select_cases(found, cases, f"any of {', '.join(modalities)}", input_path)
     if cases is not None:
-        absent = [a for a in absent if a.case_id in set(cases)]
+        kept = {cid for cid, _ in found}  # the requested cases, all present (select_cases checked)
+        absent = [a for a in absent if a.case_id in kept]
     if absent and missing == "error":  # before anything is written
         a = absent[0]
         more = f" ({len(absent) - 1} more files missing)" if len(absent) > 1 else ""
