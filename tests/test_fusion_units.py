@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_fusion import POINTWISE, REGIONS, dataset, load, make_run, stubs, write_case  # noqa: F401 (fixtures)
+from test_fusion import POINTWISE, PREP, REGIONS, dataset, load, make_run, stubs, write_case  # noqa: F401 (fixtures)
 
 import semicml.inference.fusion as fusion_mod
 from semicml.errors import BusyError, ConfigError, DataError
@@ -81,7 +81,8 @@ def test_defaults_write_only_the_masks_and_the_record_with_a_progress_bar(tmp_pa
     assert written == [out / "a.nii.gz", out / "b.nii.gz"]
     assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "predict.json"]  # no _prob, no _unc.
     case = {"modalities": ["t2", "t1ce"], "reference_grid": "t2", "postprocessing": "none",
-            "postprocessing_from": "no fused choice recorded", "missing": {}}
+            "postprocessing_from": "no fused choice recorded", "missing": {},
+            "coarse_inputs": {}}
     assert json.loads((out / "predict.json").read_text()) == {
         "run": str(run), "modalities": ["t2", "t1ce"], "fused": True, "input": str(dataset), "regions": None,
         "engine": "torch", "window": "whole", "margin": 0, "threshold": 0.5, "tta": False, "uncertainty": None,
@@ -391,3 +392,18 @@ def test_threshold_masks_per_region_and_any_leading_axes():
     got = threshold_masks(batch, 0.5, "min-size:20", (2.0, 2.0, 2.0))
     assert got.shape == batch.shape
     assert np.array_equal(got, np.stack([masks, masks[::-1]]))
+
+
+def test_a_modality_much_coarser_than_its_networks_training_spacing_is_warned_about(tmp_path, dataset, capsys):
+    # the T1ce network was trained at 0.5 mm, the inputs are at 1 mm; the T2 network recorded no spacing
+    make_run(tmp_path, {"T2": POINTWISE["T2"]})
+    run = make_run(tmp_path, {"T1ce": POINTWISE["T1ce"]}, preprocessing={**PREP, "spacing": {"in_plane_mm": 0.5}})
+    out = tmp_path / "fused"
+    predict_fused(run, ["t2", "t1ce"], dataset, out, device="cpu", progress=False)
+    note = "2.0x coarser in plane (1.00 mm) than the 0.50 mm the network was trained at"
+    err = capsys.readouterr().err
+    for case in ("a", "b"):
+        assert f"warning: case {case!r}: its t1ce image is {note}: expect a less accurate mask" in err
+    assert "t2 image" not in err
+    record = json.loads((out / "predict.json").read_text())
+    assert {c: v["coarse_inputs"] for c, v in record["cases"].items()} == {"a": {"t1ce": note}, "b": {"t1ce": note}}

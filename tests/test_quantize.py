@@ -216,3 +216,66 @@ def test_calibration_errors_name_the_run_and_the_problem(store_run, tmp_path, mo
     with pytest.raises(DataError) as err:
         calibration_slices(run, "T2", count=4, multiple=16)
     assert str(err.value) == (f"{run}: stored slices (32, 24) are not multiples of 16: re-prepare the store")
+
+
+def test_calibration_takes_one_slice_per_case_when_there_are_more_cases_than_slices_asked(store_run):
+    from semicml.inference.quantize import calibration_slices
+
+    store, run, splits = store_run
+    got = calibration_slices(run, "T2", count=2)  # 2 training cases: the first brain slice of each
+    channel = store.modality_index("T2")
+    for k, case in enumerate(splits["train"]):
+        first = np.asarray(store.images(case)[store.cases[case].nonempty_slices[0], channel])
+        assert np.array_equal(got[k, 0], first)
+
+
+def test_quantize_onnx_calibrates_on_every_slice_once_as_float32_in_batches_of_8(monkeypatch):
+    """The calibration reader handed to onnxruntime: every slice once, in order, float32, contiguous
+    (the quantizer feeds it to an ONNX session as it is); the graph is shape-inferred first without
+    symbolic shapes (H and W are dynamic) and quantized as per-channel 7-bit QDQ int8."""
+    import onnxruntime.quantization as oq
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    from semicml.inference.quantize import quantize_onnx
+
+    seen: dict = {}
+
+    def fake_pre_process(src, dst, **kwargs):
+        seen["pre"] = (open(src, "rb").read(), kwargs)
+        open(dst, "wb").write(b"pre-processed")
+
+    def fake_quantize(src, dst, reader, **kwargs):
+        seen["src"] = open(src, "rb").read()
+        batches = []
+        while (feed := reader.get_next()) is not None:
+            batches.append(feed)
+        seen["batches"], seen["kwargs"] = batches, kwargs
+        open(dst, "wb").write(b"int8 model")
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", fake_pre_process)
+    monkeypatch.setattr(oq, "quantize_static", fake_quantize)
+    slices = np.arange(19 * 4 * 4, dtype=np.float64).reshape(19, 1, 4, 4)
+    assert quantize_onnx(b"float model", slices) == b"int8 model"
+    assert seen["pre"] == (b"float model", {"skip_symbolic_shape": True})
+    assert seen["src"] == b"pre-processed"
+    batches = [feed["image"] for feed in seen["batches"]]
+    assert [b.shape[0] for b in batches] == [8, 8, 3] and all(set(feed) == {"image"} for feed in seen["batches"])
+    assert all(b.dtype == np.float32 and b.flags.c_contiguous for b in batches)
+    np.testing.assert_array_equal(np.concatenate(batches), slices.astype(np.float32))
+    assert seen["kwargs"] == {"quant_format": oq.QuantFormat.QDQ, "per_channel": True, "reduce_range": True,
+                              "activation_type": oq.QuantType.QUInt8, "weight_type": oq.QuantType.QInt8}
+
+
+def test_quantize_and_metadata_name_the_extra_to_install_when_onnx_is_missing(monkeypatch):
+    import sys
+
+    from semicml.inference.quantize import quantize_onnx, with_metadata
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(ConfigError) as err:
+        quantize_onnx(b"", np.zeros((1, 1, 16, 16), np.float32))
+    assert str(err.value) == "onnxruntime is not installed (pip install 'semicml[onnx]')"
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ConfigError) as err:
+        with_metadata(b"", "k", {})
+    assert str(err.value) == "onnx is not installed (pip install 'semicml[onnx]')"

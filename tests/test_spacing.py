@@ -321,3 +321,37 @@ def test_cli_spacing_option_and_errors(phantom_root, tmp_path, monkeypatch, caps
                             "--normalisation", "T2=minmax"], monkeypatch, capsys)
     assert code == 2 and "unknown normalisation 'minmax'" in err
     shutil.rmtree(tmp_path / "s")
+
+
+def test_coarse_input_note_by_hand():
+    from semicml.data.preprocess import COARSE_INPUT_FACTOR, coarse_input_note
+
+    prep = {"spacing": {"in_plane_mm": 1.0}}
+    assert COARSE_INPUT_FACTOR == 1.5
+    assert coarse_input_note(np.diag([1.5, 1.5, 5.0, 1.0]), prep) is None  # at the limit: no note
+    assert coarse_input_note(np.diag([0.5, 0.5, 1.0, 1.0]), prep) is None  # finer: resampling loses nothing
+    # the coarser in-plane axis counts; the slice thickness (axis 0 here, the axial one) does not
+    axial_first = np.array([[0, 0.9, 0, 0], [0, 0, 2.5, 0], [9.0, 0, 0, 0], [0, 0, 0, 1.0]])
+    assert coarse_input_note(axial_first, prep) == (
+        "2.5x coarser in plane (2.50 mm) than the 1.00 mm the network was trained at")
+    assert coarse_input_note(np.diag([3.0, 3.0, 3.0, 1.0]), {"spacing": {"in_plane_mm": 2.0}}) is None
+    assert coarse_input_note(np.diag([3.1, 3.1, 3.0, 1.0]), {"spacing": {"in_plane_mm": 2.0}}).startswith("1.6x")
+    assert coarse_input_note(np.diag([4.0, 4.0, 3.0, 1.0]), {"spacing": None}) is None  # runs made before
+
+
+def test_predict_warns_about_inputs_much_coarser_than_the_training_spacing(tmp_path, monkeypatch, capsys):
+    prep = {"size": 64, "in_plane": "crop", "normalisation": {"T2": {"scheme": "mri"}}, "spacing": {"in_plane_mm": 1.0}}
+    run = _weights(tmp_path / "run", "T2", prep)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    for name, mm in (("coarse", 2.0), ("fine", 1.2)):
+        save_nifti(rng.normal(100, 10, (24, 24, 2)).astype(np.float32), np.diag([mm, mm, 3.0, 1.0]),
+                   inputs / f"{name}.nii.gz")
+    code, _, err = run_cli(["predict", "--run", run, "--modality", "T2", "--input", inputs, "--out", tmp_path / "pred",
+                            "--device", "cpu"], monkeypatch, capsys)
+    assert code == 0, err
+    note = "2.0x coarser in plane (2.00 mm) than the 1.00 mm the network was trained at"
+    assert f"warning: case 'coarse' is {note}: expect a less accurate mask" in err and "'fine'" not in err
+    assert json.loads((tmp_path / "pred" / "predict.json").read_text())["coarse_inputs"] == {"coarse": note}
+    assert (tmp_path / "pred" / "coarse.nii.gz").exists() and (tmp_path / "pred" / "fine.nii.gz").exists()

@@ -116,3 +116,36 @@ def test_spread_by_hand_and_its_errors():
     half._sum = np.zeros(1)  # a sum without squares is no spread either
     with pytest.raises(ValueError, match="^no member added$"):
         half.std()
+
+
+def hand_brain_members(vol: np.ndarray, margin: int) -> list[np.ndarray]:
+    """As :func:`hand_members`, predicted in brain windows of ``margin`` voxels of context."""
+    out = []
+    for dims in FLIPS:
+        axes = tuple(d - 2 for d in dims)
+        mirrored = np.flip(vol, axes) if axes else vol
+        p = probabilities_on_grid(EdgeNet(), np.ascontiguousarray(mirrored), np.eye(4), PREP, CPU, FP32,
+                                  channels_last=False, modality="T2", window="brain", margin=margin)
+        out.append(np.flip(p, axes) if axes else p)
+    return out
+
+
+def test_brain_windows_and_their_margin_reach_every_member():
+    # a small brain in a wide plane: EdgeNet's wrap-around column differs with the window's size, so
+    # whole slice, margin 0 and margin 4 give different members
+    vol = np.zeros((32, 32, 2), np.float32)
+    vol[10:18, 12:22] = 1 + np.random.default_rng(1).random((8, 10, 2), dtype=np.float32)
+    tight, wide = hand_brain_members(vol, 0), hand_brain_members(vol, 4)
+    assert not np.allclose(tight[0], wide[0]) and not np.allclose(tight[0], hand_members(vol)[0])
+    for margin, want in ((0, tight), (4, wide)):
+        got = list(flip_members(engine(), vol, np.eye(4), PREP, "T2", window="brain", margin=margin))
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, atol=1e-6)
+        mean, std = flip_spread(engine(), vol, np.eye(4), PREP, "T2", "brain", margin)
+        np.testing.assert_allclose(mean, np.mean(want, 0), atol=1e-6)
+        np.testing.assert_allclose(std, np.std(want, 0), atol=1e-6)
+    # the margin's default is no context at all
+    for g, w in zip(flip_members(engine(), vol, np.eye(4), PREP, "T2", window="brain"), tight, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-6)
+    np.testing.assert_allclose(flip_spread(engine(), vol, np.eye(4), PREP, "T2", "brain")[1], np.std(tight, 0),
+                               atol=1e-6)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.geometry import resample_to_grid
+from ..data.preprocess import coarse_input_note
 from ..data.readers.multi import read_modality_sets
 from ..errors import ConfigError, DataError
 from ..hardware import resolve_device
@@ -215,7 +217,11 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
                 except ValueError as err:
                     raise DataError(str(err)) from None
                 channels = len(regions.classes) if regions else 1
-                ref, probs, spread = _fuse_case(loaders, nets, spelling, tta, uncertainty, window, margin, channels)
+                ref, probs, spread, coarse = _fuse_case(loaders, nets, spelling, tta, uncertainty, window, margin,
+                                                        channels)
+                for m, note in coarse.items():
+                    bar.write(f"warning: case {case_id!r}: its {m} image is {note}: expect a less accurate mask",
+                              file=sys.stderr)
                 header = ref.header.copy() if ref.header is not None else None
                 if regions is None:
                     paths = [out_dir / f"{case_id}.nii.gz"]
@@ -235,15 +241,18 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
                 record["cases"][case_id] = {
                     "masks": [str(p.relative_to(out_dir)) for p in paths], "modalities": used,
                     "reference_grid": used[0], "postprocessing": post, "postprocessing_from": why,
-                    "missing": {a.modality: str(a.expected) for a in absent if a.case_id == case_id}}
+                    "missing": {a.modality: str(a.expected) for a in absent if a.case_id == case_id},
+                    "coarse_inputs": coarse}
     atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=1))
     return written
 
 
 def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: str, margin: int, channels: int):
-    """(reference case, mean probability on its grid, the members' :class:`Spread`)."""
+    """(reference case, mean probability on its grid, the members' :class:`Spread`, the notes of
+    the modalities stored coarser than their network's training spacing)."""
     ref = None
     spread = Spread()
+    coarse = {}
     for m, load in loaders.items():
         case = load()
         if ref is None:
@@ -251,6 +260,9 @@ def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: st
         image = next(iter(case.images.values()))
         runner, info = nets[m]
         prep = info["preprocessing"]
+        note = coarse_input_note(case.affine, prep)
+        if note:
+            coarse[m] = note
         if uncertainty:
             members = flip_members(runner, image, case.affine, prep, spelling[m], window, margin, channels=channels)
         else:
@@ -259,4 +271,4 @@ def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: st
         for p in members:
             spread.add(align_to_grid(p, case.affine, ref.shape, ref.affine))
     assert ref is not None
-    return ref, spread.mean(), spread
+    return ref, spread.mean(), spread, coarse

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -24,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.case import Case
-from ..data.preprocess import network_frame
+from ..data.preprocess import coarse_input_note, network_frame
 from ..data.readers import read_single_modality
 from ..data.targets import Target, label_map_from_regions
 from ..errors import ConfigError, DataError
@@ -216,11 +217,15 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
                  regions_as_files: bool = False) -> list[Path]:
     modality = about["modality"]
     network_modality = network_modality or modality  # the name its normalisation was recorded under
-    written = []
+    written, coarse = [], {}
     with tqdm(found, desc=f"predict {modality}", unit="case", disable=not progress) as bar:
         for case_id, load in bar:
             case: Case = load()
             image = next(iter(case.images.values()))
+            note = coarse_input_note(case.affine, preprocessing)
+            if note:
+                coarse[case_id] = note
+                bar.write(f"warning: case {case_id!r} is {note}: expect a less accurate mask", file=sys.stderr)
             channels = len(regions.classes) if regions else 1
             if about.get("uncertainty"):
                 probs, spread = flip_spread(runner, image, case.affine, preprocessing, network_modality,
@@ -249,7 +254,8 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
     atomic_write_text(out_dir / "predict.json", json.dumps({**about, "cases": [str(p.relative_to(out_dir))
                                                                                for p in written],
                                                            "threshold": threshold, "tta": tta,
-                                                           "postprocessing": post}, indent=1))
+                                                           "postprocessing": post, "coarse_inputs": coarse},
+                                                          indent=1))
     return written
 
 
