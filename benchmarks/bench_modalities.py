@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's shared helpers
 from host import cpu_model  # noqa: E402
+from timing import step_times  # noqa: E402
 
 ALL = ("T2", "T1ce", "FLAIR", "T1")
 COUNTS = (2, 3, 4)
@@ -76,19 +77,7 @@ def batches(tr, count: int):
 
 def step_seconds(tr, stage: str, data: list) -> list[float]:
     """Seconds of each full optimisation step over ``data`` (the first is a warm-up, dropped)."""
-    method = tr.method
-    method.train()
-    if stage == "prel":
-        method.teacher_index = 0
-    times = []
-    for k, batch in enumerate(data):
-        t0 = time.perf_counter()
-        losses = method.prel_losses(batch, k) if stage == "prel" else method.semicml_losses(batch, k)
-        tr.optimizer.zero_grad()
-        losses["loss"].backward()
-        tr.optimizer.step()
-        times.append(time.perf_counter() - t0)
-    return times[1:]
+    return step_times(tr.method, tr.optimizer, data, stage)[1:]
 
 
 def pair_term_seconds(n: int, batch: int, size: int, repeats: int) -> float:

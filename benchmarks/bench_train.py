@@ -54,27 +54,17 @@ def _trainer(store, out: Path, setting: dict, width: int, lb: int, ub: int, iter
 def _step_rate(trainer, stage: str, steps: int, warmup: int = 1) -> tuple[float, float]:
     """Paired slices per second of full optimisation steps (forward, backward, update), and the
     seconds of the first step (kernel warm-up; with ``compile``, the compilation)."""
+    from timing import step_times  # same folder
+
     from semicml.data.sampler import PairedSliceDataset, TwoStreamBatchSampler, collate_two_stream
 
     ds = PairedSliceDataset(trainer.store, trainer.subset.labeled, trainer.subset.unlabeled, trainer.modalities)
     sampler = TwoStreamBatchSampler(len(ds.keys[: ds.n_labeled]), len(ds.keys) - ds.n_labeled,
                                     trainer.cfg.labeled_batch, trainer.cfg.unlabeled_batch, 0, 0, steps + warmup)
-    method = trainer.method
-    method.train()
-    if stage == "prel":
-        method.teacher_index = 0
-    times = []
-    for k, idx in enumerate(sampler):
-        batch = {key: trainer._to_device(v) for key, v in collate_two_stream([ds[i] for i in idx]).items()}
-        _sync(trainer.device)
-        t0 = time.perf_counter()
-        with trainer.precision.autocast():
-            losses = method.prel_losses(batch, k) if stage == "prel" else method.semicml_losses(batch, k)
-        trainer.optimizer.zero_grad()
-        losses["loss"].backward()
-        trainer.optimizer.step()
-        _sync(trainer.device)
-        times.append(time.perf_counter() - t0)
+    batches = ({key: trainer._to_device(v) for key, v in collate_two_stream([ds[i] for i in idx]).items()}
+               for idx in sampler)
+    times = step_times(trainer.method, trainer.optimizer, batches, stage, trainer.precision.autocast,
+                       lambda: _sync(trainer.device))
     n = trainer.cfg.labeled_batch + trainer.cfg.unlabeled_batch
     # the first steps warm up kernels / allocator / compiler
     return n / float(np.median(times[warmup:])), float(sum(times[:warmup]))

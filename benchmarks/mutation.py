@@ -423,8 +423,9 @@ def main() -> int:
     parser.add_argument("--report-only", action="store_true",
                         help="only write the report of the results already in --workdir (e.g. an interrupted run)")
     parser.add_argument("--rerun-survivors", action="store_true",
-                        help="with --resume: copy the working tree's tests/ into --workdir and run only the "
-                             "mutants that survived (or had no test) there")
+                        help="with --resume: copy the working tree's tests/ and src/ into --workdir and run "
+                             "the mutants that survived (or had no test) there, and every mutant of a function "
+                             "whose code changed since (mutmut re-makes those)")
     parser.add_argument("--known-bugs", action="store_true", help="check the issue-14 hand mutations instead")
     parser.add_argument("--table", action="store_true",
                         help="write table.md / table.json: every module's latest before and after run")
@@ -456,6 +457,10 @@ def main() -> int:
         names = survivors_in(work)
         shutil.rmtree(work / "tests")
         shutil.copytree(REPO / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        # the code as it is now: the new tests may test new behaviour. copytree keeps the files'
+        # times, so mutmut re-makes (and forgets the verdicts of) only the functions edited since
+        shutil.copytree(REPO / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"),
+                        dirs_exist_ok=True)
         shutil.rmtree(work / "mutants" / "tests", ignore_errors=True)
         shutil.copytree(REPO / "tests", work / "mutants" / "tests", ignore=shutil.ignore_patterns("__pycache__"))
         # forget their verdicts and the test-to-function map, so that mutmut re-collects which
@@ -469,7 +474,9 @@ def main() -> int:
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         print(f"re-running {len(names)} surviving mutants with the current tests", flush=True)
     start = time.monotonic()
-    run_mutmut(work, args.max_children, names, args.nice)
+    # no names: mutmut runs every mutant without a verdict (the survivors just reset, and those of
+    # edited functions); the others keep theirs
+    run_mutmut(work, args.max_children, [], args.nice)
     summary = collect(work, args.modules, RESULTS / args.label, time.monotonic() - start)
     meta = {"ref": args.ref or "working tree", "modules": args.modules, "tests": tests, "workdir": str(work)}
     (RESULTS / args.label / "run.json").write_text(json.dumps(meta, indent=1))

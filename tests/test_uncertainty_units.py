@@ -147,5 +147,25 @@ def test_brain_windows_and_their_margin_reach_every_member():
     # the margin's default is no context at all
     for g, w in zip(flip_members(engine(), vol, np.eye(4), PREP, "T2", window="brain"), tight, strict=True):
         np.testing.assert_allclose(g, w, atol=1e-6)
-    np.testing.assert_allclose(flip_spread(engine(), vol, np.eye(4), PREP, "T2", "brain")[1], np.std(tight, 0),
-                               atol=1e-6)
+    mean, std = flip_spread(engine(), vol, np.eye(4), PREP, "T2", "brain")
+    np.testing.assert_allclose(mean, np.mean(tight, 0), atol=1e-6)
+    np.testing.assert_allclose(std, np.std(tight, 0), atol=1e-6)
+
+
+class RegionEdgeNet(EdgeNet):
+    """Three region channels: EdgeNet's logit shifted down by 0, 1 and 2."""
+
+    def forward(self, x):
+        z = super().forward(x)
+        return torch.cat([z, z - 1.0, z - 2.0], dim=1)
+
+
+def test_flip_spread_of_a_region_network_has_one_map_per_region():
+    vol = image()
+    regions = TorchEngine(RegionEdgeNet(), CPU, FP32, channels_last=False)
+    mean, std = flip_spread(regions, vol, np.eye(4), PREP, "T2", channels=3)
+    assert mean.shape == std.shape == (3, *vol.shape)
+    single = np.stack(hand_members(vol))  # channel 0 is EdgeNet itself
+    np.testing.assert_allclose(mean[0], single.mean(0), atol=1e-6)
+    np.testing.assert_allclose(std[0], single.std(0), atol=1e-6)
+    assert (mean[1] < mean[0] + 1e-7).all() and (mean[2] < mean[1] + 1e-7).all() and (mean[0] > mean[2]).any()
