@@ -85,3 +85,161 @@ def test_global_statistics_need_ten_voxels_and_a_constant_foreground_gets_std_1(
     assert small["std"] == 0.25
     tiny = global_statistics("ct", [np.array([0.0, 2e-8] * 5)])  # std 1e-8 is not above 1e-8: 1
     assert tiny["std"] == 1.0
+
+
+# ------------------------------------------------------------------------------ world geometry
+def test_world_box_by_hand_outer_voxel_edges_included():
+    from semicml.data.geometry import world_box
+
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    affine[:3, 3] = [10, 20, 30]
+    lo, hi = world_box((2, 3, 4), affine)
+    # voxel centres 0..n-1, edges half a voxel further: 10 + 2 * (-0.5 .. 1.5), ...
+    assert lo.tolist() == [9.0, 18.5, 28.0] and hi.tolist() == [13.0, 27.5, 44.0]
+    # axes swapped and one flipped: array axis 0 runs along world -y, axis 1 along x, axis 2 along z
+    swapped = np.array([[0, 1.0, 0, 5], [-2.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+    lo, hi = world_box((2, 3, 4), swapped)
+    assert lo.tolist() == [4.5, -3.0, -0.5] and hi.tolist() == [7.5, 1.0, 3.5]
+
+
+def test_overlap_fraction_by_hand_and_for_an_empty_reference():
+    from semicml.data.geometry import overlap_fraction
+
+    ref = np.diag([0.5, 0.5, 0.5, 1.0])  # a 1 x 1 x 1 mm reference box of 2^3 voxels: volume 1 mm^3 ...
+    half = np.diag([0.5, 0.5, 0.5, 1.0])
+    half[0, 3] = 0.5  # ... and the same box moved by half its width along x
+    assert overlap_fraction((2, 2, 2), half, (2, 2, 2), ref) == 0.5
+    small = np.diag([0.25, 0.25, 0.25, 1.0])  # a reference of 0.125 mm^3, inside the other box
+    assert overlap_fraction((2, 2, 2), ref, (2, 2, 2), small) == 1.0
+    assert overlap_fraction((2, 2, 2), ref, (0, 2, 2), ref) == 0.0  # no reference volume: nothing covered
+
+
+def test_resample_to_grid_defaults_linear_background_zero_edge_padded_float32():
+    from semicml.data.geometry import resample_to_grid
+
+    vol = np.zeros((4, 1, 1), np.int16)
+    vol[:, 0, 0] = [10, 20, 30, 40]
+    # the reference grid: the same voxels shifted by half a voxel, and 2 more past each end
+    ref = np.eye(4)
+    ref[0, 3] = -2.5
+    got = resample_to_grid(vol, np.eye(4), (9, 1, 1), ref)
+    assert got.dtype == np.float32
+    # world x: -2.5 -1.5 -0.5 0.5 1.5 2.5 3.5 4.5 5.5. Within one voxel of the first / last voxel
+    # centre: its edge value (not blended with the background); further out: the background
+    assert got[:, 0, 0].tolist() == [0.0, 0.0, 10.0, 15.0, 25.0, 35.0, 40.0, 0.0, 0.0]
+    air = resample_to_grid(vol, np.eye(4), (9, 1, 1), ref, cval=-1000.0)
+    assert air[0, 0, 0] == -1000.0 and air[8, 0, 0] == -1000.0 and air[4, 0, 0] == 25.0
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_resample_to_grid_splines_interpolate_the_samples(order):
+    """On its own grid a spline of order 2 or 3 gives the samples back (they are prefiltered)."""
+    from semicml.data.geometry import resample_to_grid
+
+    vol = np.random.default_rng(0).random((6, 5, 4)).astype(np.float32)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    np.testing.assert_allclose(resample_to_grid(vol, affine, vol.shape, affine, order=order), vol, atol=1e-5)
+
+
+def test_resample_in_plane_zooms_every_plane_linearly_with_edge_values_as_float32():
+    from semicml.data.geometry import InPlaneGrid, resample_in_plane, restore_in_plane
+
+    vol = np.zeros((5, 1, 2, 3), np.int16)  # extra trailing axes are carried along
+    vol[:, 0, 1, 2] = [0, 0, 4, 0, 0]
+    grid = InPlaneGrid((5, 1), (10, 1), (2.0, 1.0), (1.0, 1.0))
+    got = resample_in_plane(vol, grid, order=1)
+    assert got.shape == (10, 1, 2, 3) and got.dtype == np.float32
+    # output x' sits at input x = (x' + 0.5) / 2 - 0.5; linear, clamped at the ends
+    x = (np.arange(10) + 0.5) / 2 - 0.5
+    np.testing.assert_allclose(got[:, 0, 1, 2], np.interp(x, np.arange(5), [0, 0, 4, 0, 0]), atol=1e-6)
+    assert not got[:, 0, 0].any() and not got[:, 0, 1, :2].any()
+    back = restore_in_plane(got, grid)  # linear by default
+    assert back.shape == vol.shape and back.dtype == np.float32
+    cubic = resample_in_plane(vol.astype(np.float32), grid)  # default: cubic spline, overshoots below 0
+    assert cubic[:, 0, 1, 2].min() < -0.05
+
+
+# ------------------------------------------------------------------------------ boxes and frames
+def _plane(shape, rows, cols) -> np.ndarray:
+    plane = np.zeros(shape, bool)
+    plane[rows[0] : rows[1], cols[0] : cols[1]] = True
+    return plane
+
+
+@pytest.mark.parametrize(("rows", "cols", "start", "side", "want"), [
+    ((11, 14), (12, 15), (10, 11), 6, (10, 11)),  # inside already: no shift (either axis)
+    ((4, 7), (12, 15), (10, 11), 6, (4, 11)),  # rows start above the window: start at the first row
+    ((11, 14), (20, 23), (10, 11), 6, (10, 17)),  # columns end past the window: end at the last column
+    ((3, 14), (12, 15), (0, 11), 7, (5, 11)),  # 11 rows in a 7-window: centred, (3 + 14) // 2 - 7 // 2
+    ((11, 14), (2, 13), (10, 0), 7, (10, 4)),  # the same along the columns: (2 + 13) // 2 - 3
+])
+def test_shift_to_contain_by_hand(rows, cols, start, side, want):
+    from semicml.data.preprocess import _shift_to_contain
+
+    got = _shift_to_contain(_plane((30, 30), rows, cols), start[0], start[1], side)
+    assert got == want and all(type(v) is int for v in got)
+
+
+def test_whole_plane_box_covers_the_longer_side():
+    from semicml.data.preprocess import whole_plane_box
+
+    box = whole_plane_box((20, 40), 16)  # 40 -> 48, centred on both axes
+    assert (box.side, box.size, box.x0, box.y0, box.mode) == (48, 48, -14, -4, "crop")
+
+
+def test_target_spacing_reads_only_a_recorded_mapping():
+    from semicml.data.preprocess import target_spacing
+
+    assert target_spacing({"spacing": {"in_plane_mm": 0.8, "rule": "median"}}) == 0.8
+    assert target_spacing({"spacing": None}) is None and target_spacing({}) is None
+    assert target_spacing({"spacing": "keep"}) is None  # not a record of a spacing
+
+
+def test_network_frame_restores_region_channels_linearly_to_the_input_grid():
+    from semicml.data.preprocess import network_frame
+
+    vol = np.zeros((5, 4, 3), np.float32)  # axial last, 2 mm in plane
+    vol[1:4, 1:3] = 5.0
+    prep = {"in_plane": "crop", "size": 8, "normalisation": {"T2": {"scheme": "none"}},
+            "spacing": {"in_plane_mm": 1.0}}
+    frame = network_frame(vol, np.diag([2.0, 2.0, 3.0, 1.0]), prep, "T2", 4)
+    assert frame.planes.shape == (3, 12, 12)  # 10 x 8 at 1 mm, padded to a square multiple of 4
+    # a probability map that rises along x by 0.1 per 1-mm pixel, and its complement
+    ramp = np.broadcast_to((np.arange(12, dtype=np.float32) * 0.1)[None, :, None], (3, 12, 12))
+    two = np.stack([ramp, 1 - ramp], axis=1)  # (Z, C, H, W)
+    back = frame.restore(two)
+    assert back.shape == (2, 5, 4, 3)
+    one = frame.restore(ramp)
+    np.testing.assert_array_equal(back[0], one)
+    np.testing.assert_allclose(back[1], 1 - one, atol=1e-6)
+    # linear, not a higher-order spline: the 2-mm voxel x sits between 1-mm pixels 2x and 2x + 1,
+    # so it gets their mean (the ramp is shifted by the padding: pixel p of the plane holds 0.1 p)
+    x0 = frame.box.x0
+    want = np.array([0.1 * (2 * x - x0 + 0.5) for x in range(5)], np.float32)
+    np.testing.assert_allclose(one[:, 0, 0], want, atol=1e-5)
+
+
+def test_network_frame_resize_box_comes_from_the_body_mask_not_the_normalised_background():
+    from semicml.data.preprocess import network_frame
+
+    ct = np.full((40, 40, 2), -1000.0, np.float32)  # air ...
+    ct[10:30, 14:26] = 40.0  # ... around a 20 x 12 body
+    prep = {"in_plane": "resize", "size": 16,
+            "normalisation": {"CT": {"scheme": "ct", "low": -1000.0, "high": 1000.0, "mean": 0.0, "std": 100.0}}}
+    frame = network_frame(ct, np.eye(4), prep, "CT", 16)
+    assert (frame.box.x0, frame.box.y0, frame.box.side) == (10, 10, 20)  # the body's box, not the plane's
+    empty = network_frame(np.zeros((8, 6, 2), np.float32), np.eye(4),
+                          {"in_plane": "resize", "size": 16, "normalisation": "zscore_nonzero"}, "T2", 16)
+    assert (empty.box.x0, empty.box.y0, empty.box.side) == (0, -1, 8)  # an empty image: centred on itself
+
+
+def test_global_scheme_applies_clip_and_zscore_with_a_zero_std_read_as_one():
+    from semicml.data.normalisation import normalise_volume
+
+    image = np.array([-50.0, 0.0, 10.0, 30.0], np.float32).reshape(4, 1, 1)
+    spec = {"scheme": "ct", "low": -20.0, "high": 20.0, "mean": 4.0, "std": 0.5}
+    out = normalise_volume(image, spec)
+    assert out.image.dtype == np.float32 and out.image.ravel().tolist() == [-48.0, -8.0, 12.0, 32.0]
+    for std in (0.0, 1e-8):  # no spread recorded: divide by 1, not by (almost) 0
+        flat = normalise_volume(image, {**spec, "std": std})
+        assert flat.image.ravel().tolist() == [-24.0, -4.0, 6.0, 16.0] and flat.fill == -24.0
