@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_fusion import POINTWISE, PREP, REGIONS, dataset, load, make_run, stubs, write_case  # noqa: F401 (fixtures)
+from test_fusion import POINTWISE, PREP, REGIONS, HalfPlane, dataset, load, make_run, stubs, write_case  # noqa: F401 (fixtures)
 
 import semicml.inference.fusion as fusion_mod
 from semicml.errors import BusyError, ConfigError, DataError
@@ -407,3 +407,46 @@ def test_a_modality_much_coarser_than_its_networks_training_spacing_is_warned_ab
     assert "t2 image" not in err
     record = json.loads((out / "predict.json").read_text())
     assert {c: v["coarse_inputs"] for c, v in record["cases"].items()} == {"a": {"t1ce": note}, "b": {"t1ce": note}}
+
+
+def test_networks_with_different_targets_are_refused_before_anything_is_written(tmp_path, dataset):
+    make_run(tmp_path, {"T2": POINTWISE["T2"]})  # binary ...
+    run = make_run(tmp_path, {"T1ce": ("regions", -1.5, 2.5)}, target=REGIONS)  # ... beside a region network
+    out = tmp_path / "fused"
+    for order in (["T2", "T1ce"], ["T1ce", "T2"]):
+        with pytest.raises(DataError) as err:
+            predict_fused(run, order, dataset, out, device="cpu", progress=False)
+        assert str(err.value) == (f"{run}: the {order[1]} network has another target than the {order[0]} network; "
+                                  "fuse the networks of one run")
+    assert not out.exists()
+
+
+def test_a_region_run_takes_one_postprocess_for_every_region(tmp_path, dataset):
+    run = make_run(tmp_path, {"T2": ("regions", 2.0, 1.5), "T1ce": ("regions", -1.5, 2.5)}, target=REGIONS)
+    out = tmp_path / "fused"
+    predict_fused(run, ["T2", "T1ce"], dataset, out, device="cpu", progress=False, postprocess="largest")
+    record = json.loads((out / "predict.json").read_text())
+    assert record["cases"]["a"]["postprocessing"] == {"wt": "largest", "tc": "largest", "et": "largest"}
+
+
+def test_fused_uncertainty_runs_every_network_through_the_four_flips(tmp_path, dataset):
+    # HalfPlane ignores the image: both networks agree, so all the spread comes from the flips
+    run = make_run(tmp_path, {"T2": ("halfplane",), "T1ce": ("halfplane",)})
+    out = tmp_path / "fused"
+    predict_fused(run, ["T2", "T1ce"], dataset, out, device="cpu", progress=False, uncertainty=True,
+                  save_probabilities=True)
+    s = 1.0 / (1.0 + np.exp(-HalfPlane.L))
+    unc = load(out / "a_uncertainty.nii.gz")[0]
+    body = np.asarray(nib.load(str(dataset / "a" / "a_t2.nii.gz")).dataobj).any(axis=(0, 1))
+    assert np.allclose(unc[:, :, body], (s - (1 - s)) / 2, atol=1e-6)  # 8 members: 4 at s, 4 at 1 - s
+    # the probability and uncertainty files carry the reference image's header, like the mask
+    for name in ("a.nii.gz", "a_prob.nii.gz", "a_uncertainty.nii.gz"):
+        assert nib.load(str(out / name)).header["descrip"].tobytes().rstrip(b"\0") == b"a t2"
+
+
+def test_a_binary_run_takes_the_postprocess_given(tmp_path, dataset):
+    run = make_run(tmp_path, POINTWISE, postprocessing="none")
+    out = tmp_path / "fused"
+    predict_fused(run, ["T2", "T1ce"], dataset, out, device="cpu", progress=False, postprocess="min-size:3")
+    case = json.loads((out / "predict.json").read_text())["cases"]["a"]
+    assert (case["postprocessing"], case["postprocessing_from"]) == ("min-size:3", "given by the user")

@@ -294,3 +294,37 @@ def test_atomic_save_nifti_writes_the_same_bytes_twice(tmp_path):
     back = read(tmp_path / "x.nii.gz")
     assert back.get_data_dtype() == np.uint8
     assert np.array_equal(np.asarray(back.dataobj), np.arange(24).reshape(2, 3, 4))
+
+
+# ------------------------------------------------------------------------------ region outputs by hand
+def test_region_postprocess_names_every_region_without_a_stored_choice():
+    from semicml.data.targets import Target
+    from semicml.inference.predict import region_postprocess
+
+    target = Target(name="regions", classes=["wt", "tc", "et"], values=[[1, 2, 4], [1, 4], [4]], regions=True,
+                    paint=[2, 1, 4])
+    assert region_postprocess("largest", target) == {"wt": "largest", "tc": "largest", "et": "largest"}
+    assert region_postprocess({"wt": "none", "tc": "min-size:5", "et": "largest", "x": "none"}, target) == {
+        "wt": "none", "tc": "min-size:5", "et": "largest"}
+    with pytest.raises(DataError) as err:
+        region_postprocess({"tc": "none"}, target)
+    assert str(err.value) == "the stored post-processing names no choice for region(s) wt, et"
+
+
+def test_region_masks_min_size_counts_cubic_millimetres_at_the_case_spacing(tmp_path):
+    from types import SimpleNamespace
+
+    from semicml.data.targets import Target
+    from semicml.inference.predict import write_region_masks
+
+    target = Target(name="regions", classes=["wt", "tc"], values=[[1, 2], [1]], regions=True, paint=[2, 1])
+    probs = np.zeros((2, 10, 10, 4), np.float32)
+    probs[0, 1:6, 1:6, 1:3] = 0.9  # 50 voxels
+    probs[0, 8:9, 8:10, 1] = 0.9  # 2 voxels: 16 mm^3 at 2 mm, kept by min-size:10 (2 mm^3 at 1 mm would not be)
+    probs[1, 2:4, 2:4, 1] = 0.9
+    case = SimpleNamespace(affine=np.diag([2.0, 2.0, 2.0, 1.0]), spacing=(2.0, 2.0, 2.0))
+    paths = write_region_masks(probs, 0.5, {"wt": "min-size:10", "tc": "none"}, target, False, case, "c", None,
+                               tmp_path)
+    label = np.asarray(nib.load(str(paths[0])).dataobj)
+    assert paths == [tmp_path / "c.nii.gz"] and label[8, 8, 1] == 2 and label[8, 9, 1] == 2
+    assert (label == 1).sum() == 4 and (label == 2).sum() == 52 - 4

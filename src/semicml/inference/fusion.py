@@ -177,7 +177,11 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
     nets = {m: load_model(run, m, engine, dev, precision, threads, compile) for m in modalities}
     spelling = {m: str(info.get("modality") or m) for m, (_, info) in nets.items()}  # the run's names
     stored = {spelling[m]: info.get("postprocessing", NONE) for m, (_, info) in nets.items()}
-    regions = region_target(nets[modalities[0]][1])  # one run: every network has the same target
+    regions = region_target(nets[modalities[0]][1])
+    for m in modalities[1:]:  # weights copied in from another run would average unlike outputs
+        if region_target(nets[m][1]) != regions:
+            raise DataError(f"the {spelling[m]} network has another target than the {spelling[modalities[0]]} "
+                            "network; fuse the networks of one run", run)
     check_region_output(regions, regions_as_files)
     if postprocess is not None:  # a bad --postprocess fails before the output folder is made
         try:
