@@ -328,3 +328,59 @@ def test_region_masks_min_size_counts_cubic_millimetres_at_the_case_spacing(tmp_
     label = np.asarray(nib.load(str(paths[0])).dataobj)
     assert paths == [tmp_path / "c.nii.gz"] and label[8, 8, 1] == 2 and label[8, 9, 1] == 2
     assert (label == 1).sum() == 4 and (label == 2).sum() == 52 - 4
+
+
+class RollNet(nn.Module):
+    """Logit = 5 (x - x one column to the left, wrapping): depends on the window's extent, so the
+    window and its margin show in the probabilities."""
+
+    levels = 2
+
+    def forward(self, x):
+        return 5.0 * (x - torch.roll(x, 1, dims=-1))
+
+
+class RegionRollNet(RollNet):
+    def forward(self, x):
+        z = super().forward(x)
+        return torch.cat([z, z - 1.0, z - 2.0], dim=1)
+
+
+REGIONS = {"name": "regions", "classes": ["wt", "tc", "et"], "values": [[1, 2, 4], [1, 4], [4]], "regions": True,
+           "paint": [2, 1, 4]}
+MRI = {"in_plane": "crop", "size": 16, "normalisation": {"T2": {"scheme": "mri"}}}
+
+
+def test_uncertainty_uses_the_window_margin_and_modality_of_the_prediction(tmp_path, cases, monkeypatch):
+    monkeypatch.setattr(weights_mod, "build_network", lambda spec: RollNet())
+    run = make_run(tmp_path, preprocessing=MRI)  # no "modality" in the weights: the asked one names it
+    probs = {}
+    for name, kwargs in (("tta", {"tta": True}), ("unc", {"uncertainty": True}), ("tta0", {"tta": True, "margin": 0})):
+        out = tmp_path / name
+        predict_cases(run, "T2", cases, out, device="cpu", save_probabilities=True, progress=False,
+                      window="brain", **{"margin": 3, **kwargs})
+        probs[name] = np.asarray(read(out / "a_prob.nii.gz").dataobj)
+    assert not np.allclose(probs["tta"], probs["tta0"], atol=1e-4)  # the margin matters for this network
+    np.testing.assert_allclose(probs["unc"], probs["tta"], atol=1e-6)  # the flip mean is the --tta probability
+    assert read(tmp_path / "unc" / "a_uncertainty.nii.gz").get_fdata().max() > 0.01
+
+
+def test_region_uncertainty_and_masks_one_per_region_and_case(tmp_path, cases, monkeypatch):
+    monkeypatch.setattr(weights_mod, "build_network", lambda spec: RegionRollNet())
+    run = make_run(tmp_path, preprocessing=PREP, target=REGIONS, postprocessing="none")
+    out = tmp_path / "out"
+    written = predict_cases(run, "T2", cases, out, device="cpu", uncertainty=True, progress=False,
+                            regions_as_files=True)
+    assert written == [out / r / f"{c}.nii.gz" for c in ("a", "b") for r in ("wt", "tc", "et")]
+    for c in ("a", "b"):
+        for r in ("wt", "tc", "et"):
+            mask = read(out / r / f"{c}.nii.gz")
+            assert mask.get_data_dtype() == np.uint8 and mask.header["descrip"].tobytes().rstrip(b"\0") == \
+                f"case {c}".encode()
+        unc = read(out / f"{c}_uncertainty.nii.gz")
+        assert unc.shape == (20, 24, 8, 3)  # one map per region, along the last axis
+    painted = tmp_path / "painted"
+    predict_cases(run, "T2", cases, painted, device="cpu", progress=False)
+    label = read(painted / "a.nii.gz")
+    assert label.get_data_dtype() == np.uint8 and label.header["descrip"].tobytes().rstrip(b"\0") == b"case a"
+    assert set(np.unique(np.asarray(label.dataobj))) <= {0, 1, 2, 4}

@@ -155,8 +155,10 @@ def test_resample_in_plane_zooms_every_plane_linearly_with_edge_values_as_float3
     assert not got[:, 0, 0].any() and not got[:, 0, 1, :2].any()
     back = restore_in_plane(got, grid)  # linear by default
     assert back.shape == vol.shape and back.dtype == np.float32
-    cubic = resample_in_plane(vol.astype(np.float32), grid)  # default: cubic spline, overshoots below 0
+    cubic = resample_in_plane(vol.astype(np.float32), grid)  # default: cubic spline (nnU-Net's), overshoots
     assert cubic[:, 0, 1, 2].min() < -0.05
+    assert np.array_equal(cubic, resample_in_plane(vol.astype(np.float32), grid, order=3))
+    assert not np.allclose(cubic, resample_in_plane(vol.astype(np.float32), grid, order=4))
 
 
 # ------------------------------------------------------------------------------ boxes and frames
