@@ -245,3 +245,69 @@ def test_global_scheme_applies_clip_and_zscore_with_a_zero_std_read_as_one():
     for std in (0.0, 1e-8):  # no spread recorded: divide by 1, not by (almost) 0
         flat = normalise_volume(image, {**spec, "std": std})
         assert flat.image.ravel().tolist() == [-24.0, -4.0, 6.0, 16.0] and flat.fill == -24.0
+
+
+@pytest.mark.parametrize(("name", "scheme"), [
+    ("CT", "ct"), (" ct ", "ct"), ("CT_contrast", "ct"), ("ct-low-dose", "ct"), ("CT venous", "ct"), ("ctx", "mri"),
+    ("PT", "pet"), ("pet", "pet"), ("PET-CT", "pet"), ("FDG", "pet"), ("pt_suv", "pet"), ("PT-AC", "pet"),
+    ("ptx", "mri"), ("T2", "mri"), ("FLAIR", "mri"),
+])
+def test_scheme_for_channel_names(name, scheme):
+    from semicml.data.normalisation import scheme_for_channel
+
+    assert scheme_for_channel(name) == scheme
+
+
+def test_modality_normalisation_lists_what_the_run_recorded():
+    from semicml.data.normalisation import modality_normalisation
+    from semicml.errors import DataError
+
+    prep = {"normalisation": {"T2": {"scheme": "mri"}, "T1ce": {"scheme": "mri"}}}
+    assert modality_normalisation(prep, "t1ce") == {"scheme": "mri"}
+    with pytest.raises(DataError) as err:
+        modality_normalisation(prep, "flair")
+    assert str(err.value) == "no normalisation recorded for modality 'flair' (has: T2, T1ce)"
+
+
+def test_foreground_box_uses_the_given_mask_and_shifts_only_crops():
+    from semicml.data.preprocess import foreground_box
+
+    ref = np.zeros((40, 40, 2), np.float32)
+    ref[2:38, 2:38] = 1.0  # the reference's non-zero region: almost the whole plane
+    mask = np.zeros(ref.shape, np.uint8)
+    mask[10:20, 20:30] = 1  # the body mask given: a 10 x 10 box centred at (15, 25)
+    box = foreground_box(ref, 8, "resize", mask=mask)
+    assert (box.x0, box.y0, box.side) == (10, 20, 10)
+    keep = np.zeros(ref.shape, bool)
+    keep[0:2, 0:2] = True  # a label far from the box: a crop moves to contain it, a resize box does not
+    assert (foreground_box(ref, 8, "resize", mask=mask, keep=keep).x0, ) == (10,)
+    crop = foreground_box(ref, 8, "crop", mask=mask, keep=keep)
+    assert (crop.x0, crop.y0, crop.side) == (0, 0, 8)
+    assert (foreground_box(ref, 8, "crop", mask=mask).x0, foreground_box(ref, 8, "crop", mask=mask).y0) == (11, 21)
+
+
+def test_paste_planes_keeps_the_dtype_and_restore_in_plane_is_linear_by_default():
+    from semicml.data.geometry import InPlaneGrid, restore_in_plane
+    from semicml.data.preprocess import InPlaneBox, paste_planes
+
+    planes = np.full((4, 4, 2), 0.5, np.float32)
+    out = paste_planes(planes, InPlaneBox(mode="crop", x0=1, y0=2, side=4, size=4), (6, 8))
+    assert out.dtype == np.float32 and out.shape == (6, 8, 2) and out.sum() == 0.5 * 32
+    grid = InPlaneGrid((5, 1), (10, 1), (2.0, 1.0), (1.0, 1.0))
+    ramp = np.zeros((10, 1, 1), np.float32)
+    ramp[4:6] = 1.0
+    np.testing.assert_array_equal(restore_in_plane(ramp, grid), restore_in_plane(ramp, grid, order=1))
+    assert not np.allclose(restore_in_plane(ramp, grid), restore_in_plane(ramp, grid, order=2))
+
+
+def test_network_frame_pads_with_the_normalised_background():
+    from semicml.data.preprocess import network_frame
+
+    ct = np.full((20, 20, 2), -1000.0, np.float32)
+    ct[5:15, 5:15] = 40.0
+    prep = {"in_plane": "crop", "size": 16,
+            "normalisation": {"CT": {"scheme": "ct", "low": -1000.0, "high": 1000.0, "mean": 0.0, "std": 100.0}}}
+    frame = network_frame(ct, np.eye(4), prep, "CT", 16)
+    assert frame.planes.shape == (2, 32, 32) and frame.planes.dtype == np.float32
+    assert frame.planes[0, 0, 0] == -10.0  # padding outside the 20 x 20 plane looks like air, not 0
+    assert frame.planes[0, 16, 16] == pytest.approx(0.4)
