@@ -50,6 +50,8 @@ def sigmoid(x):
      "--engine openvino runs on the CPU; --device cuda:1 needs --engine torch"),
     ({"regions_as_files": True}, ConfigError,
      "--regions-as-files needs a network trained on a region target (--target regions)"),
+    ({"engine": "onnxruntime", "compile": True}, ConfigError,
+     "--compile applies to --engine torch (the onnxruntime engine compiles the graph itself)"),
 ])
 def test_argument_checks_are_exact_one_line_errors_before_anything_is_written(tmp_path, dataset, kwargs, error,
                                                                                message):
@@ -171,10 +173,14 @@ def test_engine_device_precision_threads_and_compile_reach_the_loader(tmp_path, 
                                                     ("torch", "cuda", "cuda"), ("torch", "auto", "auto"))):
         seen.clear()
         out = tmp_path / f"o{k}"
+        compile = engine == "torch"  # --compile is for the torch engine only
         predict_fused(run, ["T2", "T1ce"], dataset, out, device=device, engine=engine, precision="bf16", threads=3,
-                      compile=True, progress=False, cases=["a"])
-        assert seen == [resolved] + [((m, engine, CPU, "bf16", 3, True), {}) for m in ("T2", "T1ce")]
+                      compile=compile, progress=False, cases=["a"])
+        assert seen == [resolved] + [((m, engine, CPU, "bf16", 3, compile), {}) for m in ("T2", "T1ce")]
         assert json.loads((out / "predict.json").read_text())["engine"] == engine
+    seen.clear()
+    predict_fused(run, ["T2", "T1ce"], dataset, tmp_path / "defaults", progress=False, cases=["a"])
+    assert seen == ["auto"] + [((m, "torch", CPU, "auto", None, False), {}) for m in ("T2", "T1ce")]
 
 
 # ------------------------------------------------------------------------------ what reaches each network
@@ -427,6 +433,7 @@ def test_a_region_run_takes_one_postprocess_for_every_region(tmp_path, dataset):
     predict_fused(run, ["T2", "T1ce"], dataset, out, device="cpu", progress=False, postprocess="largest")
     record = json.loads((out / "predict.json").read_text())
     assert record["cases"]["a"]["postprocessing"] == {"wt": "largest", "tc": "largest", "et": "largest"}
+    assert nib.load(str(out / "a.nii.gz")).header["descrip"].tobytes().rstrip(b"\0") == b"a t2"
 
 
 def test_fused_uncertainty_runs_every_network_through_the_four_flips(tmp_path, dataset):

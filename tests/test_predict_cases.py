@@ -379,6 +379,7 @@ def test_region_uncertainty_and_masks_one_per_region_and_case(tmp_path, cases, m
                 f"case {c}".encode()
         unc = read(out / f"{c}_uncertainty.nii.gz")
         assert unc.shape == (20, 24, 8, 3)  # one map per region, along the last axis
+        assert unc.header["descrip"].tobytes().rstrip(b"\0") == f"case {c}".encode()
     painted = tmp_path / "painted"
     predict_cases(run, "T2", cases, painted, device="cpu", progress=False)
     label = read(painted / "a.nii.gz")

@@ -169,6 +169,8 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
         raise ConfigError(f"--margin must be >= 0, got {margin}")
     if not Path(run).is_dir():
         raise DataError("fused prediction needs a run directory (one network per modality)", run)
+    if compile and engine != "torch":
+        raise ConfigError(f"--compile applies to --engine torch (the {engine} engine compiles the graph itself)")
     if engine != "torch" and device not in ("auto", "cpu"):
         raise ConfigError(f"--engine {engine} runs on the CPU; --device {device} needs --engine torch")
     run_info_path = Path(run) / "run.json"
