@@ -51,6 +51,10 @@ def test_brain_windows_hand_computed():
     assert groups == {(8, 8): [(1, 3, 0), (3, 24, 16)], (24, 8): [(2, 0, 7)]}
     with_margin = brain_windows(planes[:2], multiple=4, margin=3)  # rows 2..11 (10) -> 16, cols 0..5 -> 8
     assert with_margin == {(16, 8): [(1, 0, 0)]}
+    exact = np.zeros((1, 32, 32), np.float32)
+    exact[0, 8:16, 8:16] = 1.0  # an 8 x 8 brain: no margin by default, so one 8 x 8 window on it
+    assert brain_windows(exact, multiple=4) == {(8, 8): [(0, 8, 8)]}
+    assert brain_windows(exact, multiple=4, margin=1) == {(16, 16): [(0, 4, 4)]}
 
 
 def test_brain_window_runs_fewer_pixels_and_keeps_the_mask_of_a_pointwise_network():
