@@ -339,20 +339,22 @@ LATEST = {
     "evaluation/metrics.py": ("before2/metrics", "after2/metrics"),
     "data/splits.py": ("before2/splits", "after2/splits"),
     "data/sampler.py": ("before", ("after4/core", "after3/sampler", "after")),
-    "data/preprocess.py": ("before2/preprocess", ("after4/preprocess", "after2/preprocess")),
-    # moved out of preprocess.py by issues 9/10: no run of their own before this round
-    "data/normalisation.py": ("after4-pass1/preprocess", "after4/preprocess"),
-    "data/geometry.py": ("after4-pass1/preprocess", "after4/preprocess"),
+    "data/preprocess.py": ("before2/preprocess", ("after5/preprocess", "after4/preprocess", "after2/preprocess")),
+    # moved out of preprocess.py by issues 9/10: "before" is round 5's first pass, with the tests as they were
+    "data/normalisation.py": (("after5-pass1/preprocess", "after4-pass1/preprocess"),
+                              ("after5/preprocess", "after4/preprocess")),
+    "data/geometry.py": (("after5-pass1/preprocess", "after4-pass1/preprocess"), ("after5/preprocess", "after4/preprocess")),
     "inference/postprocess.py": ("before", "after2/postprocess"),
     # code and tests as on 8085c9e, so after3 is also their "before"; else the runs of the old predict.py
     # after4/inference was stopped before predict.py / predictor.py were run (707 / 122 not run)
-    "inference/predict.py": (("after3/inference", "before2/predict"), ("after3/inference", "after2/predict")),
-    "inference/predictor.py": ("after3/inference", "after3/inference"),
+    "inference/predict.py": (("after3/inference", "before2/predict"),
+                             ("after5/inference", "after3/inference", "after2/predict")),
+    "inference/predictor.py": (("after3/inference", "after5-pass1/inference"), ("after5/inference", "after3/inference")),
     "inference/engines.py": ("before3/inference", ("after4/inference-engines", "after3/inference")),
     "inference/export.py": ("before3/inference", ("after4/inference-engines", "after3/inference")),
     "inference/weights.py": ("before3/inference", ("after4/inference-engines", "after3/inference")),
     # added by issues 11 and 12: "before" is this round's first pass, with the tests they came with
-    "inference/fusion.py": ("after4-pass1/inference", "after4/inference"),
+    "inference/fusion.py": ("after4-pass1/inference", ("after5/inference", "after4/inference")),
     "inference/uncertainty.py": ("after4-pass1/inference", ("after4/inference-uq", "after4/inference")),
     "inference/quantize.py": ("after4-pass1/inference", ("after4/inference-uq", "after4/inference")),
 }
