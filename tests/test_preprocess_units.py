@@ -311,3 +311,80 @@ def test_network_frame_pads_with_the_normalised_background():
     assert frame.planes.shape == (2, 32, 32) and frame.planes.dtype == np.float32
     assert frame.planes[0, 0, 0] == -10.0  # padding outside the 20 x 20 plane looks like air, not 0
     assert frame.planes[0, 16, 16] == pytest.approx(0.4)
+
+
+# ------------------------------------------------------------------------------ normalise_volume, field by field
+def _stripped() -> np.ndarray:
+    vol = np.zeros((12, 12, 2), np.float32)
+    vol[3:9, 2:10] = np.random.default_rng(5).normal(100, 20, (6, 8, 2))
+    return vol
+
+
+@pytest.mark.parametrize("scheme, zero_outside", [("zscore_nonzero", True), ("zscore", False)])
+def test_legacy_scheme_names_are_the_earlier_normalise_with_the_non_zero_box(scheme, zero_outside):
+    from dataclasses import asdict
+
+    from semicml.data.normalisation import normalise, normalise_volume
+
+    vol = _stripped()
+    got = normalise_volume(vol.astype(np.float64), scheme)  # any input dtype: float32 out
+    want, stats = normalise(vol, scheme)
+    assert got.image.dtype == np.float32 and np.array_equal(got.image, want)
+    assert np.array_equal(got.mask, vol != 0) and got.fill == 0.0 and got.zero_outside is zero_outside
+    assert got.record == asdict(stats)
+
+
+def test_mri_on_a_stripped_volume_records_its_statistics_and_keeps_the_background_zero():
+    from dataclasses import asdict
+
+    from semicml.data.normalisation import normalise, normalise_volume
+
+    vol = _stripped()
+    vol[4, 4, 0] = 1.0  # a brain voxel of exactly 1: inside the mask all the same
+    got = normalise_volume(vol, {"scheme": "mri"})
+    want, stats = normalise(vol, "zscore_nonzero")
+    assert np.array_equal(got.image, want) and np.array_equal(got.mask, vol != 0)
+    assert got.fill == 0.0 and got.zero_outside is True
+    assert got.record == {**asdict(stats), "method": "mri", "mask": "nonzero"}
+
+
+def _unstripped(body_voxels: int) -> np.ndarray:
+    """Noisy non-zero air (not stripped) and a bright body of ``body_voxels`` voxels in one slice."""
+    vol = np.abs(np.random.default_rng(6).normal(0, 1, (16, 16, 2))).astype(np.float32) + 0.5
+    flat = vol[:, :, 0].reshape(-1)
+    flat[100 : 100 + body_voxels] = 500.0  # consecutive in one row: one component
+    return vol
+
+
+def test_mri_on_an_unstripped_volume_records_the_body_statistics():
+    from semicml.data.normalisation import normalise_volume
+
+    vol = _unstripped(10)  # ten body voxels are enough for statistics of their own
+    got = normalise_volume(vol, {"scheme": "mri"})
+    assert got.mask.dtype == bool and got.mask.sum() == 10 and (vol[got.mask] == 500.0).all()
+    assert got.record == {"method": "mri", "mask": "otsu", "low": 500.0, "high": 500.0, "mean": 500.0, "std": 1.0}
+    assert got.zero_outside is False and got.fill == 0.0  # every voxel clipped to [500, 500]: (500 - 500) / 1
+    few = normalise_volume(_unstripped(9), {"scheme": "mri"})  # fewer: the whole volume's statistics
+    assert few.mask.dtype == bool and few.mask.shape == vol.shape and few.mask.all()
+    assert few.record["mean"] == pytest.approx(float(np.clip(_unstripped(9), few.record["low"],
+                                                              few.record["high"]).mean()), rel=1e-6)
+
+
+def test_resample_normalised_cubic_image_nearest_mask_and_an_exactly_zero_background():
+    from semicml.data.geometry import InPlaneGrid, resample_in_plane
+    from semicml.data.normalisation import normalise_volume
+    from semicml.data.preprocess import resample_normalised
+
+    vol = _stripped()
+    norm = normalise_volume(vol, {"scheme": "mri"})
+    grid = InPlaneGrid((12, 12), (17, 17), (1.4, 1.4), (12 * 1.4 / 17, 12 * 1.4 / 17))
+    image, mask = resample_normalised(norm, grid)
+    # the mask by nearest neighbour: pixel i' takes input pixel floor((i' + 0.5) * 12 / 17)
+    idx = np.floor((np.arange(17) + 0.5) * 12 / 17).astype(int)
+    assert mask.dtype == bool and np.array_equal(mask, norm.mask[idx][:, idx])
+    cubic = resample_in_plane(norm.image, grid, order=3)
+    assert np.array_equal(image[mask], cubic[mask])  # the image: a cubic spline inside ...
+    assert (image[~mask] == 0).all() and (cubic[~mask] != 0).any()  # ... and exactly 0 outside (no ringing)
+    same = InPlaneGrid((12, 12), (12, 12), (1.0, 1.0), (1.0, 1.0))
+    image, mask = resample_normalised(norm, same)
+    assert image is norm.image and mask is norm.mask
