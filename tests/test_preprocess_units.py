@@ -388,3 +388,41 @@ def test_resample_normalised_cubic_image_nearest_mask_and_an_exactly_zero_backgr
     same = InPlaneGrid((12, 12), (12, 12), (1.0, 1.0), (1.0, 1.0))
     image, mask = resample_normalised(norm, same)
     assert image is norm.image and mask is norm.mask
+
+
+def test_mri_body_statistics_keep_a_real_spread_below_one():
+    from semicml.data.normalisation import normalise_volume
+
+    vol = _unstripped(10)
+    vol[:, :, 0].reshape(-1)[100:110] = 500.0 + np.array([0.0, 0.5] * 5, np.float32)  # std 0.25
+    rec = normalise_volume(vol, {"scheme": "mri"}).record
+    assert rec["std"] == pytest.approx(0.25) and rec["mean"] == pytest.approx(500.25)
+
+
+def test_global_scheme_record_and_body_mask_follow_the_scheme():
+    from semicml.data.normalisation import normalise_volume
+
+    ct = np.full((20, 20, 2), -1000.0, np.float32)
+    ct[4:16, 5:15] = 30.0
+    spec = {"scheme": "ct", "low": -1000.0, "high": 1000.0, "mean": 0.0, "std": 100.0}
+    got = normalise_volume(ct, spec)
+    assert got.record == {"method": "ct", "mask": "ct"} and got.zero_outside is False
+    assert np.array_equal(got.mask, ct > -500)  # the body above -500 HU, not the non-zero region (all of it)
+    with pytest.raises(ConfigError) as err:
+        normalise_volume(ct, {"scheme": "mr"})
+    assert str(err.value) == "unknown normalisation 'mr'; choose one of mri, ct, pet, zscore_nonzero, zscore, none"
+
+
+def test_plan_in_plane_by_hand_and_its_refusals():
+    from semicml.data.geometry import InPlaneGrid, plan_in_plane
+    from semicml.errors import DataError
+
+    assert plan_in_plane((10, 7), (1.5, 2.0), None) == InPlaneGrid((10, 7), (10, 7), (1.5, 2.0), (1.5, 2.0))
+    grid = plan_in_plane((10, 7), (1.5, 2.0), 1.0)
+    assert grid.resampled == (15, 14) and grid.realised == (1.0, 1.0)
+    # a side that rounds to 0 pixels keeps one: 1 x 0.4 mm at 1 mm
+    assert plan_in_plane((1, 3), (0.4, 1.0), 1.0).resampled == (1, 3)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(DataError) as err:
+            plan_in_plane((10, 7), (1.5, 2.0), bad)
+        assert str(err.value) == f"target in-plane spacing must be a positive number of mm, not {bad!r}"
