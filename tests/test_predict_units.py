@@ -206,3 +206,103 @@ def test_predict_refuses_files_per_region_from_a_binary_network_before_writing(t
     with pytest.raises(ConfigError, match="^--regions-as-files needs a network trained on a region target"):
         predict_cases("RUN", "T2", tmp_path, tmp_path / "out", regions_as_files=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_load_model_of_a_network_without_levels_assumes_four_down_samplings(spies, tmp_path, monkeypatch):
+    plain = torch.nn.Identity()  # no ``levels``: the U-Net default of 4, so sides are multiples of 16
+    monkeypatch.setattr(predict_mod, "load_weights", Spy((plain, {"preprocessing": {}})))
+    load_model(tmp_path, "T2", "openvino", CPU)
+    assert spies["onnx_bytes"].calls == [((plain, 4), {"optimize": False})]
+    assert spies["onnx_engine"].calls == [(("openvino", b"onnx", 16, None), {})]
+
+
+def test_the_torchscript_engine_gets_the_network_device_and_precision(spies, tmp_path, monkeypatch):
+    from semicml.hardware import resolve_precision
+
+    monkeypatch.setattr(predict_mod, "read_export", lambda path: {"modality": "T2", "levels": 3})
+    scripted = export_file(tmp_path, "t2.torchscript.pt", {})
+    load_model(scripted, "T2", "torch", CPU, "fp32", compile=True)
+    (args, kwargs), = spies["torch_engine"].calls
+    assert args == ("scripted", CPU, resolve_precision("fp32", CPU))
+    assert kwargs == {"channels_last": True, "compile": True}
+
+
+def test_onnx_engine_picks_the_runtime_by_name(monkeypatch):
+    made = []
+    monkeypatch.setattr(predict_mod, "OnnxRuntimeEngine", lambda *args: made.append(("ort", *args)))
+    monkeypatch.setattr(predict_mod, "OpenVinoEngine", lambda *args: made.append(("ov", *args)))
+    predict_mod._onnx_engine("onnxruntime", b"m", 8, 2)
+    predict_mod._onnx_engine("openvino", Path("m.onnx"), 16, None)
+    assert made == [("ort", b"m", 8, 2), ("ov", Path("m.onnx"), 16, None)]
+
+
+# ------------------------------------------------------------------------------ engine_planes by hand
+class Channels(torch.nn.Module):
+    """``n`` output channels: channel c is the input plus c (so each channel's sigmoid differs)."""
+
+    levels = 2
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x):
+        return torch.cat([x + c for c in range(self.n)], dim=1)
+
+
+def _engine(net):
+    from semicml.hardware import resolve_precision
+    from semicml.inference.engines import TorchEngine
+
+    return TorchEngine(net, CPU, resolve_precision("fp32", CPU), channels_last=False)
+
+
+@pytest.mark.parametrize("channels", [2, 3])
+def test_engine_planes_gives_one_float32_map_per_channel(channels):
+    from semicml.inference.predictor import engine_planes
+
+    planes = np.zeros((3, 8, 8), np.float32)
+    planes[1, 2:6, 2:6] = np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)
+    got = engine_planes(_engine(Channels(channels)), planes, channels=channels)
+    assert got.shape == (3, channels, 8, 8) and got.dtype == np.float32
+    for c in range(channels):
+        np.testing.assert_allclose(got[1, c], 1 / (1 + np.exp(-(planes[1] + c))), atol=1e-6)
+    assert not got[0].any() and not got[2].any()  # empty slices are not run: 0
+
+
+def test_engine_planes_errors_are_exact():
+    from semicml.inference.predictor import engine_planes
+
+    planes = np.ones((1, 8, 8), np.float32)
+    with pytest.raises(ValueError) as err:
+        engine_planes(_engine(Channels(3)), planes, channels=2)
+    assert str(err.value) == "the network has 3 output channels, expected 2"
+    with pytest.raises(ValueError) as err:
+        engine_planes(_engine(Channels(1)), planes, window="box")
+    assert str(err.value) == "unknown window 'box' (choose from whole, brain)"
+
+
+def test_brain_window_margins_default_to_none_in_the_prediction_path():
+    from semicml.hardware import resolve_precision
+    from semicml.inference.predict import probabilities_on_grid
+    from semicml.inference.predictor import engine_planes
+
+    class Roll(torch.nn.Module):
+        levels = 2
+
+        def forward(self, x):
+            return 5.0 * (x - torch.roll(x, 1, dims=-1))
+
+    planes = np.zeros((1, 32, 32), np.float32)
+    planes[0, 8:16, 8:16] = np.random.default_rng(0).random((8, 8), dtype=np.float32) + 1
+    engine = _engine(Roll())
+    tight = engine_planes(engine, planes, window="brain", margin=0)
+    assert not np.allclose(tight, engine_planes(engine, planes, window="brain", margin=1))
+    np.testing.assert_array_equal(engine_planes(engine, planes, window="brain"), tight)
+    vol = planes[0][:, :, None]
+    prep = {"in_plane": "crop", "size": 32, "normalisation": "none"}
+    fp32 = resolve_precision("fp32", CPU)
+    default = probabilities_on_grid(Roll(), vol, np.eye(4), prep, CPU, fp32, channels_last=False, window="brain")
+    zero = probabilities_on_grid(Roll(), vol, np.eye(4), prep, CPU, fp32, channels_last=False, window="brain",
+                                 margin=0)
+    np.testing.assert_array_equal(default, zero)
