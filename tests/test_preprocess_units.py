@@ -426,3 +426,15 @@ def test_plan_in_plane_by_hand_and_its_refusals():
         with pytest.raises(DataError) as err:
             plan_in_plane((10, 7), (1.5, 2.0), bad)
         assert str(err.value) == f"target in-plane spacing must be a positive number of mm, not {bad!r}"
+
+
+def test_ct_body_is_everything_above_minus_500_hu_even_when_bone_dominates():
+    """Otsu would split bone from soft tissue here; the CT rule keeps the whole body (-300 HU fat)."""
+    from semicml.data.normalisation import normalise_volume
+
+    ct = np.full((20, 20, 2), -1000.0, np.float32)
+    ct[2:18, 2:18] = -300.0
+    ct[6:14, 6:14] = 1500.0
+    spec = {"scheme": "ct", "low": -1000.0, "high": 2000.0, "mean": 0.0, "std": 500.0}
+    got = normalise_volume(ct, spec)
+    assert got.mask.sum() == 16 * 16 * 2 and np.array_equal(got.mask, ct > -500)
