@@ -438,3 +438,18 @@ def test_ct_body_is_everything_above_minus_500_hu_even_when_bone_dominates():
     spec = {"scheme": "ct", "low": -1000.0, "high": 2000.0, "mean": 0.0, "std": 500.0}
     got = normalise_volume(ct, spec)
     assert got.mask.sum() == 16 * 16 * 2 and np.array_equal(got.mask, ct > -500)
+
+
+def test_resample_normalised_takes_the_mask_by_nearest_neighbour_not_a_thresholded_interpolation():
+    """Two diagonal pixels zoomed 6 -> 13: linear or cubic interpolation thresholded at 0.5 loses or
+    adds corner pixels that nearest neighbour keeps."""
+    from semicml.data.geometry import InPlaneGrid
+    from semicml.data.normalisation import NormalisedVolume
+    from semicml.data.preprocess import resample_normalised
+
+    mask = np.zeros((6, 6, 1), bool)
+    mask[2, 3] = mask[3, 2] = True
+    norm = NormalisedVolume(mask.astype(np.float32), mask, 0.0, {}, zero_outside=False)
+    _, got = resample_normalised(norm, InPlaneGrid((6, 6), (13, 13), (1.0, 1.0), (6 / 13, 6 / 13)))
+    idx = np.floor((np.arange(13) + 0.5) * 6 / 13).astype(int)
+    assert np.array_equal(got, mask[idx][:, idx])
