@@ -157,9 +157,10 @@ def survivors_in(work: Path) -> list[str]:
             if line.rstrip().endswith((": survived", ": no tests"))]
 
 
-def run_mutmut(work: Path, max_children: int, names: list[str] = (), niceness: int = 19) -> None:
+def run_mutmut(work: Path, max_children: int, niceness: int = 19) -> None:
+    """``mutmut run`` of every mutant without a verdict (results already in ``work`` are kept)."""
     env = mutmut_env()
-    cmd = ["nice", "-n", str(niceness), *mutmut_command(), "run", "--max-children", str(max_children), *names]
+    cmd = ["nice", "-n", str(niceness), *mutmut_command(), "run", "--max-children", str(max_children)]
     print("running", " ".join(cmd[:3]), "... mutmut run in", work, flush=True)
     subprocess.run(cmd, cwd=work, env=env, check=False)
 
@@ -476,9 +477,8 @@ def main() -> int:
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         print(f"re-running {len(names)} surviving mutants with the current tests", flush=True)
     start = time.monotonic()
-    # no names: mutmut runs every mutant without a verdict (the survivors just reset, and those of
-    # edited functions); the others keep theirs
-    run_mutmut(work, args.max_children, [], args.nice)
+    # every mutant without a verdict: on a re-check the survivors just reset and those of edited functions
+    run_mutmut(work, args.max_children, args.nice)
     summary = collect(work, args.modules, RESULTS / args.label, time.monotonic() - start)
     meta = {"ref": args.ref or "working tree", "modules": args.modules, "tests": tests, "workdir": str(work)}
     (RESULTS / args.label / "run.json").write_text(json.dumps(meta, indent=1))

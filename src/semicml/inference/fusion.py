@@ -41,6 +41,7 @@ from .postprocess import NONE, apply_postprocess, check_spec, choose_postprocess
 from .predict import (
     atomic_save_nifti,
     check_region_output,
+    check_run_options,
     load_model,
     probabilities_on_grid,
     region_postprocess,
@@ -48,7 +49,6 @@ from .predict import (
     select_cases,
     write_region_masks,
 )
-from .predictor import WINDOWS
 from .uncertainty import UNCERTAINTY_SUFFIX, Spread, flip_members
 
 __all__ = ["MISSING_POLICIES", "align_to_grid", "choose_fused_postprocessing", "fused_name", "fused_postprocess",
@@ -163,16 +163,9 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
         raise ConfigError("fused prediction needs two or more modalities, e.g. --modality t2,t1ce")
     if missing not in MISSING_POLICIES:
         raise ConfigError(f"--missing-modality must be one of {', '.join(MISSING_POLICIES)}, not {missing!r}")
-    if window not in WINDOWS:
-        raise ConfigError(f"unknown window {window!r} (choose from {', '.join(WINDOWS)})")
-    if margin < 0:
-        raise ConfigError(f"--margin must be >= 0, got {margin}")
+    check_run_options(window, margin, engine, device, compile)
     if not Path(run).is_dir():
         raise DataError("fused prediction needs a run directory (one network per modality)", run)
-    if compile and engine != "torch":
-        raise ConfigError(f"--compile applies to --engine torch (the {engine} engine compiles the graph itself)")
-    if engine != "torch" and device not in ("auto", "cpu"):
-        raise ConfigError(f"--engine {engine} runs on the CPU; --device {device} needs --engine torch")
     run_info_path = Path(run) / "run.json"
     run_info = json.loads(run_info_path.read_text()) if run_info_path.is_file() else {}
     dev = resolve_device(device if engine == "torch" else "cpu")

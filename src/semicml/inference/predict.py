@@ -98,6 +98,18 @@ def check_region_output(regions: Target | None, as_files: bool) -> None:
                           "(a later region covers an earlier one); use --regions-as-files")
 
 
+def check_run_options(window: str, margin: int, engine: str, device: str, compile: bool) -> None:
+    """Refuse, before anything is loaded, options that cannot go together (predict and fused predict)."""
+    if window not in WINDOWS:
+        raise ConfigError(f"unknown window {window!r} (choose from {', '.join(WINDOWS)})")
+    if margin < 0:
+        raise ConfigError(f"--margin must be >= 0, got {margin}")
+    if compile and engine != "torch":
+        raise ConfigError(f"--compile applies to --engine torch (the {engine} engine compiles the graph itself)")
+    if engine != "torch" and device not in ("auto", "cpu"):
+        raise ConfigError(f"--engine {engine} runs on the CPU; --device {device} needs --engine torch")
+
+
 def select_cases(found: list, cases: list[str] | None, what: str, input_path: str | Path) -> list:
     """``found`` ((case id, loader) pairs) restricted to ``cases``; every asked case must exist."""
     if cases is not None:
@@ -179,14 +191,7 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
     ``uncertainty``: also write ``<case>_uncertainty.nii.gz``, the flip disagreement of
     :mod:`semicml.inference.uncertainty` (the mask is then the flip mean, as with ``tta``).
     """
-    if window not in WINDOWS:
-        raise ConfigError(f"unknown window {window!r} (choose from {', '.join(WINDOWS)})")
-    if margin < 0:
-        raise ConfigError(f"--margin must be >= 0, got {margin}")
-    if compile and engine != "torch":
-        raise ConfigError(f"--compile applies to --engine torch (the {engine} engine compiles the graph itself)")
-    if engine != "torch" and device not in ("auto", "cpu"):
-        raise ConfigError(f"--engine {engine} runs on the CPU; --device {device} needs --engine torch")
+    check_run_options(window, margin, engine, device, compile)
     dev = resolve_device(device if engine == "torch" else "cpu")
     runner, info = load_model(run, modality, engine, dev, precision, threads, compile)
     regions = region_target(info)
