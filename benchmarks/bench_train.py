@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--labeled-batch", type=int, default=20)
     ap.add_argument("--unlabeled-batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--settings", default="default,fp32_nchw,bf16_cl")
+    ap.add_argument("--settings", default="default,fp32_nchw,bf16_cl", help=f"comma-separated: {', '.join(SETTINGS)}")
     ap.add_argument("--no-inference", action="store_true", help="skip the inference timing (see bench_infer.py)")
     ap.add_argument("--dice-iterations", type=int, default=0, help="short phantom run per setting (0: skip)")
     ap.add_argument("--dice-settings", default="default,fp32_nchw", help="settings that get the short run")
@@ -112,6 +112,9 @@ def main() -> None:
     from semicml.pipeline import evaluate_run
 
     names = [s for s in args.settings.split(",") if s]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        ap.error(f"unknown setting(s) {', '.join(unknown)} (choose from {', '.join(SETTINGS)})")
     work = Path(tempfile.mkdtemp(prefix="semicml-bench-train-"))
     shape = (max(args.size, 96), max(args.size, 96), 32)
     data = write_phantom(work / "phantom", cases=10, seed=0, shape=shape)

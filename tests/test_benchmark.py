@@ -210,14 +210,25 @@ def test_string_entries_and_defaults():
     assert (tcfg.method, tcfg.seed, tcfg.labeled_fraction) == ("supervised", 2, 1.0)
 
 
-@pytest.mark.parametrize("name", ["phantom.yaml", "brats18.yaml", "brats18-cv.yaml"])
+SHIPPED = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_validate(name, monkeypatch):
+    """Every grid in benchmarks/ loads, every entry resolves to a valid training config, and each
+    has the full method beside both bounds (supervised on the grid's fraction and on 100%)."""
     monkeypatch.delenv("SEMICML_BRATS18", raising=False)
     path = Path(__file__).resolve().parents[1] / "benchmarks" / name
     cfg = load_benchmark_config(path)
-    names = [e.name for e in cfg.methods]
-    assert "supervised" in names and "supervised-100%" in names and "semicml-prel" in names
+    resolved = [cfg.train_config(e, cfg.seeds[0], None) for e in cfg.methods]
+    kinds = {(t.method, t.labeled_fraction) for t in resolved}
+    assert {("semicml-prel", cfg.labeled_fraction), ("supervised", cfg.labeled_fraction),
+            ("supervised", 1.0)} <= kinds
     assert Path(cfg.out).is_absolute()
+
+
+def test_shipped_configs_include_the_main_grids():
+    assert {"phantom.yaml", "brats18.yaml", "brats18-cv.yaml"} <= set(SHIPPED)
 
 
 def test_cross_validation_tests_every_patient_once_and_compares_per_patient(grid, tmp_path):
