@@ -11,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from conftest import REPO_ROOT
 from semicml.benchmark import (
     RESULT_COLUMNS,
     BenchmarkConfig,
@@ -210,7 +211,8 @@ def test_string_entries_and_defaults():
     assert (tcfg.method, tcfg.seed, tcfg.labeled_fraction) == ("supervised", 2, 1.0)
 
 
-SHIPPED = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.yaml"))
+BENCHMARKS = REPO_ROOT / "benchmarks"
+SHIPPED = sorted(p.name for p in BENCHMARKS.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -218,8 +220,7 @@ def test_shipped_configs_validate(name, monkeypatch):
     """Every grid in benchmarks/ loads, every entry resolves to a valid training config, and each
     has the full method beside both bounds (supervised on the grid's fraction and on 100%)."""
     monkeypatch.delenv("SEMICML_BRATS18", raising=False)
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / name
-    cfg = load_benchmark_config(path)
+    cfg = load_benchmark_config(BENCHMARKS / name)
     resolved = [cfg.train_config(e, cfg.seeds[0], None) for e in cfg.methods]
     kinds = {(t.method, t.labeled_fraction) for t in resolved}
     assert {("semicml-prel", cfg.labeled_fraction), ("supervised", cfg.labeled_fraction),
