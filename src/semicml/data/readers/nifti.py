@@ -141,6 +141,8 @@ def _parse_header(head: bytes):
 def _checked_size(header, available: int | None) -> int:
     """Bytes the header says the file holds (offset + voxel data), after checking the claim."""
     shape = tuple(int(d) for d in header.get_data_shape())
+    if not shape:  # dim[0] outside 1..7: nibabel reads no shape, yet would still return voxels
+        raise DataError(f"header holds no dimensions (dim[0] = {int(header['dim'][0])}); not an image")
     if any(d < 0 for d in shape):
         raise DataError(f"header holds a negative dimension (shape {shape})")
     n = math.prod(shape)
