@@ -1,7 +1,8 @@
 """Copy what a `semicml benchmark` output folder says into a folder fit for the repository.
 
-Tables, plots, the folds and, per run, the result marker, configuration, run record and training
-log; never weights, predictions, stores or checkpoints (they stay in the output folder, which is
+Tables, plots, the folds and, per run, the result marker, configuration, run record, training
+log and per-patient test metrics (``eval/evaluation/<prediction>/metrics.csv``: what the paired
+tables are rebuilt from when a grid is continued elsewhere); never weights, predictions, stores or checkpoints (they stay in the output folder, which is
 what a resume needs).
 
     python benchmarks/export_results.py runs/benchmark-brats18-cv-2mm benchmarks/results/brats18-cv-2mm
@@ -17,6 +18,7 @@ from pathlib import Path
 TOP_LEVEL = ("results.md", "results.csv", "results.json", "cases.csv", "dice.png", "val_curves.png",
              "plateau.md", "plateau.json", "plateau.png", "prepare.json")
 PER_RUN = ("result.json", "config.yaml", "run.json", "log.jsonl")
+PER_RUN_GLOBS = ("eval/evaluation/*/metrics.csv",)
 
 
 def export(out: Path, dest: Path) -> list[Path]:
@@ -38,6 +40,10 @@ def export(out: Path, dest: Path) -> list[Path]:
         for name in PER_RUN:
             if (run / name).is_file():
                 copied.append(Path(shutil.copy2(run / name, target / name)))
+        for pattern in PER_RUN_GLOBS:
+            for path in sorted(run.glob(pattern)):
+                (target / path.relative_to(run)).parent.mkdir(parents=True, exist_ok=True)
+                copied.append(Path(shutil.copy2(path, target / path.relative_to(run))))
     return copied
 
 

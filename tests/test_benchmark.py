@@ -300,3 +300,55 @@ def test_parallel_jobs_give_the_serial_results(grid, tmp_path):
             if r["status"] == "ok"} == {"skipped"}
     with pytest.raises(ConfigError, match="--jobs"):
         run_benchmark(cfg, progress=False, jobs=0)
+
+
+def test_a_run_recorded_before_a_setting_existed_stands_but_a_real_change_does_not():
+    from semicml.benchmark.runner import config_difference
+    from semicml.config import build_config
+
+    current = build_config(profile="tiny", overrides={"method": "semicml-prel"})
+    saved = current.model_dump(mode="json")
+    assert config_difference(saved, current) is None
+    older = {k: v for k, v in saved.items() if k not in ("low_resolution", "compile")}  # recorded before they existed
+    older["semicml"] = {k: v for k, v in saved["semicml"].items() if k != "asc_channels"}
+    assert config_difference(older, current) is None
+    assert config_difference(dict(older, iterations=saved["iterations"] + 1), current) == (
+        f"iterations: {saved['iterations'] + 1} -> {saved['iterations']}")
+    assert "low_resolution" in config_difference(dict(saved, low_resolution=0.25), current)
+    assert config_difference(dict(saved, retired_setting=1), current) == "retired_setting: 1 -> None"
+    assert config_difference(None, current) is not None
+
+
+def test_report_only_needs_neither_store_nor_dataset_and_refuses_other_configurations(grid, tmp_path):
+    """The grid's finished runs copied elsewhere (no store, no data): --report-only rebuilds the same
+    table from their markers; under another budget every finished run is reported as failed."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(grid["out"], out)
+    for name in ("results.csv", "results.md", "results.json", "cases.csv"):
+        (out / name).unlink()
+    spec = yaml.safe_load(grid["config"].read_text())
+    spec.update(store=str(tmp_path / "gone-store"), dataset=str(tmp_path / "gone-data"), out=str(out))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["benchmark", str(tmp_path / "b.yaml"), "--report-only", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "2 runs (2 finished earlier, 0 failed)" in result.output  # semicml-all never finished: no marker
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    before = {(r["method"], r["modality"]): r["dice"] for r in grid["rows"] if r["status"] == "ok"}
+    assert {(r["method"], r["modality"]): r["dice"] for r in rows} == before
+    assert not (tmp_path / "gone-store").exists() and not (tmp_path / "gone-data").exists()
+
+    spec["train"] = {**TINY_TRAIN, "iterations": 5}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["benchmark", str(tmp_path / "b.yaml"), "--report-only", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows and all(r["status"].startswith("failed: ") and "iterations: 4 -> 5" in r["status"] for r in rows)
+
+
+def test_report_only_without_runs_is_one_line(tmp_path):
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"out": str(tmp_path / "out"), "store": "s", "dataset": "d",
+                                                     "seeds": [0], "methods": ["supervised"]}))
+    result = CliRunner().invoke(app, ["benchmark", str(tmp_path / "b.yaml"), "--report-only"])
+    assert result.exit_code != 0 and "no run to report (no runs/ folder)" in str(result.exception)

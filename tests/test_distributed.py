@@ -212,7 +212,7 @@ def test_two_ranks_match_one_process(runs):
     info1, info2 = (json.loads((root / r / "run.json").read_text()) for r in ("one", "ddp"))
     assert info2["teacher"]["modality"] == info1["teacher"]["modality"]
     assert info2["distributed"] == {"world_size": 2, "sync_batchnorm": True, "backend": "gloo"}
-    assert info1["distributed"]["world_size"] == 1
+    assert info1["distributed"] == {"world_size": 1, "sync_batchnorm": False, "backend": None}
     assert len(list((root / "ddp" / "tensorboard").glob("events.*"))) == 1
     start = torch.load(root / "start.pt")
     assert _relative_distance(_networks(root / "one"), _networks(root / "ddp"), start) < 0.02
@@ -256,3 +256,18 @@ def test_killed_ddp_run_resumes_with_torchrun_and_with_one_process(runs):
     one = _networks(root / "one")
     assert _relative_distance(one, _networks(alone), torch.load(root / "start.pt")) < 0.02
     assert json.loads((alone / "run.json").read_text())["distributed"]["world_size"] == 1
+
+
+def test_backend_is_nccl_on_cuda_gloo_on_cpu_and_the_override_is_checked(monkeypatch):
+    from semicml.engine.distributed import _backend
+
+    monkeypatch.delenv("SEMICML_DIST_BACKEND", raising=False)
+    assert _backend(torch.device("cuda", 0)) == "nccl" and _backend(torch.device("cpu")) == "gloo"
+    monkeypatch.setenv("SEMICML_DIST_BACKEND", "Gloo")  # one GPU shared by several ranks
+    assert _backend(torch.device("cuda", 0)) == "gloo"
+    monkeypatch.setenv("SEMICML_DIST_BACKEND", "nccl")
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        _backend(torch.device("cpu"))
+    monkeypatch.setenv("SEMICML_DIST_BACKEND", "mpi")
+    with pytest.raises(ConfigError, match="choose gloo or nccl"):
+        _backend(torch.device("cuda", 0))

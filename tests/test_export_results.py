@@ -31,6 +31,10 @@ def _fake_output(out):
         (run / "config.yaml").write_text("a: 1\n")
     (done / "result.json").write_text("{}")
     (done / "run.json").write_text("{}")
+    (done / "eval" / "evaluation" / "t2").mkdir(parents=True)
+    (done / "eval" / "evaluation" / "t2" / "metrics.csv").write_text("case,dice\n")
+    (done / "eval" / "predictions" / "t2").mkdir(parents=True)
+    (done / "eval" / "predictions" / "t2" / "c.nii.gz").write_bytes(b"mask")
 
 
 def test_export_copies_tables_folds_and_finished_runs_records_only(tmp_path):
@@ -40,7 +44,7 @@ def test_export_copies_tables_folds_and_finished_runs_records_only(tmp_path):
     export_results.export(out, dest)
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert files == ["cases.csv", "dice.png", "results.json", "results.md", "runs/m/seed0/fold0/config.yaml",
-                     "runs/m/seed0/fold0/log.jsonl", "runs/m/seed0/fold0/result.json",
+                     "runs/m/seed0/fold0/eval/evaluation/t2/metrics.csv", "runs/m/seed0/fold0/log.jsonl", "runs/m/seed0/fold0/result.json",
                      "runs/m/seed0/fold0/run.json", "splits/fold0.json"]
     assert (dest / "results.md").read_text() == "results.md"
 

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import semicml.inference.weights as weights_mod
 from semicml.cli import app
+from semicml.engine.validation import choose_channel_postprocess
 from semicml.errors import DataError
 from semicml.inference.fusion import (
     align_to_grid,
@@ -230,8 +231,12 @@ def test_fused_post_processing_chosen_on_validation():
     p_b[14:17, 2:5, 14:17] = 0.9
     p_c = ref * 0.8
     p_c[14:17, 14:17, 14:17] = 0.9  # FLAIR shares T2's island
-    probs = {"T2": [p_a], "T1ce": [p_b], "FLAIR": [p_c]}
-    choice = choose_fused_postprocessing(probs, [ref], [(1.0, 1.0, 1.0)])
+    # the trainer's layout: (Z, C, H, W) per validation case, one channel for a binary target
+    probs = {"T2": [p_a[:, None]], "T1ce": [p_b[:, None]], "FLAIR": [p_c[:, None]]}
+    choice = choose_fused_postprocessing(probs, [ref[:, None]], [(1.0, 1.0, 1.0)],
+                                         choose=lambda p, y, sp: choose_channel_postprocess(p, y, sp, []))
+    # each member alone keeps its island as the mean does (or is worse): the mean is kept everywhere
+    assert all(v["weights_chosen"] == ["mean"] for v in choice.values())
     assert set(choice) == {"T2+T1ce", "T2+FLAIR", "T1ce+FLAIR", "T2+T1ce+FLAIR"}
     for name in ("T2+T1ce", "T1ce+FLAIR"):  # every island at 0.45
         assert choice[name]["choice"] == "none" and choice[name]["candidates"]["none"]["dice"] == 1.0

@@ -25,9 +25,11 @@ from semicml.inference.fusion import (
     align_to_grid,
     choose_fused_postprocessing,
     fused_postprocess,
+    fused_weights,
     predict_fused,
     threshold_masks,
 )
+from semicml.inference.fusion_weights import choose_weights, weighted_sum
 from semicml.locking import exclusive
 from semicml.inference.predict import predict_cases
 
@@ -83,7 +85,7 @@ def test_defaults_write_only_the_masks_and_the_record_with_a_progress_bar(tmp_pa
     assert written == [out / "a.nii.gz", out / "b.nii.gz"]
     assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "predict.json"]  # no _prob, no _unc.
     case = {"modalities": ["t2", "t1ce"], "reference_grid": "t2", "postprocessing": "none",
-            "postprocessing_from": "no fused choice recorded", "missing": {},
+            "postprocessing_from": "no fused choice recorded", "weights": "mean", "missing": {},
             "coarse_inputs": {}}
     assert json.loads((out / "predict.json").read_text()) == {
         "run": str(run), "modalities": ["t2", "t1ce"], "fused": True, "input": str(dataset), "regions": None,
@@ -300,8 +302,9 @@ def test_fused_postprocess_fallbacks_and_their_reasons():
 
 def test_fused_choices_are_made_for_every_subset_up_to_four_modalities_from_the_mean():
     """2 to 4 modalities: every subset of two or more (1, 4, 11 of them); 5: only all together.
-    ``choose`` sees, per validation case, the mean of the subset's maps."""
-    maps = {m: [np.full((2, 2, 2), v + k, np.float32) for k in range(2)] for m, v in
+    ``choose`` sees, per validation case, the mean of the subset's maps (every map below the
+    threshold and no tumour: each candidate scores alike, and the tie goes to the mean)."""
+    maps = {m: [np.full((2, 2, 2), v / 4 + k / 100, np.float32) for k in range(2)] for m, v in
             zip("ABCDE", (0.1, 0.2, 0.4, 0.8, 1.6))}
     seen = {}
 
@@ -314,12 +317,13 @@ def test_fused_choices_are_made_for_every_subset_up_to_four_modalities_from_the_
     assert choose_fused_postprocessing({"A": maps["A"]}, labels, spacings) == {}
     for n, count in ((2, 1), (3, 4), (4, 11), (5, 1)):
         got = choose_fused_postprocessing({m: maps[m] for m in "ABCDE"[:n]}, labels, spacings, choose=choose)
-        assert len(got) == count and all(v == {"choice": "largest", "labels": 2, "spacings": spacings,
-                                               "chosen_by": "validation"} for v in got.values())
+        assert len(got) == count and all({k: v[k] for k in ("choice", "labels", "spacings", "chosen_by")} == {
+            "choice": "largest", "labels": 2, "spacings": spacings, "chosen_by": "validation"} for v in got.values())
+        assert all(v["weights_chosen"] == ["mean", "mean"] for v in got.values())
     assert "A+B+C+D+E" in got and "A+C+D" not in choose_fused_postprocessing(
         {m: maps[m] for m in "ABCDE"}, labels, spacings, fixed="none")
-    acd = seen[round((0.1 + 0.4 + 0.8) / 3, 6)]  # A+C+D: the mean per case (case 1: each map + 1)
-    np.testing.assert_allclose(acd[1], (0.1 + 0.4 + 0.8) / 3 + 1, atol=1e-6)
+    acd = seen[round((0.1 + 0.4 + 0.8) / 12, 6)]  # A+C+D: the mean per case (case 1: each map + 0.01)
+    np.testing.assert_allclose(acd[1], (0.1 + 0.4 + 0.8) / 12 + 0.01, atol=1e-6)
     assert choose_fused_postprocessing({m: maps[m] for m in "ABCD"}, labels, spacings, fixed="min-size:5")[
         "B+D"] == {"choice": "min-size:5", "chosen_by": "config"}
 
@@ -457,3 +461,51 @@ def test_a_binary_run_takes_the_postprocess_given(tmp_path, dataset):
     predict_fused(run, ["T2", "T1ce"], dataset, out, device="cpu", progress=False, postprocess="min-size:3")
     case = json.loads((out / "predict.json").read_text())["cases"]["a"]
     assert (case["postprocessing"], case["postprocessing_from"]) == ("min-size:3", "given by the user")
+
+
+# ------------------------------------------------------------------------------ fusion weights
+def test_each_channel_trusts_the_networks_that_score_best_on_validation():
+    """One case, 1 x 3 x 2 x 4 maps (three channels, a 2 x 4 plane), the tumour in every channel
+    the left half (4 pixels). Channel 0: A exact, B says everything (Dice 4/6 = 0.667); the mean,
+    (1 + 1) / 2 left and (0 + 1) / 2 = 0.5 right (not > 0.5), is exact too: a tie, the mean wins.
+    Channel 1: A exact, B nothing: the mean is 0.5 everywhere, nothing (Dice 0): A alone.
+    Channel 2: A says the tumour's left column only (2 pixels, Dice 2 x 2 / 6), B its right column
+    only (the same); the mean is 0.5 on each (nothing, Dice 0): A and B tie, A (listed first) wins."""
+    y = np.zeros((1, 3, 2, 4), bool)
+    y[:, :, :, :2] = True
+    a = y.astype(np.float32).copy()
+    b = np.zeros_like(a)
+    b[:, 0] = 1.0
+    a[:, 2] = 0.0
+    a[:, 2, :, 0] = 1.0
+    b[:, 2, :, 1] = 1.0
+    pick = choose_weights({"A": [a], "B": [b]}, [y])
+    assert pick["chosen"] == ["mean", "A", "A"]
+    assert pick["weights"] == {"A": [0.5, 1.0, 1.0], "B": [0.5, 0.0, 0.0]}
+    assert pick["dice"][0] == pytest.approx({"mean": 1.0, "A": 1.0, "B": 2 * 4 / (4 + 8)})
+    assert pick["dice"][1] == pytest.approx({"mean": 0.0, "A": 1.0, "B": 0.0})
+    assert pick["dice"][2] == pytest.approx({"mean": 0.0, "A": 2 * 2 / 6, "B": 2 * 2 / 6})
+    fused = weighted_sum({"A": a, "B": b}, pick["weights"], channel_axis=1)
+    np.testing.assert_array_equal(fused[:, 1:], a[:, 1:])  # channels 1, 2: A's map exactly
+    np.testing.assert_allclose(fused[:, 0], (a[:, 0] + b[:, 0]) / 2)
+
+
+def test_the_recorded_weights_reach_the_fused_prediction(tmp_path, dataset):
+    """A run whose record says: trust T1ce alone. The fused map is then T1ce's single map, and
+    predict.json says which weights were used; a record for another set is not used."""
+    run = make_run(tmp_path, POINTWISE)
+    single = tmp_path / "single"
+    predict_cases(run, "t1ce", dataset, single, device="cpu", save_probabilities=True, progress=False)
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    info.update(modalities=["T2", "T1ce"], postprocessing_fused={"T2+T1ce": {
+        "choice": "none", "chosen_by": "validation", "weights": {"T2": [0.0], "T1ce": [1.0]}}})
+    (run / "run.json").write_text(json.dumps(info))
+    assert fused_weights(info, ["T1ce", "T2"]) == {"T2": [0.0], "T1ce": [1.0]}
+    assert fused_weights(info, ["T2"]) is None and fused_weights({}, ["T2", "T1ce"]) is None
+    out = tmp_path / "fused"
+    predict_fused(run, ["t2", "t1ce"], dataset, out, device="cpu", save_probabilities=True, progress=False)
+    for case in ("a", "b"):
+        np.testing.assert_allclose(load(out / f"{case}_prob.nii.gz")[0], load(single / f"{case}_prob.nii.gz")[0],
+                                   atol=1e-6)
+    record = json.loads((out / "predict.json").read_text())
+    assert record["cases"]["a"]["weights"] == {"T2": [0.0], "T1ce": [1.0]}

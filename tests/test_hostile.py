@@ -162,6 +162,9 @@ DTYPE_CODES = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 
 # found by a CI run: dim[0] = -1 gave a header shape () but voxels of shape (0,)
 @example(ndim=-1, dims=[0] * 7, datatype=1, vox_offset=0, pixdim=[1.0] * 8, slope=0.0, qform=0, sform=0,
          payload=0, gz=True)
+# found by the property test in a local run: dim = [2, 0, 0, ...] read as header shape (0, 0), voxels (0,)
+@example(ndim=2, dims=[0] * 7, datatype=2, vox_offset=0, pixdim=[1.0] * 8, slope=0.0, qform=0, sform=0, payload=0,
+         gz=True)
 def test_reader_never_crashes_nor_overallocates_on_any_header(tmp_path_factory, ndim, dims, datatype, vox_offset,
                                                              pixdim, slope, qform, sform, payload, gz):
     hdr = nib.Nifti1Header()

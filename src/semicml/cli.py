@@ -287,11 +287,13 @@ def benchmark(config: Path = typer.Argument(..., help="benchmark YAML (relative 
               progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars")) -> None:
     """Run a grid of methods x seeds with one budget; tables and plots of the results."""
     from .benchmark import load_benchmark_config, run_benchmark
+    from .benchmark.runner import report_benchmark
 
     cfg = load_benchmark_config(config, out=out)
     if report_only and only:
         raise ConfigError("--report-only trains nothing; it cannot be combined with --only")
-    rows = run_benchmark(cfg, progress=progress, only=[] if report_only else _split_list(only), jobs=jobs)
+    rows = (report_benchmark(cfg) if report_only else
+            run_benchmark(cfg, progress=progress, only=_split_list(only), jobs=jobs))
     failed = sorted({(r["method"], r["seed"]) for r in rows if r["status"] != "ok"})
     skipped = len({(r["method"], r["seed"]) for r in rows if r["action"] == "skipped"})
     typer.echo((Path(cfg.out) / "results.md").read_text())

@@ -19,9 +19,11 @@ import numpy as np
 from semicml.evaluation.plots import finite_number
 
 __all__ = ["PAIRED_METRICS", "collect_case_rows", "fusion_comparison", "fusion_markdown", "paired_comparison",
-           "paired_markdown"]
+           "paired_markdown", "region_markdown", "regions_of"]
 
 PAIRED_METRICS: tuple[str, ...] = ("dice", "hd95")
+TEXT_COLUMNS = ("case", "region")
+REGION_SUMMARY = "mean"  # metrics.csv's row averaging the regions of one patient
 BOOTSTRAP_SAMPLES = 10_000
 
 
@@ -36,7 +38,8 @@ def collect_case_rows(rows: Sequence[dict[str, Any]], out: Path) -> list[dict[st
             continue
         with open(path, newline="") as fh:
             for c in csv.DictReader(fh):
-                values = {k: (v if k == "case" else _number(v)) for k, v in c.items()}
+                values = {k: (v if k in TEXT_COLUMNS else _number(v)) for k, v in c.items()}
+                values["region"] = values.get("region") or None  # a binary target has no region
                 case_rows.append({"method": r["method"], "modality": r["modality"], "seed": r["seed"],
                                   "fold": r.get("fold"), **values})
     return case_rows
@@ -49,11 +52,20 @@ def _number(text: str) -> float | None:
         return None
 
 
+def regions_of(case_rows: Sequence[dict[str, Any]]) -> list[str | None]:
+    """The regions the rows are scored on, in order ([None] for a binary target); the per-patient
+    mean over regions is left out: each region is compared on its own."""
+    found = list(dict.fromkeys(c.get("region") for c in case_rows))
+    regions = [r for r in found if r not in (None, REGION_SUMMARY)]
+    return regions or [None]
+
+
 def _per_patient(case_rows: Sequence[dict[str, Any]], method: str, modality: str, metric: str,
-                 seeds: set) -> dict[str, float]:
+                 seeds: set, region: str | None = None) -> dict[str, float]:
     values: dict[str, list[float]] = {}
     for c in case_rows:
-        if c["method"] == method and c["modality"] == modality and c["seed"] in seeds:
+        if (c["method"] == method and c["modality"] == modality and c["seed"] in seeds
+                and c.get("region") == region):
             v = finite_number(c.get(metric))
             if v is not None:
                 values.setdefault(c["case"], []).append(v)
@@ -74,25 +86,24 @@ def paired_comparison(case_rows: Sequence[dict[str, Any]], reference: str,
     out = []
     modalities = list(dict.fromkeys(c["modality"] for c in case_rows))
     methods = [m for m in dict.fromkeys(c["method"] for c in case_rows) if m != reference]
-    for mod in modalities:
-        for other in methods:
-            seeds = ({c["seed"] for c in case_rows if c["method"] == reference and c["modality"] == mod}
-                     & {c["seed"] for c in case_rows if c["method"] == other and c["modality"] == mod})
-            for metric in metrics:
-                a = _per_patient(case_rows, reference, mod, metric, seeds)
-                b = _per_patient(case_rows, other, mod, metric, seeds)
-                cases = sorted(set(a) & set(b))
-                entry: dict[str, Any] = {"modality": mod, "reference": reference, "other": other, "metric": metric,
-                                         "n_patients": len(cases), "seeds": sorted(seeds)}
-                if cases:
-                    d = np.asarray([a[c] - b[c] for c in cases])
-                    lo, hi = _bootstrap_ci(d)
-                    p = float(wilcoxon(d).pvalue) if len(cases) >= 2 and np.any(d != 0) else 1.0
-                    entry.update(reference_mean=float(np.mean([a[c] for c in cases])),
-                                 other_mean=float(np.mean([b[c] for c in cases])), mean_diff=float(d.mean()),
-                                 ci_low=lo, ci_high=hi, wilcoxon_p=p,
-                                 reference_better=int(np.sum(d > 0) if metric != "hd95" else np.sum(d < 0)))
-                out.append(entry)
+    for mod, region, other in ((m, r, o) for m in modalities for r in regions_of(case_rows) for o in methods):
+        seeds = ({c["seed"] for c in case_rows if c["method"] == reference and c["modality"] == mod}
+                 & {c["seed"] for c in case_rows if c["method"] == other and c["modality"] == mod})
+        for metric in metrics:
+            a = _per_patient(case_rows, reference, mod, metric, seeds, region)
+            b = _per_patient(case_rows, other, mod, metric, seeds, region)
+            cases = sorted(set(a) & set(b))
+            entry: dict[str, Any] = {"modality": mod, "region": region, "reference": reference, "other": other,
+                                     "metric": metric, "n_patients": len(cases), "seeds": sorted(seeds)}
+            if cases:
+                d = np.asarray([a[c] - b[c] for c in cases])
+                lo, hi = _bootstrap_ci(d)
+                p = float(wilcoxon(d).pvalue) if len(cases) >= 2 and np.any(d != 0) else 1.0
+                entry.update(reference_mean=float(np.mean([a[c] for c in cases])),
+                             other_mean=float(np.mean([b[c] for c in cases])), mean_diff=float(d.mean()),
+                             ci_low=lo, ci_high=hi, wilcoxon_p=p,
+                             reference_better=int(np.sum(d > 0) if metric != "hd95" else np.sum(d < 0)))
+            out.append(entry)
     return out
 
 
@@ -105,13 +116,14 @@ def paired_markdown(comparison: Sequence[dict[str, Any]]) -> str:
              f"{ref} - other (Dice: positive = {ref} better; HD95: negative = {ref} better); 95% CI: percentile "
              "bootstrap over patients; p: two-sided Wilcoxon signed-rank; wins: patients where "
              f"{ref} is better.", ""]
-    for mod in dict.fromkeys(e["modality"] for e in comparison):
-        lines += [f"### {mod} {'fused' if is_fused(mod) else 'alone'}", "",
+    for mod, region in dict.fromkeys((e["modality"], e.get("region")) for e in comparison):
+        part = [e for e in comparison if e["modality"] == mod and e.get("region") == region]
+        lines += [f"### {mod} {'fused' if is_fused(mod) else 'alone'}{f', {region}' if region else ''}", "",
                   "| other | n | Dice Δ [95% CI] | p | wins | HD95 Δ mm [95% CI] | p |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        for other in dict.fromkeys(e["other"] for e in comparison if e["modality"] == mod):
+        for other in dict.fromkeys(e["other"] for e in part):
             cells = [other]
-            by_metric = {e["metric"]: e for e in comparison if e["modality"] == mod and e["other"] == other}
+            by_metric = {e["metric"]: e for e in part if e["other"] == other}
             dice, hd = by_metric.get("dice"), by_metric.get("hd95")
             cells.append(str(dice["n_patients"]) if dice else "0")
             for e, fmt in ((dice, "{:+.4f} [{:+.4f}, {:+.4f}]"), (hd, "{:+.2f} [{:+.2f}, {:+.2f}]")):
@@ -147,23 +159,23 @@ def fusion_comparison(case_rows: Sequence[dict[str, Any]],
     for method in dict.fromkeys(c["method"] for c in case_rows):
         mods = list(dict.fromkeys(c["modality"] for c in case_rows if c["method"] == method))
         singles = [m for m in mods if not is_fused(m)]
-        for fused in [m for m in mods if is_fused(m)]:
+        for fused, region in ((f, r) for f in mods if is_fused(f) for r in regions_of(case_rows)):
             parts = [m for m in singles if m in fused.split("+")] or singles
             seeds = {c["seed"] for c in case_rows if c["method"] == method and c["modality"] == fused}
             for m in parts:
                 seeds &= {c["seed"] for c in case_rows if c["method"] == method and c["modality"] == m}
-            f_dice = _per_patient(case_rows, method, fused, "dice", seeds)
-            single_dice = {m: _per_patient(case_rows, method, m, "dice", seeds) for m in parts}
+            f_dice = _per_patient(case_rows, method, fused, "dice", seeds, region)
+            single_dice = {m: _per_patient(case_rows, method, m, "dice", seeds, region) for m in parts}
             cases = sorted(set(f_dice).intersection(*single_dice.values())) if single_dice else []
             if not cases:
                 continue
             best = max(parts, key=lambda m: np.mean([single_dice[m][c] for c in cases]))
             for metric in metrics:
-                a = _per_patient(case_rows, method, fused, metric, seeds)
-                b = _per_patient(case_rows, method, best, metric, seeds)
+                a = _per_patient(case_rows, method, fused, metric, seeds, region)
+                b = _per_patient(case_rows, method, best, metric, seeds, region)
                 both = [c for c in cases if c in a and c in b]
-                entry: dict[str, Any] = {"method": method, "fused": fused, "best_single": best, "metric": metric,
-                                         "n_patients": len(both), "seeds": sorted(seeds)}
+                entry: dict[str, Any] = {"method": method, "fused": fused, "region": region, "best_single": best,
+                                         "metric": metric, "n_patients": len(both), "seeds": sorted(seeds)}
                 if both:
                     d = np.asarray([a[c] - b[c] for c in both])
                     lo, hi = _bootstrap_ci(d)
@@ -201,13 +213,38 @@ def fusion_markdown(comparison: Sequence[dict[str, Any]]) -> str:
              "HD95 Δ mm [95% CI] | beats |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for e in dice:
         hd = next((h for h in comparison if h["metric"] == "hd95" and h["method"] == e["method"]
-                   and h["fused"] == e["fused"]), None)
+                   and h["fused"] == e["fused"] and h.get("region") == e.get("region")), None)
         if "mean_diff" not in e:
             continue
         hd_cell = "n/a" if not hd or "mean_diff" not in hd else \
             f"{hd['mean_diff']:+.2f} [{hd['ci_low']:+.2f}, {hd['ci_high']:+.2f}]"
-        lines.append(f"| {e['method']} | {e['fused']} | {e['best_single']} | {e['n_patients']} | "
+        fused = f"{e['fused']} {e['region']}" if e.get("region") else e["fused"]
+        lines.append(f"| {e['method']} | {fused} | {e['best_single']} | {e['n_patients']} | "
                      f"{e['fused_mean']:.4f} | {e['single_mean']:.4f} | "
                      f"{e['mean_diff']:+.4f} [{e['ci_low']:+.4f}, {e['ci_high']:+.4f}] | {e['wilcoxon_p']:.3f} | "
                      f"{e['fused_better']}/{e['n_patients']} | {hd_cell} | {fusion_verdict(e)} |")
+    return "\n".join(lines + [""])
+
+
+def region_markdown(case_rows: Sequence[dict[str, Any]]) -> str:
+    """Region targets: mean ± sd over patients of Dice per region, each modality alone and fused
+    (a patient's seeds averaged first); empty for a binary target."""
+    regions = regions_of(case_rows)
+    if regions == [None]:
+        return ""
+    lines = ["## Dice per region", "",
+             "Each region scored on its own (the tables above average the regions of a patient); mean ± sd over "
+             "patients, each patient averaged over its seeds first; n = patients.", "",
+             "| method | prediction | n | " + " | ".join(regions) + " |",
+             "|---|---|---:|" + "---:|" * len(regions)]
+    for method, mod in dict.fromkeys((c["method"], c["modality"]) for c in case_rows):
+        seeds = {c["seed"] for c in case_rows if c["method"] == method and c["modality"] == mod}
+        cells, n = [], 0
+        for region in regions:
+            values = list(_per_patient(case_rows, method, mod, "dice", seeds, region).values())
+            n = max(n, len(values))
+            sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            cells.append(f"{np.mean(values):.3f} ± {sd:.3f}" if values else "n/a")
+        kind = "fused" if is_fused(mod) else "alone"
+        lines.append(f"| {method} | {mod} {kind} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines + [""])

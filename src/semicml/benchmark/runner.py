@@ -90,6 +90,25 @@ def _prepare(cfg: BenchmarkConfig, out: Path, dataset: Path, store: Path, progre
         prepare_store(dataset, store, opts, fmt=prep.format, progress=progress)
 
 
+def config_difference(saved: Any, current: Any) -> str | None:
+    """Where a finished run's recorded configuration differs from ``current`` (a TrainConfig);
+    None when they are the same. A run recorded before a setting existed is read through today's
+    schema first, so that setting takes its default: every added setting's default keeps the
+    behaviour runs had before it (low_resolution 0, compile off, ...), so the finished run stands."""
+    from pydantic import ValidationError
+
+    now = current.model_dump(mode="json")
+    if saved == now:
+        return None
+    if isinstance(saved, dict):
+        try:
+            if type(current).model_validate(saved).model_dump(mode="json") == now:
+                return None
+        except ValidationError:  # a setting renamed or removed since: a real difference
+            pass
+    return first_difference(saved, now)
+
+
 def first_difference(old: Any, new: Any, where: str = "") -> str:
     if isinstance(old, dict) and isinstance(new, dict):
         for key in list(old) + [k for k in new if k not in old]:
@@ -174,6 +193,41 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[st
 
     with exclusive(out, "benchmark output folder"):  # two benchmarks into one folder would race
         return _run_grid(cfg, out, progress, selected, echo, jobs)
+
+
+def report_benchmark(cfg: BenchmarkConfig, echo: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The result files of the runs finished so far, from their markers alone: no store, no
+    dataset and nothing trained (``semicml benchmark --report-only``), so a grid copied from
+    another machine can be reported where its data is not. A marker whose configuration differs
+    from the grid's is reported as failed, never mixed in."""
+    if cfg.out is None:
+        raise ConfigError("no output folder: set 'out' in the benchmark config or pass --out")
+    out = Path(cfg.out).resolve()
+    if not (out / "runs").is_dir():
+        raise ConfigError("no run to report (no runs/ folder)", out)
+    say = echo or (lambda text: print(text, flush=True))
+    fixed = str(Path(cfg.splits).resolve()) if cfg.splits else None
+    rows: list[dict[str, Any]] = []
+    with exclusive(out, "benchmark output folder"):
+        grid = [(e, s, f) for s in cfg.seeds for f in cfg.folds() for e in cfg.methods]
+        for k, (entry, seed, fold) in enumerate(grid):
+            run_rel = f"runs/{entry.name}/seed{seed}" + ("" if fold is None else f"/fold{fold}")
+            marker = out / run_rel / RESULT_MARKER
+            if not marker.is_file():
+                continue
+            done = json.loads(marker.read_text())
+            splits = fixed if fold is None else str(out / "splits" / f"fold{fold}.json")
+            why = config_difference(done.get("config"), cfg.train_config(entry, seed, splits))
+            status = (f"failed: {out / run_rel}: finished run has a different configuration ({why})" if why
+                      else None)
+            run_rows = [dict(r, action="skipped") if status is None else
+                        {**_row(entry, cfg, seed, r["modality"], run_rel, fold), "status": status, "action": "failed"}
+                        for r in done["rows"]]
+            say(f"[{k + 1}/{len(grid)}] {entry.name} seed {seed}" + ("" if fold is None else f" fold {fold}") +
+                f": {summary_line(run_rows)}")
+            rows += run_rows
+        write_results(rows, out, labeled_fraction=cfg.labeled_fraction, benchmark=cfg)
+    return rows
 
 
 def _run_grid(cfg: BenchmarkConfig, out: Path, progress: bool, selected: set[str],
@@ -320,8 +374,8 @@ def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset
             modalities = [store.modalities[store.modality_index(m)] for m in tcfg.modalities]
         if marker.is_file():
             done = json.loads(marker.read_text())
-            if done.get("config") != tcfg.model_dump(mode="json"):
-                why = first_difference(done.get("config"), tcfg.model_dump(mode="json"))
+            why = config_difference(done.get("config"), tcfg)
+            if why:
                 raise ConfigError(f"finished run has a different configuration ({why}); delete it or use another out",
                                   run_dir)
             rows = [dict(r, action="skipped") for r in done["rows"]]

@@ -250,6 +250,7 @@ def write_results(rows: Sequence[dict[str, Any]], out: str | Path, labeled_fract
         fusion_markdown,
         paired_comparison,
         paired_markdown,
+        region_markdown,
     )
 
     out = Path(out)
@@ -270,8 +271,10 @@ def write_results(rows: Sequence[dict[str, Any]], out: str | Path, labeled_fract
     if cv is not None:
         text += (f"\n{cv.folds}-fold cross-validation (seed {cv.seed}, {cv.val_cases} validation patients per fold): "
                  "each row pools every test patient of all folds; folds in `splits/`.\n")
+    region_md = region_markdown(case_rows)
+    text += "\n" + (region_md + "\n" if region_md else "")
     fusion_md = fusion_markdown(fusion)
-    text += "\n" + (fusion_md + "\n" if fusion_md else "")
+    text += (fusion_md + "\n" if fusion_md else "")
     atomic_write_text(out / "results.md", text + paired_markdown(comparison))
     paths = {"csv": out / "results.csv", "json": out / "results.json", "md": out / "results.md",
              "cases": out / "cases.csv"}

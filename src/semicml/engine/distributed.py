@@ -3,7 +3,9 @@
 ``torchrun --nproc_per_node N -m semicml train ...`` (multi-node: torchrun's ``--nnodes``,
 ``--node_rank``, ``--rdzv_endpoint``) starts N copies of the same command; torchrun's environment
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) tells each one its
-place. The process group uses NCCL on CUDA (one GPU per local rank) and gloo on CPU.
+place. The process group uses NCCL on CUDA (one GPU per local rank) and gloo on CPU;
+``SEMICML_DIST_BACKEND=gloo|nccl`` overrides that (NCCL refuses two ranks on one GPU, so a
+one-GPU machine checks the CUDA path with several ranks under gloo: ``--device cuda:0``).
 
 What is kept in step (see docs/method-notes.md, "Distributed training"):
 
@@ -31,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..errors import ConfigError
 from ..hardware import resolve_device
 
-__all__ = ["DistContext", "check_shardable", "launched_world_size", "setup_distributed", "shutdown",
+__all__ = ["DistContext", "active_backend", "check_shardable", "launched_world_size", "setup_distributed", "shutdown",
            "step_seed", "wrap_ddp"]
 
 
@@ -75,6 +77,22 @@ def check_shardable(labeled_batch: int, unlabeled_batch: int, world_size: int) -
                           "equal share of the global batch (change the batch or --nproc_per_node)")
 
 
+def _backend(device: torch.device) -> str:
+    chosen = os.environ.get("SEMICML_DIST_BACKEND", "").strip().lower()
+    if not chosen:
+        return "nccl" if device.type == "cuda" else "gloo"
+    if chosen not in ("gloo", "nccl"):
+        raise ConfigError(f"SEMICML_DIST_BACKEND={chosen!r}: choose gloo or nccl")
+    if chosen == "nccl" and device.type != "cuda":
+        raise ConfigError("SEMICML_DIST_BACKEND=nccl needs a CUDA device (gloo runs on the CPU)")
+    return chosen
+
+
+def active_backend() -> str | None:
+    """The process group's backend (what run.json records); None without a group."""
+    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None
+
+
 def setup_distributed(device_name: str) -> tuple[DistContext, torch.device]:
     """Join (or create, under torchrun) the process group; the device of this rank."""
     if not dist.is_available() or launched_world_size() == 1:
@@ -85,9 +103,10 @@ def setup_distributed(device_name: str) -> tuple[DistContext, torch.device]:
         if device.index is None:  # "auto" / "cuda": one GPU per local rank
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    backend = _backend(device)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend)
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owns), device
 
 

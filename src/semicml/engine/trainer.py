@@ -50,7 +50,8 @@ from ..methods.base import Method, MethodContext, get_method
 from ..models import build_network, network_spec
 from ..models.syncbn import convert_sync_batchnorm
 from ..parallel import all_gather_objects, barrier, mean_over_ranks, sharded_batch
-from .distributed import check_shardable, launched_world_size, setup_distributed, shutdown, step_seed, wrap_ddp
+from .distributed import (active_backend, check_shardable, launched_world_size, setup_distributed, shutdown,
+                          step_seed, wrap_ddp)
 from .provenance import check_provenance, provenance
 from .validation import case_channel_dice, channel_probabilities, choose_channel_postprocess, region_means
 from .schedule import lr_factor
@@ -149,7 +150,7 @@ class Trainer:
         elif self.init_state is not None:
             self._load_init(self.init_state, Path(cfg.init))
         self.ctx.info["distributed"] = {"world_size": self.dist.world_size, "sync_batchnorm": bool(
-            sync_bn and self.dist.distributed), "backend": "nccl" if self.device.type == "cuda" else "gloo"}
+            sync_bn and self.dist.distributed), "backend": active_backend() if self.dist.distributed else None}
         # The step runs through DDP when distributed (``Method.forward`` is ``train_step``).
         self.model = (wrap_ddp(self.method, self.device, self.method_cls.uses_every_network) if self.dist.distributed
                       else self.method)

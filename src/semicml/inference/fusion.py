@@ -5,7 +5,9 @@ Each network still sees only its own modality, normalised and resampled as at tr
 own file's grid; its probabilities are then brought onto the **reference grid** (the first listed
 modality the case has) through world coordinates (linear, 0 outside the modality's field of
 view), so files stored in other orientations or on other grids still line up voxel for voxel.
-The mean is thresholded (``> threshold``, 0.5 by default) and post-processed:
+Where training recorded it, each channel (region) takes the networks chosen on validation for it
+instead of the plain mean (:mod:`semicml.inference.fusion_weights`: the mean of the set or one
+member alone). The fused map is thresholded (``> threshold``, 0.5 by default) and post-processed:
 
 * the post-processing chosen on the validation cases for the fused map of that set of modalities
   (``run.json: postprocessing_fused``, written at the end of training, nnU-Net's rule);
@@ -37,6 +39,7 @@ from ..errors import ConfigError, DataError
 from ..hardware import resolve_device
 from ..io_utils import atomic_write_text
 from ..locking import exclusive
+from .fusion_weights import choose_weights, weighted_sum
 from .postprocess import NONE, apply_postprocess, check_spec, choose_postprocess
 from .predict import (
     atomic_save_nifti,
@@ -52,7 +55,7 @@ from .predict import (
 from .uncertainty import UNCERTAINTY_SUFFIX, Spread, flip_members
 
 __all__ = ["MISSING_POLICIES", "align_to_grid", "choose_fused_postprocessing", "fused_name", "fused_postprocess",
-           "mean_probabilities", "predict_fused", "threshold_masks"]
+           "fused_weights", "mean_probabilities", "predict_fused", "threshold_masks"]
 
 MISSING_POLICIES = ("error", "skip")
 #: Subsets of modalities whose fused post-processing is chosen at training end (2^M - M - 1 sets).
@@ -93,9 +96,11 @@ def choose_fused_postprocessing(val_probs: Mapping[str, Sequence[np.ndarray]], l
                                 spacings: Sequence[Sequence[float]], fixed: str | None = None,
                                 choose=choose_postprocess) -> dict[str, dict]:
     """At training end: for every set of two or more modalities (all of them when there are more
-    than :data:`MAX_SUBSET_MODALITIES`), the post-processing with the best validation Dice of the
-    fused (mean) probability map. ``val_probs``: modality -> probabilities of each val case in
-    the stored frame (one grid for all modalities); ``fixed``: the configured choice (no search);
+    than :data:`MAX_SUBSET_MODALITIES`), the networks each channel trusts (``weights``, chosen on
+    validation: :func:`~semicml.inference.fusion_weights.choose_weights`) and the post-processing
+    with the best validation Dice of that fused probability map. ``val_probs``: modality ->
+    probabilities of each val case in the stored frame, (Z, C, H, W) (one grid for all
+    modalities); ``fixed``: the configured post-processing (no search, plain mean);
     ``choose(probs, labels, spacings)``: the single-network rule (per region for region targets).
     """
     mods = list(val_probs)
@@ -108,9 +113,26 @@ def choose_fused_postprocessing(val_probs: Mapping[str, Sequence[np.ndarray]], l
             if fixed is not None:
                 out[fused_name(subset)] = {"choice": check_spec(fixed), "chosen_by": "config"}
                 continue
-            fused = [mean_probabilities([val_probs[m][i] for m in subset]) for i in range(len(labels))]
-            out[fused_name(subset)] = {**choose(fused, labels, spacings), "chosen_by": "validation"}
+            pick = choose_weights({m: val_probs[m] for m in subset}, labels)
+            fused = [weighted_sum({m: val_probs[m][i] for m in subset}, pick["weights"], channel_axis=1)
+                     for i in range(len(labels))]
+            out[fused_name(subset)] = {**choose(fused, labels, spacings), "chosen_by": "validation",
+                                       "weights": pick["weights"], "weights_chosen": pick["chosen"],
+                                       "weights_val_dice": pick["dice"]}
     return out
+
+
+def fused_weights(run_info: dict, used: Sequence[str]) -> dict[str, list[float]] | None:
+    """Modality -> weight per channel recorded for the set ``used`` (the run's spelling, any
+    order); None: the plain mean (one network, no record, or a run trained before weights)."""
+    order = [m for m in run_info.get("modalities", list(used)) if m in used] or list(used)
+    if len(order) < 2:
+        return None
+    hit = (run_info.get("postprocessing_fused") or {}).get(fused_name(order)) or {}
+    weights = hit.get("weights")
+    if not weights or set(weights) != set(order):
+        return None
+    return {m: list(weights[m]) for m in order}
 
 
 def fused_postprocess(run_info: dict, used: Sequence[str],
@@ -150,8 +172,9 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
                   postprocess: str | None = None, engine: str = "torch", window: str = "whole", margin: int = 0,
                   threads: int | None = None, compile: bool = False, missing: str = "error",
                   uncertainty: bool = False, regions_as_files: bool = False) -> list[Path]:
-    """Segment every case of ``input_path`` from the mean probability of the networks of
-    ``modalities`` (two or more) of the run directory ``run``; masks on the reference grid.
+    """Segment every case of ``input_path`` from the fused probability of the networks of
+    ``modalities`` (two or more) of the run directory ``run`` (per channel, the networks chosen on
+    validation, else the mean); masks on the reference grid.
 
     ``missing``: error (default) | skip (see the module docstring). ``uncertainty``: also write
     ``<case>_uncertainty.nii.gz`` (see :mod:`semicml.inference.uncertainty`); the mask is then
@@ -216,8 +239,9 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
                 except ValueError as err:
                     raise DataError(str(err)) from None
                 channels = len(regions.classes) if regions else 1
+                weights = fused_weights(run_info, [spelling[m] for m in used])
                 ref, probs, spread, coarse = _fuse_case(loaders, nets, spelling, tta, uncertainty, window, margin,
-                                                        channels)
+                                                        channels, weights)
                 for m, note in coarse.items():
                     bar.write(f"warning: case {case_id!r}: its {m} image is {note}: expect a less accurate mask",
                               file=sys.stderr)
@@ -240,17 +264,22 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
                 record["cases"][case_id] = {
                     "masks": [str(p.relative_to(out_dir)) for p in paths], "modalities": used,
                     "reference_grid": used[0], "postprocessing": post, "postprocessing_from": why,
+                    "weights": weights or "mean",
                     "missing": {a.modality: str(a.expected) for a in absent if a.case_id == case_id},
                     "coarse_inputs": coarse}
     atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=1))
     return written
 
 
-def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: str, margin: int, channels: int):
-    """(reference case, mean probability on its grid, the members' :class:`Spread`, the notes of
-    the modalities stored coarser than their network's training spacing)."""
+def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: str, margin: int, channels: int,
+               weights: dict[str, list[float]] | None = None):
+    """(reference case, fused probability on its grid, the members' :class:`Spread`, the notes of
+    the modalities stored coarser than their network's training spacing). ``weights`` (the run's
+    spelling -> weight per channel): each modality's mean over its members, weighted per channel;
+    None: the mean of all members."""
     ref = None
     spread = Spread()
+    per_modality: dict[str, np.ndarray] = {}
     coarse = {}
     for m, load in loaders.items():
         case = load()
@@ -267,7 +296,16 @@ def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: st
         else:
             members = [probabilities_on_grid(None, image, case.affine, prep, None, None, tta=tta, engine=runner,
                                              window=window, margin=margin, modality=spelling[m], channels=channels)]
+        own = Spread() if weights is not None else None  # a modality's own mean: only when weighting
         for p in members:
-            spread.add(align_to_grid(p, case.affine, ref.shape, ref.affine))
+            aligned = align_to_grid(p, case.affine, ref.shape, ref.affine)
+            spread.add(aligned)
+            if own is not None:
+                own.add(aligned)
+        if own is not None:
+            per_modality[spelling[m]] = own.mean()
     assert ref is not None
-    return ref, spread.mean(), spread, coarse
+    if weights is None:
+        return ref, spread.mean(), spread, coarse
+    fused = weighted_sum(per_modality, weights, channel_axis=None if channels == 1 else 0)
+    return ref, fused, spread, coarse

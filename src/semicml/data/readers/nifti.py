@@ -146,6 +146,8 @@ def _checked_size(header, available: int | None) -> int:
     if any(d < 0 for d in shape):
         raise DataError(f"header holds a negative dimension (shape {shape})")
     n = math.prod(shape)
+    if n == 0:  # nibabel would return voxels of another shape ((0,) for a header of (0, 0))
+        raise DataError(f"header holds an empty image (shape {shape}): no voxels")
     if n > MAX_VOXELS:
         raise DataError(f"header claims {n} voxels (shape {shape}), more than the limit of {MAX_VOXELS}")
     dtype = header.get_data_dtype()

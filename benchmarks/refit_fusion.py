@@ -1,0 +1,78 @@
+"""Choose the fusion weights of runs trained before they existed (issue 11).
+
+Training now records, per set of modalities and per channel, which networks the fused prediction
+trusts (``run.json: postprocessing_fused[<set>]["weights"]``, chosen on the validation cases; see
+``semicml.inference.fusion_weights``). This script makes the same choice for a finished run from
+its saved weights, its store and its validation split, and rewrites ``run.json`` (atomically; the
+choice of each single network's post-processing is left as it was). It lets one compare, on the
+same trained networks, the plain mean with the chosen weights.
+
+    python benchmarks/refit_fusion.py RUN [RUN ...] [--device cpu]
+
+Prints, per run and set, the candidate Dice per channel and the choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def refit(run: Path, device_name: str = "cpu") -> tuple[dict, list[str]]:
+    """(the new ``postprocessing_fused`` record, the run's region names; [] for a binary target)."""
+    from semicml.checkpoint import load_checkpoint
+    from semicml.data.store import SliceStore
+    from semicml.engine.validation import channel_probabilities, choose_channel_postprocess
+    from semicml.errors import DataError
+    from semicml.hardware import resolve_device, resolve_precision
+    from semicml.inference.fusion import choose_fused_postprocessing
+    from semicml.io_utils import atomic_write_json
+    from semicml.models import build_network
+
+    info_path = run / "run.json"
+    if not info_path.is_file():
+        raise DataError("not a finished run (no run.json)", run)
+    info = json.loads(info_path.read_text())
+    store = SliceStore(info["store"])
+    regions = list(info.get("target", {}).get("classes", [])) if info.get("target", {}).get("regions") else []
+    device = resolve_device(device_name)
+    precision = resolve_precision("fp32", device)
+    val = info["splits"]["val"]
+    labels = [store.label_channels(store.label(c)) for c in val]
+    spacings = [store.cases[c].stored_spacing for c in val]
+    probs = {}
+    for m in info["modalities"]:
+        payload = load_checkpoint(run / "weights" / f"{m}.pt", "cpu")
+        net = build_network(payload["network"])
+        net.load_state_dict(payload["state_dict"])
+        net.to(device)
+        c = store.modality_index(m)
+        probs[m] = [channel_probabilities(net, store.images(case)[:, c], store.n_classes, device, precision, False)
+                    for case in val]
+    fused = choose_fused_postprocessing(probs, labels, spacings,
+                                        choose=lambda p, y, sp: choose_channel_postprocess(p, y, sp, regions))
+    info["postprocessing_fused"] = fused
+    atomic_write_json(info_path, info)
+    return fused, regions
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    for run in args.runs:
+        fused, regions = refit(run, args.device)
+        for name, rec in fused.items():
+            cells = [f"{(regions or ['mask'])[i]}: {', '.join(f'{k} {v:.3f}' for k, v in d.items())} -> "
+                     f"{rec['weights_chosen'][i]}" for i, d in enumerate(rec["weights_val_dice"])]
+            print(f"{run} {name}: " + " | ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
