@@ -54,7 +54,27 @@ def test_refit_records_weights_per_channel_and_predict_applies_them(tmp_path, ta
     record = json.loads((out / "predict.json").read_text())
     assert all(c["weights"] == rec["weights"] for c in record["cases"].values())
 
+    plain, _ = refit_fusion.refit(run, plain_mean=True)  # the behaviour before weights, for comparisons
+    assert "weights" not in plain["T2+T1ce"] and plain["T2+T1ce"]["chosen_by"] == "validation"
+    predict_fused(run, ["T2", "T1ce"], tmp_path / "data", tmp_path / "mean", device="cpu", progress=False)
+    record = json.loads((tmp_path / "mean" / "predict.json").read_text())
+    assert all(c["weights"] == "mean" for c in record["cases"].values())
+
 
 def test_refit_names_a_folder_that_is_not_a_finished_run(tmp_path):
     with pytest.raises(DataError, match="no run.json"):
         refit_fusion.refit(tmp_path)
+
+
+def test_reset_drops_only_the_fused_rows_and_folders(tmp_path):
+    run = tmp_path / "run"
+    for part in ("predictions", "evaluation"):
+        for name in ("T2", "T2+T1ce"):
+            (run / "eval" / part / name).mkdir(parents=True)
+    rows = [{"modality": m, "dice": 0.5} for m in ("T2", "T1ce", "T2+T1ce")]
+    (run / "result.json").write_text(json.dumps({"name": "x", "rows": rows}))
+    assert refit_fusion.reset_fused_evaluation(run) == 1
+    assert json.loads((run / "result.json").read_text()) == {"name": "x", "rows": rows[:2]}
+    assert sorted(p.name for p in (run / "eval" / "predictions").iterdir()) == ["T2"]
+    assert sorted(p.name for p in (run / "eval" / "evaluation").iterdir()) == ["T2"]
+    assert refit_fusion.reset_fused_evaluation(tmp_path / "elsewhere") == 0

@@ -94,14 +94,15 @@ def mean_probabilities(maps: Sequence[np.ndarray]) -> np.ndarray:
 
 def choose_fused_postprocessing(val_probs: Mapping[str, Sequence[np.ndarray]], labels: Sequence[np.ndarray],
                                 spacings: Sequence[Sequence[float]], fixed: str | None = None,
-                                choose=choose_postprocess) -> dict[str, dict]:
+                                choose=choose_postprocess, weights: bool = True) -> dict[str, dict]:
     """At training end: for every set of two or more modalities (all of them when there are more
     than :data:`MAX_SUBSET_MODALITIES`), the networks each channel trusts (``weights``, chosen on
     validation: :func:`~semicml.inference.fusion_weights.choose_weights`) and the post-processing
     with the best validation Dice of that fused probability map. ``val_probs``: modality ->
     probabilities of each val case in the stored frame, (Z, C, H, W) (one grid for all
     modalities); ``fixed``: the configured post-processing (no search, plain mean);
-    ``choose(probs, labels, spacings)``: the single-network rule (per region for region targets).
+    ``choose(probs, labels, spacings)``: the single-network rule (per region for region targets);
+    ``weights=False``: the plain mean, as before weights existed (for comparisons).
     """
     mods = list(val_probs)
     if len(mods) < 2:
@@ -112,6 +113,10 @@ def choose_fused_postprocessing(val_probs: Mapping[str, Sequence[np.ndarray]], l
         for subset in itertools.combinations(mods, k):
             if fixed is not None:
                 out[fused_name(subset)] = {"choice": check_spec(fixed), "chosen_by": "config"}
+                continue
+            if not weights:
+                fused = [mean_probabilities([val_probs[m][i] for m in subset]) for i in range(len(labels))]
+                out[fused_name(subset)] = {**choose(fused, labels, spacings), "chosen_by": "validation"}
                 continue
             pick = choose_weights({m: val_probs[m] for m in subset}, labels)
             fused = [weighted_sum({m: val_probs[m][i] for m in subset}, pick["weights"], channel_axis=1)
