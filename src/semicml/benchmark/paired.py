@@ -205,7 +205,8 @@ def fusion_markdown(comparison: Sequence[dict[str, Any]]) -> str:
     if not dice:
         return ""
     lines = ["## Fused prediction vs the best single modality", "",
-             "Fused: the mean probability of every modality's network (`predict --modality a,b`). Best single: the "
+             "Fused: `predict --modality a,b` with every modality (per region, the mean of the networks or one "
+             "alone, as chosen on validation; the plain mean for runs trained before that choice). Best single: the "
              "modality with the highest mean test Dice of that method (chosen with hindsight: the hardest "
              "opponent). Per patient, averaged over seeds; Δ = fused - best single; 95% CI: bootstrap over "
              "patients; p: two-sided Wilcoxon; wins: patients where fusion is better. Beats: the Dice CI above 0.",
