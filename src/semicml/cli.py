@@ -186,8 +186,9 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
 @app.command()
 def predict(run: Path = typer.Option(..., help="run directory, a weights/<modality>.pt file, or a model written by "
                                           "`semicml export`"),
-            modality: str = typer.Option(..., help="the one modality available, or several (t2,t1ce): the mean "
-                                               "probability of their networks (fused prediction)"),
+            modality: str = typer.Option(..., help="the one modality available, or several (t2,t1ce): fused, per "
+                                               "region the mean of their networks or one alone, as chosen on "
+                                               "validation at training"),
             input: Path = typer.Option(..., "--input", help="BraTS / nnU-Net / MSD folder, NIfTI folder or file"),
             out: Path = typer.Option(..., "--out", help="output folder for <case>.nii.gz masks"),
             probabilities: bool = typer.Option(False, help="also write <case>_prob.nii.gz"),

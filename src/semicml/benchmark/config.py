@@ -148,7 +148,7 @@ class BenchmarkConfig(StrictModel):
     cross_validation: Optional[CrossValidationSection] = None
     reference: Optional[str] = Field(None, description="entry compared per patient with every other entry "
                                      "(default: the entry running semicml-prel, if any)")
-    fused: bool = Field(False, description="also evaluate the fused prediction of all modalities (mean probability) "
+    fused: bool = Field(False, description="also evaluate the fused prediction of all modalities (per region, as chosen on validation) "
                         "and compare it per patient with the best single modality")
 
     @field_validator("methods", mode="before")
