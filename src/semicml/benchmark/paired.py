@@ -86,7 +86,8 @@ def paired_comparison(case_rows: Sequence[dict[str, Any]], reference: str,
     out = []
     modalities = list(dict.fromkeys(c["modality"] for c in case_rows))
     methods = [m for m in dict.fromkeys(c["method"] for c in case_rows) if m != reference]
-    for mod, region, other in ((m, r, o) for m in modalities for r in regions_of(case_rows) for o in methods):
+    regions = regions_of(case_rows)
+    for mod, region, other in ((m, r, o) for m in modalities for r in regions for o in methods):
         seeds = ({c["seed"] for c in case_rows if c["method"] == reference and c["modality"] == mod}
                  & {c["seed"] for c in case_rows if c["method"] == other and c["modality"] == mod})
         for metric in metrics:
@@ -156,10 +157,11 @@ def fusion_comparison(case_rows: Sequence[dict[str, Any]],
     from scipy.stats import wilcoxon
 
     out = []
+    regions = regions_of(case_rows)
     for method in dict.fromkeys(c["method"] for c in case_rows):
         mods = list(dict.fromkeys(c["modality"] for c in case_rows if c["method"] == method))
         singles = [m for m in mods if not is_fused(m)]
-        for fused, region in ((f, r) for f in mods if is_fused(f) for r in regions_of(case_rows)):
+        for fused, region in ((f, r) for f in mods if is_fused(f) for r in regions):
             parts = [m for m in singles if m in fused.split("+")] or singles
             seeds = {c["seed"] for c in case_rows if c["method"] == method and c["modality"] == fused}
             for m in parts:

@@ -195,6 +195,14 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[st
         return _run_grid(cfg, out, progress, selected, echo, jobs)
 
 
+def _grid_runs(cfg: BenchmarkConfig) -> list[tuple[MethodEntry, int, int | None, str, str]]:
+    """(entry, seed, fold, run folder relative to out, "seed S fold F") of every run of the grid.
+    Seeds outer, then folds: a grid stopped early still compares every method on what it finished."""
+    return [(e, s, f, f"runs/{e.name}/seed{s}" + ("" if f is None else f"/fold{f}"),
+             f"seed {s}" + ("" if f is None else f" fold {f}"))
+            for s in cfg.seeds for f in cfg.folds() for e in cfg.methods]
+
+
 def report_benchmark(cfg: BenchmarkConfig, echo: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The result files of the runs finished so far, from their markers alone: no store, no
     dataset and nothing trained (``semicml benchmark --report-only``), so a grid copied from
@@ -209,9 +217,8 @@ def report_benchmark(cfg: BenchmarkConfig, echo: Callable[[str], None] | None = 
     fixed = str(Path(cfg.splits).resolve()) if cfg.splits else None
     rows: list[dict[str, Any]] = []
     with exclusive(out, "benchmark output folder"):
-        grid = [(e, s, f) for s in cfg.seeds for f in cfg.folds() for e in cfg.methods]
-        for k, (entry, seed, fold) in enumerate(grid):
-            run_rel = f"runs/{entry.name}/seed{seed}" + ("" if fold is None else f"/fold{fold}")
+        grid = _grid_runs(cfg)
+        for k, (entry, seed, fold, run_rel, where) in enumerate(grid):
             marker = out / run_rel / RESULT_MARKER
             if not marker.is_file():
                 continue
@@ -223,8 +230,7 @@ def report_benchmark(cfg: BenchmarkConfig, echo: Callable[[str], None] | None = 
             run_rows = [dict(r, action="skipped") if status is None else
                         {**_row(entry, cfg, seed, r["modality"], run_rel, fold), "status": status, "action": "failed"}
                         for r in done["rows"]]
-            say(f"[{k + 1}/{len(grid)}] {entry.name} seed {seed}" + ("" if fold is None else f" fold {fold}") +
-                f": {summary_line(run_rows)}")
+            say(f"[{k + 1}/{len(grid)}] {entry.name} {where}: {summary_line(run_rows)}")
             rows += run_rows
         write_results(rows, out, labeled_fraction=cfg.labeled_fraction, benchmark=cfg)
     return rows
@@ -259,13 +265,9 @@ def _run_grid(cfg: BenchmarkConfig, out: Path, progress: bool, selected: set[str
         load_splits(splits, store)
     fold_splits = _fold_splits(cfg, store, out) if cfg.cross_validation else {}
 
-    # Seeds outer, then folds: a grid stopped early still compares every method on what it finished.
-    grid = [(e, s, f) for s in cfg.seeds for f in cfg.folds() for e in cfg.methods]
-    tasks = []
-    for entry, seed, fold in grid:
-        run_rel = f"runs/{entry.name}/seed{seed}" + ("" if fold is None else f"/fold{fold}")
-        where = f"seed {seed}" + ("" if fold is None else f" fold {fold}")
-        tasks.append((entry, seed, fold, run_rel, where, splits if fold is None else fold_splits[fold]))
+    grid = _grid_runs(cfg)
+    tasks = [(entry, seed, fold, run_rel, where, splits if fold is None else fold_splits[fold])
+             for entry, seed, fold, run_rel, where in grid]
     done: dict[int, list[dict[str, Any]]] = {}
     bar = tqdm(total=len(grid), desc="benchmark", unit="run", disable=not progress, dynamic_ncols=True)
 

@@ -114,26 +114,29 @@ def choose_fused_postprocessing(val_probs: Mapping[str, Sequence[np.ndarray]], l
             if fixed is not None:
                 out[fused_name(subset)] = {"choice": check_spec(fixed), "chosen_by": "config"}
                 continue
-            if not weights:
-                fused = [mean_probabilities([val_probs[m][i] for m in subset]) for i in range(len(labels))]
-                out[fused_name(subset)] = {**choose(fused, labels, spacings), "chosen_by": "validation"}
-                continue
-            pick = choose_weights({m: val_probs[m] for m in subset}, labels)
-            fused = [weighted_sum({m: val_probs[m][i] for m in subset}, pick["weights"], channel_axis=1)
+            pick = choose_weights({m: val_probs[m] for m in subset}, labels) if weights else None
+            fused = [mean_probabilities([val_probs[m][i] for m in subset]) if pick is None else
+                     weighted_sum({m: val_probs[m][i] for m in subset}, pick["weights"], channel_axis=1)
                      for i in range(len(labels))]
-            out[fused_name(subset)] = {**choose(fused, labels, spacings), "chosen_by": "validation",
-                                       "weights": pick["weights"], "weights_chosen": pick["chosen"],
-                                       "weights_val_dice": pick["dice"]}
+            record = {**choose(fused, labels, spacings), "chosen_by": "validation"}
+            if pick is not None:
+                record.update(weights=pick["weights"], weights_chosen=pick["chosen"], weights_val_dice=pick["dice"])
+            out[fused_name(subset)] = record
     return out
+
+
+def _fused_record(run_info: dict, used: Sequence[str]) -> tuple[list[str], dict]:
+    """(``used`` in the run's modality order, what training recorded for that set: empty if nothing)."""
+    order = [m for m in run_info.get("modalities", list(used)) if m in used] or list(used)
+    return order, (run_info.get("postprocessing_fused") or {}).get(fused_name(order)) or {}
 
 
 def fused_weights(run_info: dict, used: Sequence[str]) -> dict[str, list[float]] | None:
     """Modality -> weight per channel recorded for the set ``used`` (the run's spelling, any
     order); None: the plain mean (one network, no record, or a run trained before weights)."""
-    order = [m for m in run_info.get("modalities", list(used)) if m in used] or list(used)
+    order, hit = _fused_record(run_info, used)
     if len(order) < 2:
         return None
-    hit = (run_info.get("postprocessing_fused") or {}).get(fused_name(order)) or {}
     weights = hit.get("weights")
     if not weights or set(weights) != set(order):
         return None
@@ -147,10 +150,9 @@ def fused_postprocess(run_info: dict, used: Sequence[str],
 
     ``stored``: each network's own choice (from its weights file); one network alone keeps it.
     """
-    order = [m for m in run_info.get("modalities", list(used)) if m in used] or list(used)
+    order, hit = _fused_record(run_info, used)
     if len(order) == 1:
         return stored.get(order[0], NONE), f"stored with the {order[0]} network"
-    hit = (run_info.get("postprocessing_fused") or {}).get(fused_name(order))
     if hit:
         return hit["choice"], f"chosen on validation for {fused_name(order)}"
     best = run_info.get("best_val") or {}
