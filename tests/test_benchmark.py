@@ -19,6 +19,7 @@ from semicml.benchmark import (
     run_benchmark,
     write_results,
 )
+from semicml.benchmark.runner import report_benchmark
 from semicml.cli import app
 from semicml.data.phantom import write_phantom
 from semicml.data.store import PrepareOptions, prepare_store
@@ -269,6 +270,12 @@ def test_cross_validation_tests_every_patient_once_and_compares_per_patient(grid
     # resumed: nothing retrained, same folds
     again = run_benchmark(cfg, progress=False, echo=lambda line: None)
     assert {r["action"] for r in again} == {"skipped"}
+    # the grid moved elsewhere (its markers record the old splits/ path): still the same runs
+    out.rename(tmp_path / "moved")
+    cfg = load_benchmark_config(tmp_path / "cv.yaml").model_copy(update={"out": str(tmp_path / "moved")})
+    moved = run_benchmark(cfg, progress=False, echo=lambda line: None)
+    assert {r["action"] for r in moved} == {"skipped"} and all(r["status"] == "ok" for r in moved)
+    assert all(r["status"] == "ok" for r in report_benchmark(cfg, echo=lambda line: None))
 
 
 def test_cross_validation_and_fixed_splits_are_exclusive(tmp_path):
@@ -345,6 +352,23 @@ def test_report_only_needs_neither_store_nor_dataset_and_refuses_other_configura
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows and all(r["status"].startswith("failed: ") and "iterations: 4 -> 5" in r["status"] for r in rows)
+
+
+def test_a_finished_run_is_reported_under_the_grids_name_for_it(grid, tmp_path):
+    """Runs moved in from another grid (same configuration, another entry name) are labelled as
+    THIS grid names them, never under the name their marker recorded."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(grid["out"], out)
+    (out / "runs" / "semicml").rename(out / "runs" / "semicml-again")
+    spec = yaml.safe_load(grid["config"].read_text())
+    spec.update(store=str(tmp_path / "gone-store"), dataset=str(tmp_path / "gone-data"), out=str(out),
+                methods=["supervised", {"name": "semicml-again", "method": "semicml"}])
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(spec))
+    rows = report_benchmark(load_benchmark_config(tmp_path / "b.yaml"), echo=lambda line: None)
+    assert {r["method"] for r in rows} == {"supervised", "semicml-again"} and all(r["status"] == "ok" for r in rows)
+    assert {r["run_dir"] for r in rows if r["method"] == "semicml-again"} == {"runs/semicml-again/seed0"}
 
 
 def test_report_only_without_runs_is_one_line(tmp_path):

@@ -109,6 +109,17 @@ def config_difference(saved: Any, current: Any) -> str | None:
     return first_difference(saved, now)
 
 
+def _grid_folds_moved(saved: Any, fold: int | None, splits: str | None) -> Any:
+    """A fold's splits file lives in the grid's own ``splits/`` folder, recorded by absolute path;
+    a grid copied or moved elsewhere records the old place. The fold's CONTENT is what matters (and
+    ``_fold_splits`` refuses a resume under other folds), so the recorded path is rebased."""
+    if fold is None or splits is None or not isinstance(saved, dict) or not isinstance(saved.get("splits"), str):
+        return saved
+    if Path(saved["splits"]).parts[-2:] == ("splits", f"fold{fold}.json"):
+        return dict(saved, splits=splits)
+    return saved
+
+
 def first_difference(old: Any, new: Any, where: str = "") -> str:
     if isinstance(old, dict) and isinstance(new, dict):
         for key in list(old) + [k for k in new if k not in old]:
@@ -124,6 +135,15 @@ def _row(entry: MethodEntry, cfg: BenchmarkConfig, seed: int, modality: str, run
     row.update(method=entry.name, method_id=entry.method, modality=modality, seed=seed, fold=fold,
                labeled_fraction=cfg.fraction(entry), run_dir=run_rel)
     return row
+
+
+def _reused(row: dict[str, Any], entry: MethodEntry, cfg: BenchmarkConfig, seed: int, run_rel: str,
+            fold: int | None) -> dict[str, Any]:
+    """A finished run's recorded row under this grid's name for it (an entry renamed, or runs moved
+    in from another grid with the same configuration, are labelled as the grid says)."""
+    ident = _row(entry, cfg, seed, row["modality"], run_rel, fold)
+    keys = ("method", "method_id", "seed", "fold", "labeled_fraction", "run_dir")
+    return {**row, **{k: ident[k] for k in keys}, "action": "skipped"}
 
 
 def _fold_splits(cfg: BenchmarkConfig, store, out: Path) -> dict[int, str]:
@@ -224,10 +244,11 @@ def report_benchmark(cfg: BenchmarkConfig, echo: Callable[[str], None] | None = 
                 continue
             done = json.loads(marker.read_text())
             splits = fixed if fold is None else str(out / "splits" / f"fold{fold}.json")
-            why = config_difference(done.get("config"), cfg.train_config(entry, seed, splits))
+            why = config_difference(_grid_folds_moved(done.get("config"), fold, splits),
+                                    cfg.train_config(entry, seed, splits))
             status = (f"failed: {out / run_rel}: finished run has a different configuration ({why})" if why
                       else None)
-            run_rows = [dict(r, action="skipped") if status is None else
+            run_rows = [_reused(r, entry, cfg, seed, run_rel, fold) if status is None else
                         {**_row(entry, cfg, seed, r["modality"], run_rel, fold), "status": status, "action": "failed"}
                         for r in done["rows"]]
             say(f"[{k + 1}/{len(grid)}] {entry.name} {where}: {summary_line(run_rows)}")
@@ -376,11 +397,11 @@ def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset
             modalities = [store.modalities[store.modality_index(m)] for m in tcfg.modalities]
         if marker.is_file():
             done = json.loads(marker.read_text())
-            why = config_difference(done.get("config"), tcfg)
+            why = config_difference(_grid_folds_moved(done.get("config"), fold, splits), tcfg)
             if why:
                 raise ConfigError(f"finished run has a different configuration ({why}); delete it or use another out",
                                   run_dir)
-            rows = [dict(r, action="skipped") for r in done["rows"]]
+            rows = [_reused(r, entry, cfg, seed, run_rel, fold) for r in done["rows"]]
             if cfg.fused and selected and len(rows) >= 2 and not any("+" in r["modality"] for r in rows):
                 rows = _add_fused(done, rows, dataset, run_dir, marker, progress)  # finished before fused was asked
             return rows
