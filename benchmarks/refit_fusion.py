@@ -30,7 +30,7 @@ def refit(run: Path, device_name: str = "cpu", plain_mean: bool = False) -> tupl
     """(the new ``postprocessing_fused`` record, the run's region names; [] for a binary target)."""
     from semicml.checkpoint import load_checkpoint
     from semicml.data.store import SliceStore
-    from semicml.engine.validation import channel_probabilities, choose_channel_postprocess
+    from semicml.engine.validation import choose_channel_postprocess, val_probabilities
     from semicml.errors import DataError
     from semicml.hardware import resolve_device, resolve_precision
     from semicml.inference.fusion import choose_fused_postprocessing
@@ -44,19 +44,15 @@ def refit(run: Path, device_name: str = "cpu", plain_mean: bool = False) -> tupl
     store = SliceStore(info["store"])
     regions = list(info.get("target", {}).get("classes", [])) if info.get("target", {}).get("regions") else []
     device = resolve_device(device_name)
-    precision = resolve_precision("fp32", device)
-    val = info["splits"]["val"]
-    labels = [store.label_channels(store.label(c)) for c in val]
-    spacings = [store.cases[c].stored_spacing for c in val]
-    probs = {}
+    nets = {}
     for m in info["modalities"]:
         payload = load_checkpoint(run / "weights" / f"{m}.pt", "cpu")
-        net = build_network(payload["network"])
-        net.load_state_dict(payload["state_dict"])
-        net.to(device)
-        c = store.modality_index(m)
-        probs[m] = [channel_probabilities(net, store.images(case)[:, c], store.n_classes, device, precision, False)
-                    for case in val]
+        nets[m] = build_network(payload["network"])
+        nets[m].load_state_dict(payload["state_dict"])
+        nets[m].to(device)
+    # the trainer's own helper, so the refit sees exactly what training's choice saw (fp32 here)
+    probs, labels, spacings = val_probabilities(store, info["splits"]["val"], nets, device,
+                                                resolve_precision("fp32", device))
     fused = choose_fused_postprocessing(probs, labels, spacings,
                                         choose=lambda p, y, sp: choose_channel_postprocess(p, y, sp, regions),
                                         weights=not plain_mean)

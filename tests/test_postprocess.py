@@ -63,3 +63,18 @@ def test_a_component_of_exactly_the_minimum_size_is_kept():
     m = _mask()  # islands of 8 voxels and 1 voxel
     assert apply_postprocess(m, "min-size:16", (1, 1, 2)).sum() == 216 + 8  # 8 x 2 mm^3 = 16: not smaller
     assert apply_postprocess(m, "min-size:16.5", (1, 1, 2)).sum() == 216
+
+
+def test_a_configured_choice_runs_no_network_and_covers_every_region_and_modality():
+    """`train --postprocess largest`: the choice is the configuration's, per region, for each
+    network and the fused map, without running a network (None) or reading a store (None)."""
+    from semicml.engine.validation import choose_postprocessing
+
+    choices, fused = choose_postprocessing(None, ["case_a"], {"T2": None, "T1ce": None}, None, None,
+                                           ["wt", "tc"], fixed="largest")
+    assert choices == {m: {"choice": {"wt": "largest", "tc": "largest"}, "chosen_by": "config"} for m in ("T2", "T1ce")}
+    assert fused == {"T2+T1ce": {"choice": "largest", "chosen_by": "config"}}
+    binary, _ = choose_postprocessing(None, [], {"T2": None}, None, None, [], fixed="min-size:50")
+    assert binary == {"T2": {"choice": "min-size:50", "chosen_by": "config"}}
+    with pytest.raises(ValueError, match="unknown post-processing"):
+        choose_postprocessing(None, [], {"T2": None}, None, None, [], fixed="smallest")

@@ -42,8 +42,6 @@ from ..data.splits import Splits, load_or_make_subset, load_splits, make_splits,
 from ..data.store import SliceStore
 from ..errors import ConfigError, DataError
 from ..hardware import resolve_precision
-from ..inference.fusion import choose_fused_postprocessing
-from ..inference.postprocess import check_spec
 from ..io_utils import atomic_save_torch, atomic_write_json, atomic_write_text
 from ..locking import ensure_free, exclusive
 from ..methods.base import Method, MethodContext, get_method
@@ -53,7 +51,7 @@ from ..parallel import all_gather_objects, barrier, mean_over_ranks, sharded_bat
 from .distributed import (active_backend, check_shardable, launched_world_size, setup_distributed, shutdown,
                           step_seed, wrap_ddp)
 from .provenance import check_provenance, provenance
-from .validation import case_channel_dice, channel_probabilities, choose_channel_postprocess, region_means
+from .validation import case_channel_dice, choose_postprocessing, region_means
 from .schedule import lr_factor
 
 # Test hook: simulate a crash (hard exit, no cleanup) right after this iteration.
@@ -405,49 +403,24 @@ class Trainer:
         atomic_write_json(self.run_dir / "splits.json", self.splits.to_json())
         atomic_write_json(self.run_dir / "labeled_subset.json", self.subset.to_json())
 
-    def _val_volumes(self) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[float, ...]]]:
-        """Val cases in the stored frame: (images (Z, M, H, W), labels (Z, C, H, W), spacing in mm)."""
-        images, labels, spacings = [], [], []
-        for case in self.splits.val:
-            meta = self.store.cases[case]
-            spacings.append(meta.stored_spacing)  # of the stored planes (resampled, resized)
-            images.append(self.store.images(case))
-            labels.append(self.store.label_channels(self.store.label(case)))
-        return images, labels, spacings
-
     @torch.no_grad()
     def _choose_postprocessing(self) -> dict[str, dict]:
         """Per modality, the post-processing that works best on the val cases with the saved
-        (best) weights; stored in each weights file so ``predict`` applies it."""
-        images, labels, spacings = self._val_volumes()
-        choices: dict[str, dict] = {}
-        val_probs: dict[str, list[np.ndarray]] = {}  # for the fused map's choice (same stored grid)
-        for m in self.modalities:
-            path = self.run_dir / "weights" / f"{m}.pt"
-            payload = load_checkpoint(path, "cpu")
-            if self.cfg.postprocess != "auto":
-                spec = check_spec(self.cfg.postprocess)
-                choices[m] = {"choice": {r: spec for r in self.regions} if self.regions else spec,
-                              "chosen_by": "config"}
-            else:
-                net = build_network(payload["network"])
-                net.load_state_dict(payload["state_dict"])
-                net.to(self.device)
-                c = self.store.modality_index(m)
-                probs = [channel_probabilities(net, vol[:, c], self.store.n_classes, self.device, self.precision,
-                                               False) for vol in images]
-                choices[m] = {**choose_channel_postprocess(probs, labels, spacings, self.regions),
-                              "chosen_by": "validation"}
-                val_probs[m] = probs
+        (best) weights, stored in each weights file so ``predict`` applies it; the fused
+        prediction's choice kept for run.json."""
+        fixed = None if self.cfg.postprocess == "auto" else self.cfg.postprocess
+        payloads = {m: load_checkpoint(self.run_dir / "weights" / f"{m}.pt", "cpu") for m in self.modalities}
+        nets: dict[str, torch.nn.Module | None] = dict.fromkeys(self.modalities)  # a configured choice runs none
+        for m, payload in payloads.items():
+            if fixed is None:
+                nets[m] = build_network(payload["network"])
+                nets[m].load_state_dict(payload["state_dict"])
+                nets[m].to(self.device)
+        choices, self.fused_postprocessing = choose_postprocessing(self.store, self.splits.val, nets, self.device,
+                                                                   self.precision, self.regions, fixed)
+        for m, payload in payloads.items():
             payload["postprocessing"] = choices[m]["choice"]
-            atomic_save_torch(payload, path)
-        if self.cfg.postprocess != "auto":
-            self.fused_postprocessing = choose_fused_postprocessing(dict.fromkeys(self.modalities, []), [], [],
-                                                                    fixed=self.cfg.postprocess)
-        else:
-            self.fused_postprocessing = choose_fused_postprocessing(
-                val_probs, labels, spacings, choose=lambda p, y, sp: choose_channel_postprocess(p, y, sp, self.regions)
-            ) if labels else {}
+            atomic_save_torch(payload, self.run_dir / "weights" / f"{m}.pt")
         return choices
 
     def _finish(self, seconds: float) -> dict[str, Any]:

@@ -16,10 +16,12 @@ from torch import nn
 from ..data.store import SliceStore
 from ..evaluation.metrics import dice_score
 from ..hardware import Precision
-from ..inference.postprocess import choose_postprocess
+from ..inference.fusion import choose_fused_postprocessing
+from ..inference.postprocess import check_spec, choose_postprocess
 from ..inference.predictor import predict_planes
 
-__all__ = ["case_channel_dice", "channel_probabilities", "choose_channel_postprocess", "region_means"]
+__all__ = ["case_channel_dice", "channel_probabilities", "choose_channel_postprocess", "choose_postprocessing",
+           "region_means", "val_probabilities"]
 
 
 def channel_probabilities(net: nn.Module, planes: np.ndarray, channels: int, device: torch.device,
@@ -71,3 +73,40 @@ def choose_channel_postprocess(probs: Sequence[np.ndarray], labels: Sequence[np.
              for c, r in enumerate(regions)}
     return {"choice": {r: v["choice"] for r, v in picks.items()},
             "candidates": {r: v["candidates"] for r, v in picks.items()}}
+
+
+def val_probabilities(store: SliceStore, cases: Sequence[str], nets: Mapping[str, nn.Module], device: torch.device,
+                      precision: Precision) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray], list[tuple]]:
+    """Every network on every val case, in the stored frame: (modality -> (Z, C, H, W)
+    probabilities per case, labels (Z, C, H, W) per case, stored spacing per case in mm)."""
+    labels = [store.label_channels(store.label(c)) for c in cases]
+    spacings = [store.cases[c].stored_spacing for c in cases]  # of the stored planes (resampled, resized)
+    probs: dict[str, list[np.ndarray]] = {m: [] for m in nets}
+    for case in cases:  # one case's volume in memory at a time
+        images = store.images(case)
+        for m, net in nets.items():
+            probs[m].append(channel_probabilities(net, images[:, store.modality_index(m)], store.n_classes, device,
+                                                  precision, False))
+    return probs, labels, spacings
+
+
+def choose_postprocessing(store: SliceStore, cases: Sequence[str], nets: Mapping[str, nn.Module | None], device: torch.device,
+                          precision: Precision, regions: Sequence[str], fixed: str | None = None,
+                          fusion_weights: bool = True) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The end-of-training choices, nnU-Net style, on the val ``cases`` with the saved networks:
+    (modality -> ``{"choice", "candidates", "chosen_by"}``, the fused prediction's record per set
+    of modalities). ``fixed``: the configured post-processing instead of a search (no network is
+    run: ``nets`` may map to None); ``fusion_weights=False``: the plain mean for the fused map (as before weights existed)."""
+    if fixed is not None:
+        spec = check_spec(fixed)
+        choices = {m: {"choice": {r: spec for r in regions} if regions else spec, "chosen_by": "config"}
+                   for m in nets}
+        return choices, choose_fused_postprocessing(dict.fromkeys(nets, []), [], [], fixed=fixed)
+    probs, labels, spacings = val_probabilities(store, cases, nets, device, precision)
+    choices = {m: {**choose_channel_postprocess(probs[m], labels, spacings, regions), "chosen_by": "validation"}
+               for m in nets}
+    if not labels:
+        return choices, {}
+    fused = choose_fused_postprocessing(probs, labels, spacings, weights=fusion_weights,
+                                        choose=lambda p, y, sp: choose_channel_postprocess(p, y, sp, regions))
+    return choices, fused
