@@ -324,6 +324,27 @@ def test_a_run_recorded_before_a_setting_existed_stands_but_a_real_change_does_n
     assert "low_resolution" in config_difference(dict(saved, low_resolution=0.25), current)
     assert config_difference(dict(saved, retired_setting=1), current) == "retired_setting: 1 -> None"
     assert config_difference(None, current) is not None
+    # a default changed since: the run recorded before the setting existed did what it meant then
+    # (config.BEFORE_IT_EXISTED), so a grid asking for the new default must retrain it
+    changed = current.model_copy(update={"low_resolution": 0.25})
+    assert config_difference(older, changed) == "low_resolution: 0.0 -> 0.25"
+    assert config_difference(dict(older, low_resolution=0.25), changed) is None
+
+
+def test_settings_a_recorded_configuration_predates_keep_their_meaning_then():
+    from semicml.config import BEFORE_IT_EXISTED, TrainConfig, with_absent_settings
+
+    recorded = {"iterations": 7, "semicml": {"asc_weight": 1.0}}
+    filled = with_absent_settings(recorded)
+    assert filled["low_resolution"] == 0.0 and filled["compile"] is False
+    assert filled["semicml"] == {"asc_weight": 1.0, "asc_channels": "joint"}
+    assert recorded == {"iterations": 7, "semicml": {"asc_weight": 1.0}}  # the record itself untouched
+    assert with_absent_settings({"low_resolution": 0.25})["low_resolution"] == 0.25  # recorded wins
+    for dotted in BEFORE_IT_EXISTED:  # every entry names a real setting
+        node = TrainConfig().model_dump()
+        for key in dotted.split("."):
+            assert key in node, dotted
+            node = node[key]
 
 
 def test_report_only_needs_neither_store_nor_dataset_and_refuses_other_configurations(grid, tmp_path):

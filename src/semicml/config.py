@@ -171,6 +171,34 @@ class TrainConfig(_TrainModel):
         return self
 
 
+# What a setting ABSENT from a recorded configuration meant: the behaviour before the setting
+# existed. A finished run is read through today's schema (benchmark resume and report), so an
+# absent setting would otherwise take today's default; every setting whose default ever differs
+# from the behaviour before it existed must be listed here (dotted path -> value).
+BEFORE_IT_EXISTED: dict[str, Any] = {
+    "low_resolution": 0.0,
+    "compile": False,
+    "semicml.asc_channels": "joint",
+}
+
+
+def with_absent_settings(recorded: dict[str, Any]) -> dict[str, Any]:
+    """``recorded`` (a run's configuration as saved) with each setting it predates filled in as
+    :data:`BEFORE_IT_EXISTED` says, so that reading it through today's schema keeps its meaning."""
+    out = dict(recorded)
+    for dotted, value in BEFORE_IT_EXISTED.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                break
+            node[key] = dict(node[key])
+            node = node[key]
+        else:
+            node.setdefault(leaf, value)
+    return out
+
+
 # Named overrides. "paper" is the reference recipe; "cpu" fits a laptop / 2-core CI budget;
 # "tiny" exists for tests and smoke runs only.
 PROFILES: dict[str, dict[str, Any]] = {

@@ -16,6 +16,7 @@ import yaml
 
 from semicml.benchmark.config import BenchmarkConfig, MethodEntry
 from semicml.benchmark.tables import RESULT_COLUMNS, summary_line, write_results, write_tables
+from semicml.config import with_absent_settings
 from semicml.errors import ConfigError, DataError, SemicmlError
 from semicml.evaluation.metrics import METRICS
 from semicml.io_utils import atomic_write_json, atomic_write_text
@@ -93,8 +94,9 @@ def _prepare(cfg: BenchmarkConfig, out: Path, dataset: Path, store: Path, progre
 def config_difference(saved: Any, current: Any) -> str | None:
     """Where a finished run's recorded configuration differs from ``current`` (a TrainConfig);
     None when they are the same. A run recorded before a setting existed is read through today's
-    schema first, so that setting takes its default: every added setting's default keeps the
-    behaviour runs had before it (low_resolution 0, compile off, ...), so the finished run stands."""
+    schema first, the setting taking the value that meant the behaviour before it
+    (``config.BEFORE_IT_EXISTED``), else its default; so the finished run stands exactly when
+    today's grid asks for what it did."""
     from pydantic import ValidationError
 
     now = current.model_dump(mode="json")
@@ -102,10 +104,11 @@ def config_difference(saved: Any, current: Any) -> str | None:
         return None
     if isinstance(saved, dict):
         try:
-            if type(current).model_validate(saved).model_dump(mode="json") == now:
-                return None
+            read = type(current).model_validate(with_absent_settings(saved)).model_dump(mode="json")
         except ValidationError:  # a setting renamed or removed since: a real difference
-            pass
+            read = None
+        if read is not None:
+            return None if read == now else first_difference(read, now)
     return first_difference(saved, now)
 
 
