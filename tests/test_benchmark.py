@@ -276,6 +276,16 @@ def test_cross_validation_tests_every_patient_once_and_compares_per_patient(grid
     moved = run_benchmark(cfg, progress=False, echo=lambda line: None)
     assert {r["action"] for r in moved} == {"skipped"} and all(r["status"] == "ok" for r in moved)
     assert all(r["status"] == "ok" for r in report_benchmark(cfg, echo=lambda line: None))
+    # ...but runs copied into a grid whose folds hold other patients are not its runs
+    import shutil
+
+    shutil.copytree(tmp_path / "moved", tmp_path / "other")
+    f0, f1 = (json.loads((tmp_path / "other" / "splits" / f"fold{k}.json").read_text()) for k in (0, 1))
+    for k, (a, b) in enumerate(((f0, f1), (f1, f0))):
+        swapped = dict(a, test=b["test"], train=sorted(set(a["train"]) - set(b["test"])) + a["test"])
+        (tmp_path / "other" / "splits" / f"fold{k}.json").write_text(json.dumps(swapped))
+    other = report_benchmark(cfg.model_copy(update={"out": str(tmp_path / "other")}), echo=lambda line: None)
+    assert other and all(r["status"].startswith("failed: ") and "splits" in r["status"] for r in other)
 
 
 def test_cross_validation_and_fixed_splits_are_exclusive(tmp_path):
@@ -331,13 +341,28 @@ def test_a_run_recorded_before_a_setting_existed_stands_but_a_real_change_does_n
     assert config_difference(dict(older, low_resolution=0.25), changed) is None
 
 
+def test_a_default_that_changed_retrains_the_runs_recorded_before_the_setting(monkeypatch):
+    """Had low_resolution existed with P = 0.5 meaning 'before', a record without the key is P = 0.5:
+    today's grid (default 0.0) must not take it as its own run, and a grid at 0.5 must."""
+    from semicml import config as config_module
+    from semicml.benchmark.runner import config_difference
+    from semicml.config import build_config
+
+    monkeypatch.setitem(config_module.BEFORE_IT_EXISTED, "low_resolution", 0.5)
+    current = build_config(profile="tiny", overrides={"method": "semicml-prel"})
+    older = {k: v for k, v in current.model_dump(mode="json").items() if k != "low_resolution"}
+    assert config_difference(older, current) == "low_resolution: 0.5 -> 0.0"
+    assert config_difference(older, current.model_copy(update={"low_resolution": 0.5})) is None
+
+
 def test_settings_a_recorded_configuration_predates_keep_their_meaning_then():
     from semicml.config import BEFORE_IT_EXISTED, TrainConfig, with_absent_settings
 
     recorded = {"iterations": 7, "semicml": {"asc_weight": 1.0}}
     filled = with_absent_settings(recorded)
     assert filled["low_resolution"] == 0.0 and filled["compile"] is False
-    assert filled["semicml"] == {"asc_weight": 1.0, "asc_channels": "joint"}
+    assert filled["semicml"]["asc_weight"] == 1.0 and filled["semicml"]["asc_channels"] == "joint"
+    assert filled["semicml"]["dice_reduction"] == "slice" and "model" not in filled  # no section invented
     assert recorded == {"iterations": 7, "semicml": {"asc_weight": 1.0}}  # the record itself untouched
     assert with_absent_settings({"low_resolution": 0.25})["low_resolution"] == 0.25  # recorded wins
     for dotted in BEFORE_IT_EXISTED:  # every entry names a real setting

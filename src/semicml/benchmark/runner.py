@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import traceback
@@ -112,15 +113,40 @@ def config_difference(saved: Any, current: Any) -> str | None:
     return first_difference(saved, now)
 
 
-def _grid_folds_moved(saved: Any, fold: int | None, splits: str | None) -> Any:
+def _split_sets(split: Any) -> dict[str, list[str]] | None:
+    if not isinstance(split, dict):
+        return None
+    return {k: sorted(map(str, split.get(k) or [])) for k in ("train", "val", "test")}
+
+
+def _run_split(run_dir: Path) -> dict[str, list[str]] | None:
+    """The patients a run was trained, selected and tested on: its splits.json (written at its
+    start), else its run.json (exported grids keep only that)."""
+    for name, pick in (("splits.json", lambda d: d), ("run.json", lambda d: d.get("splits"))):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                return _split_sets(pick(json.loads(path.read_text())))
+            except (OSError, ValueError, AttributeError):
+                return None
+    return None
+
+
+def _grid_folds_moved(saved: Any, fold: int | None, splits: str | None, run_dir: Path) -> Any:
     """A fold's splits file lives in the grid's own ``splits/`` folder, recorded by absolute path;
-    a grid copied or moved elsewhere records the old place. The fold's CONTENT is what matters (and
-    ``_fold_splits`` refuses a resume under other folds), so the recorded path is rebased."""
+    a grid copied or moved elsewhere records the old place. The recorded path is rebased onto this
+    grid's fold file only when the run used exactly that fold's patients (a run copied in from a
+    grid with other folds keeps its old path, so it reads as a different configuration)."""
     if fold is None or splits is None or not isinstance(saved, dict) or not isinstance(saved.get("splits"), str):
         return saved
-    if Path(saved["splits"]).parts[-2:] == ("splits", f"fold{fold}.json"):
-        return dict(saved, splits=splits)
-    return saved
+    if saved["splits"] == splits or re.split(r"[\\/]", saved["splits"])[-2:] != ["splits", f"fold{fold}.json"]:
+        return saved
+    try:
+        grid_fold = _split_sets(json.loads(Path(splits).read_text()))
+    except (OSError, ValueError):
+        return saved
+    run = _run_split(run_dir)
+    return dict(saved, splits=splits) if run is not None and run == grid_fold else saved
 
 
 def first_difference(old: Any, new: Any, where: str = "") -> str:
@@ -167,7 +193,7 @@ def _fold_splits(cfg: BenchmarkConfig, store, out: Path) -> dict[int, str]:
 
 
 def _train_and_evaluate(tcfg, store, dataset: Path, run_dir: Path, progress: bool,
-                        fused: bool = False) -> tuple[str, dict, dict]:
+                        fused: bool = False, fold: int | None = None) -> tuple[str, dict, dict]:
     """Train (fresh or resumed) and evaluate one run; returns (action, run info, metrics per modality)."""
     from semicml.engine.trainer import Trainer
     from semicml.pipeline import evaluate_run
@@ -176,7 +202,8 @@ def _train_and_evaluate(tcfg, store, dataset: Path, run_dir: Path, progress: boo
     resume = (run_dir / "checkpoint.pt").is_file()
     if resume:
         saved = run_dir / "config.yaml"
-        old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+        old = _grid_folds_moved(yaml.safe_load(saved.read_text()) if saved.is_file() else None, fold,
+                                tcfg.splits, run_dir)
         if old != current:
             why = first_difference(old, current) if isinstance(old, dict) else "no config.yaml"
             raise ConfigError(f"holds a run with a different configuration ({why}); delete it or use another out",
@@ -247,7 +274,7 @@ def report_benchmark(cfg: BenchmarkConfig, echo: Callable[[str], None] | None = 
                 continue
             done = json.loads(marker.read_text())
             splits = fixed if fold is None else str(out / "splits" / f"fold{fold}.json")
-            why = config_difference(_grid_folds_moved(done.get("config"), fold, splits),
+            why = config_difference(_grid_folds_moved(done.get("config"), fold, splits, out / run_rel),
                                     cfg.train_config(entry, seed, splits))
             status = (f"failed: {out / run_rel}: finished run has a different configuration ({why})" if why
                       else None)
@@ -400,7 +427,7 @@ def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset
             modalities = [store.modalities[store.modality_index(m)] for m in tcfg.modalities]
         if marker.is_file():
             done = json.loads(marker.read_text())
-            why = config_difference(_grid_folds_moved(done.get("config"), fold, splits), tcfg)
+            why = config_difference(_grid_folds_moved(done.get("config"), fold, splits, run_dir), tcfg)
             if why:
                 raise ConfigError(f"finished run has a different configuration ({why}); delete it or use another out",
                                   run_dir)
@@ -411,7 +438,7 @@ def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset
         if not selected:
             return []
         t0 = time.time()
-        action, info, metrics = _train_and_evaluate(tcfg, store, dataset, run_dir, progress, cfg.fused)
+        action, info, metrics = _train_and_evaluate(tcfg, store, dataset, run_dir, progress, cfg.fused, fold)
         seconds = round(time.time() - t0, 1)
         rows = []
         for m in metrics:  # each modality alone, then the fused prediction when asked for
