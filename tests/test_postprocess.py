@@ -59,6 +59,21 @@ def test_choice_prefers_dice_then_lower_hd95():
     assert choose_postprocess([wrong], [ref], [(1, 1, 1)])["choice"] != "largest"
 
 
+def test_when_dice_and_hd95_tie_the_fewest_components_win():
+    """A big tumour and two one-voxel specks: removing them changes Dice by < 1e-4 and HD95 not at
+    all, but a reader sees three objects instead of one; the mildest candidate that removes them
+    wins (the rule before counted only HD95 and kept 'none')."""
+    ref = np.zeros((40, 40, 40), bool)
+    ref[5:25, 5:25, 5:25] = True  # 8000 voxels
+    prob = ref.astype(np.float32) * 0.9
+    prob[37, 37, 37] = prob[37, 2, 37] = 0.9
+    out = choose_postprocess([prob], [ref], [(1, 1, 1)])
+    scores = out["candidates"]
+    assert scores["none"]["dice"] > scores["min-size:100"]["dice"] - 1e-3 and scores["none"]["components"] == 3
+    assert abs(scores["none"]["hd95"] - scores["min-size:100"]["hd95"]) <= 1.0
+    assert out["choice"] == "min-size:100"
+
+
 def test_a_component_of_exactly_the_minimum_size_is_kept():
     m = _mask()  # islands of 8 voxels and 1 voxel
     assert apply_postprocess(m, "min-size:16", (1, 1, 2)).sum() == 216 + 8  # 8 x 2 mm^3 = 16: not smaller

@@ -30,9 +30,12 @@ MIN_SIZE_PREFIX = "min-size:"
 # Sizes in mm^3 (about voxels at 1 mm): a small enhancing focus is ~100 mm^3, islands seen on
 # unseen BraTS scans ranged from a few voxels to a few thousand.
 CANDIDATES: tuple[str, ...] = (NONE, "min-size:100", "min-size:1000", "min-size:5000", LARGEST)
-# Candidates whose validation Dice is within this of the best are equal; the one with the lowest
-# HD95 wins (far islands cost little Dice but are what a reader sees first).
+# Candidates whose validation Dice is within this of the best are equal; among them the lowest
+# HD95 wins (far islands cost little Dice but are what a reader sees first), HD95s within
+# HD95_TOLERANCE_MM (a voxel at BraTS's 1 mm) being equal too; then the fewest components (what
+# the reader counts), then the mildest candidate.
 DICE_TOLERANCE = 0.005
+HD95_TOLERANCE_MM = 1.0
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -74,8 +77,9 @@ def apply_postprocess(mask: np.ndarray, spec: str, spacing: Sequence[float]) -> 
 def choose_postprocess(probabilities: Sequence[np.ndarray], references: Sequence[np.ndarray],
                        spacings: Sequence[Sequence[float]], threshold: float = 0.5,
                        candidates: Sequence[str] = CANDIDATES) -> dict:
-    """Pick the candidate with the best mean validation Dice (ties within ``DICE_TOLERANCE``: the
-    lowest mean HD95, then the earliest, i.e. the mildest, candidate).
+    """Pick the candidate with the best mean validation Dice; among those within ``DICE_TOLERANCE``
+    of it, the lowest mean HD95 (within ``HD95_TOLERANCE_MM`` counts as equal), then the fewest
+    mean components, then the earliest, i.e. the mildest, candidate.
 
     Returns ``{"choice": spec, "candidates": {spec: {"dice": .., "hd95": .., "components": ..}}}``.
     """
@@ -92,5 +96,7 @@ def choose_postprocess(probabilities: Sequence[np.ndarray], references: Sequence
         scores[spec] = {"dice": dice, "hd95": hd95, "components": comps}
     best_dice = max(s["dice"] for s in scores.values())
     close = [spec for spec in candidates if scores[spec]["dice"] >= best_dice - DICE_TOLERANCE]
-    choice = min(close, key=lambda spec: (scores[spec]["hd95"], candidates.index(spec)))
+    best_hd95 = min(scores[spec]["hd95"] for spec in close)
+    near = [spec for spec in close if scores[spec]["hd95"] <= best_hd95 + HD95_TOLERANCE_MM]
+    choice = min(near, key=lambda spec: (scores[spec]["components"], candidates.index(spec)))
     return {"choice": choice, "candidates": scores}
