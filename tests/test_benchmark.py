@@ -323,7 +323,7 @@ def test_a_run_recorded_before_a_setting_existed_stands_but_a_real_change_does_n
     from semicml.benchmark.runner import config_difference
     from semicml.config import build_config
 
-    current = build_config(profile="tiny", overrides={"method": "semicml-prel"})
+    current = build_config(profile="tiny", overrides={"method": "semicml-prel", "low_resolution": 0.0})
     saved = current.model_dump(mode="json")
     assert config_difference(saved, current) is None
     older = {k: v for k, v in saved.items() if k not in ("low_resolution", "compile")}  # recorded before they existed
@@ -334,16 +334,18 @@ def test_a_run_recorded_before_a_setting_existed_stands_but_a_real_change_does_n
     assert "low_resolution" in config_difference(dict(saved, low_resolution=0.25), current)
     assert config_difference(dict(saved, retired_setting=1), current) == "retired_setting: 1 -> None"
     assert config_difference(None, current) is not None
-    # a default changed since: the run recorded before the setting existed did what it meant then
-    # (config.BEFORE_IT_EXISTED), so a grid asking for the new default must retrain it
-    changed = current.model_copy(update={"low_resolution": 0.25})
-    assert config_difference(older, changed) == "low_resolution: 0.0 -> 0.25"
-    assert config_difference(dict(older, low_resolution=0.25), changed) is None
+    # the default changed since (low_resolution 0 -> 0.25, issue 10): the run recorded before the
+    # setting existed did what it meant then (config.BEFORE_IT_EXISTED), so a grid on today's
+    # default must retrain it, never re-label it
+    today = build_config(profile="tiny", overrides={"method": "semicml-prel"})
+    assert today.low_resolution == 0.25
+    assert config_difference(older, today) == "low_resolution: 0.0 -> 0.25"
+    assert config_difference(dict(older, low_resolution=0.25), today) is None
 
 
 def test_a_default_that_changed_retrains_the_runs_recorded_before_the_setting(monkeypatch):
     """Had low_resolution existed with P = 0.5 meaning 'before', a record without the key is P = 0.5:
-    today's grid (default 0.0) must not take it as its own run, and a grid at 0.5 must."""
+    today's grid (default 0.25) must not take it as its own run, and a grid at 0.5 must."""
     from semicml import config as config_module
     from semicml.benchmark.runner import config_difference
     from semicml.config import build_config
@@ -351,7 +353,7 @@ def test_a_default_that_changed_retrains_the_runs_recorded_before_the_setting(mo
     monkeypatch.setitem(config_module.BEFORE_IT_EXISTED, "low_resolution", 0.5)
     current = build_config(profile="tiny", overrides={"method": "semicml-prel"})
     older = {k: v for k, v in current.model_dump(mode="json").items() if k != "low_resolution"}
-    assert config_difference(older, current) == "low_resolution: 0.5 -> 0.0"
+    assert config_difference(older, current) == "low_resolution: 0.5 -> 0.25"
     assert config_difference(older, current.model_copy(update={"low_resolution": 0.5})) is None
 
 

@@ -129,7 +129,7 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
           num_workers: Optional[int] = typer.Option(None, help="DataLoader workers"),
           augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="paired augmentation"),
           low_resolution: Optional[float] = typer.Option(None, help="probability of a simulated coarser acquisition "
-                                                         "per modality and slice (robustness to coarse scans)"),
+                                                         "per modality and slice (robustness to coarse scans; default 0.25, 0 = off)"),
           sync_batchnorm: Optional[bool] = typer.Option(None, "--sync-batchnorm/--no-sync-batchnorm",
                                                         help="under torchrun: BatchNorm statistics over the global "
                                                         "batch (default: on with more than one process)"),
