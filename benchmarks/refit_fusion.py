@@ -28,14 +28,13 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def refit(run: Path, device_name: str = "cpu", plain_mean: bool = False) -> tuple[dict, list[str]]:
     """(the new ``postprocessing_fused`` record, the run's region names; [] for a binary target)."""
-    from semicml.checkpoint import load_checkpoint
     from semicml.data.store import SliceStore
     from semicml.engine.validation import choose_channel_postprocess, val_probabilities
     from semicml.errors import DataError
     from semicml.hardware import resolve_device, resolve_precision
     from semicml.inference.fusion import choose_fused_postprocessing
     from semicml.io_utils import atomic_write_json
-    from semicml.models import build_network
+    from semicml.inference.weights import load_weights
 
     info_path = run / "run.json"
     if not info_path.is_file():
@@ -44,12 +43,7 @@ def refit(run: Path, device_name: str = "cpu", plain_mean: bool = False) -> tupl
     store = SliceStore(info["store"])
     regions = list(info.get("target", {}).get("classes", [])) if info.get("target", {}).get("regions") else []
     device = resolve_device(device_name)
-    nets = {}
-    for m in info["modalities"]:
-        payload = load_checkpoint(run / "weights" / f"{m}.pt", "cpu")
-        nets[m] = build_network(payload["network"])
-        nets[m].load_state_dict(payload["state_dict"])
-        nets[m].to(device)
+    nets = {m: load_weights(run, m, device)[0] for m in info["modalities"]}
     # the trainer's own helper, so the refit sees exactly what training's choice saw (fp32 here)
     probs, labels, spacings = val_probabilities(store, info["splits"]["val"], nets, device,
                                                 resolve_precision("fp32", device))

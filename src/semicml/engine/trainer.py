@@ -42,6 +42,7 @@ from ..data.splits import Splits, load_or_make_subset, load_splits, make_splits,
 from ..data.store import SliceStore
 from ..errors import ConfigError, DataError
 from ..hardware import resolve_precision
+from ..inference.weights import load_weights
 from ..io_utils import atomic_save_torch, atomic_write_json, atomic_write_text
 from ..locking import ensure_free, exclusive
 from ..methods.base import Method, MethodContext, get_method
@@ -409,13 +410,13 @@ class Trainer:
         (best) weights, stored in each weights file so ``predict`` applies it; the fused
         prediction's choice kept for run.json."""
         fixed = None if self.cfg.postprocess == "auto" else self.cfg.postprocess
-        payloads = {m: load_checkpoint(self.run_dir / "weights" / f"{m}.pt", "cpu") for m in self.modalities}
+        payloads: dict[str, dict] = {}
         nets: dict[str, torch.nn.Module | None] = dict.fromkeys(self.modalities)  # a configured choice runs none
-        for m, payload in payloads.items():
+        for m in self.modalities:
             if fixed is None:
-                nets[m] = build_network(payload["network"])
-                nets[m].load_state_dict(payload["state_dict"])
-                nets[m].to(self.device)
+                nets[m], payloads[m] = load_weights(self.run_dir, m, self.device)
+            else:
+                payloads[m] = load_checkpoint(self.run_dir / "weights" / f"{m}.pt", "cpu")
         choices, self.fused_postprocessing = choose_postprocessing(self.store, self.splits.val, nets, self.device,
                                                                    self.precision, self.regions, fixed)
         for m, payload in payloads.items():
