@@ -76,3 +76,24 @@ def test_worst_row_is_worst_even_for_an_empty_reference():
     assert row["dice"] == row["jaccard"] == row["precision"] == row["sensitivity"] == 0.0
     assert row["hd95"] == row["asd"] == volume_diagonal_mm(ref.shape, (1.0, 2.0, 3.0))
     assert set(METRICS) <= set(row)  # every metric, so the summary can average it with the found cases
+
+
+def test_evaluation_needs_only_the_label_not_an_image_on_its_grid(perfect, phantom_root, tmp_path, monkeypatch, capsys):
+    """The first modality stored on a cropped grid (another image grid than the label's) used to
+    stop the evaluation with 'label shape differs'; scoring needs the label and the prediction only."""
+    import shutil
+
+    root = tmp_path / "raw"
+    shutil.copytree(phantom_root, root)
+    case = phantom_case_ids(phantom_root)[0]
+    image = root / "imagesTr" / f"{case}_0000.nii.gz"
+    img = nib.load(str(image))
+    data = np.asarray(img.dataobj)[2:-2, 3:-1]  # cropped, origin moved so that world space agrees
+    affine = img.affine.copy()
+    affine[:3, 3] = img.affine[:3, :3] @ np.array([2, 3, 0]) + img.affine[:3, 3]
+    nib.save(nib.Nifti1Image(data, affine), str(image))
+    rc, _, err = run_cli(["evaluate", "--pred", perfect, "--ref", root, "--out", tmp_path / "ev", "--cases", case],
+                         monkeypatch, capsys)
+    assert rc == 0, err
+    report = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert report["mean"]["dice"] == pytest.approx(1.0)

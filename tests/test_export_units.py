@@ -20,6 +20,7 @@ import torch
 
 import semicml.data.store as store_mod
 from semicml import __version__
+from semicml.data.orientation import IDENTITY, InPlaneOrientation
 from semicml.errors import ConfigError, DataError
 from semicml.inference import export
 from semicml.inference.export import (
@@ -109,7 +110,7 @@ def test_model_format_of_another_file_is_a_one_line_error(name):
 
 # --------------------------------------------------------------------------- the metadata record
 class FakeStore:
-    """SliceStore stand-in: case -> metadata with ``spacing`` and ``axial_axis``."""
+    """SliceStore stand-in: case -> metadata with ``spacing``, ``axial_axis`` and ``orientation``."""
 
     opened: list[str] = []
 
@@ -117,10 +118,11 @@ class FakeStore:
         FakeStore.opened.append(path)
         meta = SimpleNamespace
         self.cases = {
-            "a": meta(spacing=(1.0, 2.0, 3.0), axial_axis=2),       # axial last: (1, 2 | 3)
-            "b": meta(spacing=(4.0, 0.123456, 1.0), axial_axis=0),  # axial first: (0.123456, 1 | 4)
-            "c": meta(spacing=(0.1, 9.0, 2.5), axial_axis=1),       # axial middle: (0.1, 2.5 | 9)
-            "val": meta(spacing=(50.0, 50.0, 50.0), axial_axis=2),  # not a training case
+            "a": meta(spacing=(1.0, 2.0, 3.0), axial_axis=2, orientation=IDENTITY),       # (1, 2 | 3)
+            "b": meta(spacing=(4.0, 0.123456, 1.0), axial_axis=0, orientation=IDENTITY),  # axial first: (0.123456, 1 | 4)
+            # axial middle, in-plane axes stored swapped against the store's orientation: (2.5, 0.1 | 9)
+            "c": meta(spacing=(0.1, 9.0, 2.5), axial_axis=1, orientation=InPlaneOrientation(True, (False, False))),
+            "val": meta(spacing=(50.0, 50.0, 50.0), axial_axis=2, orientation=IDENTITY),  # not a training case
         }
 
 
@@ -130,11 +132,11 @@ def test_training_spacing_is_the_median_of_the_training_cases_axial_last(tmp_pat
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"store": "/stores/s1", "splits": {"train": ["a", "b", "c", "gone"]}}))
-    # medians of (1, 0.123456, 0.1), (2, 1, 2.5), (3, 4, 9), rounded to 4 decimals
-    assert export._training_spacing(run) == [0.1235, 2.0, 4.0]
+    # medians of (1, 0.123456, 2.5), (2, 1, 0.1), (3, 4, 9), rounded to 4 decimals
+    assert export._training_spacing(run) == [1.0, 1.0, 4.0]
     assert FakeStore.opened == ["/stores/s1"]
     (run / "run.json").write_text(json.dumps({"store": "/s", "splits": {"train": ["a", "c"]}}))
-    assert export._training_spacing(run) == [0.55, 2.25, 6.0]  # an even count: the mean of the middle two
+    assert export._training_spacing(run) == [1.75, 1.05, 6.0]  # an even count: the mean of the middle two
     (run / "run.json").write_text(json.dumps({"store": "/s", "splits": {"train": ["gone"]}}))
     assert export._training_spacing(run) is None  # no training case left in the store
     (run / "run.json").unlink()

@@ -41,6 +41,7 @@ from .normalisation import (
     sample_foreground,
     scheme_for_channel,
 )
+from .orientation import InPlaneOrientation, dataset_orientation, in_plane_codes, orientation_to
 from .preprocess import axial_axis, extract_planes, foreground_box, resample_normalised, to_axial_last
 from .readers import DatasetInfo, match_modality, open_dataset, read_case
 from .readers.nifti import header_affine
@@ -96,6 +97,7 @@ class Plan:
     spacing: dict[str, Any]  # in_plane_mm (None: keep), rule, cases
     normalisation: dict[str, dict[str, Any]] = field(default_factory=dict)
     normalisation_schemes: dict[str, str] = field(default_factory=dict)  # known before the statistics
+    orientation: dict[str, Any] = field(default_factory=dict)  # in_plane codes every case is turned to, rule
 
 
 def _check_options(opts: PrepareOptions) -> None:
@@ -138,6 +140,22 @@ def _header_spacing(info: DatasetInfo, case_id: str, modality: str) -> list[floa
     return list(in_plane_spacing(affine, axial_axis(affine)))
 
 
+def _header_codes(info: DatasetInfo, case_id: str, modality: str) -> tuple[str, str] | None:
+    path = info.image_files[case_id].get(modality)
+    if path is None:
+        return None
+    affine = header_affine(path, f"{modality} image")
+    return in_plane_codes(affine, axial_axis(affine))
+
+
+def _plan_orientation(info: DatasetInfo, modality: str) -> dict[str, Any]:
+    codes, count, named = dataset_orientation(_header_codes(info, c, modality) for c in info.case_ids)
+    if codes is None:
+        return {"in_plane": None, "rule": "no case's in-plane orientation could be named: slices in file order"}
+    return {"in_plane": codes, "rule": f"most common in-plane orientation of the cases' {modality} images "
+                                       f"({count} of {named})"}
+
+
 def _serial(fn, args_list):
     return [fn(*a) for a in args_list]
 
@@ -162,7 +180,8 @@ def plan_dataset(info: DatasetInfo, modalities: list[str], target: Target, opts:
         spacing = {"in_plane_mm": float(opts.spacing), "rule": "given"}
     schemes = _schemes(modalities, opts.normalisation)
     plan = Plan(modalities=list(modalities), target=target_json, spacing=spacing,
-                normalisation_schemes={m: s for m, (s, _) in schemes.items()})
+                normalisation_schemes={m: s for m, (s, _) in schemes.items()},
+                orientation=_plan_orientation(info, modalities[0]))
     global_mods = [m for m, (s, _) in schemes.items() if s in GLOBAL_SCHEMES]
     samples: dict[str, list[np.ndarray]] = {}
     stats_from = ""
@@ -205,19 +224,27 @@ def _merge(parts) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def _load(root: str, fmt: str, case_id: str, modalities: list[str], with_label: bool):
+def _load(root: str, fmt: str, case_id: str, plan: Plan, with_label: bool):
+    """(case, its axial axis, its in-plane orientation, the images axial-last in the dataset's
+    orientation). Labels go through ``_turned`` the same way."""
     info = open_dataset(root, fmt)
-    case = read_case(info, case_id, modalities, with_label=with_label and info.labeled.get(case_id, False),
+    case = read_case(info, case_id, plan.modalities, with_label=with_label and info.labeled.get(case_id, False),
                      coregister=True)
     axis = axial_axis(case.affine)
-    return info, case, axis, {m: to_axial_last(v, axis) for m, v in case.images.items()}
+    turn = orientation_to(case.affine, axis, plan.orientation.get("in_plane"))
+    return case, axis, turn, {m: _turned(v, axis, turn) for m, v in case.images.items()}
+
+
+def _turned(volume: np.ndarray, axis: int, turn: InPlaneOrientation) -> np.ndarray:
+    return np.ascontiguousarray(turn.apply(to_axial_last(volume, axis))) if not turn.identity else \
+        to_axial_last(volume, axis)
 
 
 def sample_case(root: str, fmt: str, case_id: str, plan: Plan, global_mods: list[str],
                 body: bool = False) -> dict[str, np.ndarray]:
     """Foreground intensities of one case for the global schemes: the voxels of the target
     (nnU-Net's rule) or, with ``body``, of the body mask."""
-    _, case, axis, vols = _load(root, fmt, case_id, plan.modalities, with_label=not body)
+    case, axis, turn, vols = _load(root, fmt, case_id, plan, with_label=not body)
     seed = int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:4], "little")
     out = {}
     for m in global_mods:
@@ -227,7 +254,7 @@ def sample_case(root: str, fmt: str, case_id: str, plan: Plan, global_mods: list
         elif case.label is None:
             continue
         else:
-            fg = apply_target(to_axial_last(case.label, axis), Target(**plan.target)) > 0
+            fg = apply_target(_turned(case.label, axis, turn), Target(**plan.target)) > 0
         out[m] = sample_foreground(vols[m], fg, seed)
     return out
 
@@ -235,15 +262,16 @@ def sample_case(root: str, fmt: str, case_id: str, plan: Plan, global_mods: list
 def prepare_case(root: str, fmt: str, case_id: str, plan: Plan, opts: PrepareOptions, out_dir: str) -> dict:
     """Read, co-register, normalise, resample and crop one case; write its arrays; return its metadata."""
     modalities = plan.modalities
-    _, case, axis, vols = _load(root, fmt, case_id, modalities, with_label=True)
+    case, axis, turn, vols = _load(root, fmt, case_id, plan, with_label=True)
     ref = modalities[0]
-    grid = plan_in_plane(vols[ref].shape[:2], in_plane_spacing(case.affine, axis), plan.spacing["in_plane_mm"])
+    grid = plan_in_plane(vols[ref].shape[:2], turn.pair(in_plane_spacing(case.affine, axis)),
+                         plan.spacing["in_plane_mm"])
     normed = {m: normalise_volume(vols[m], plan.normalisation[m]) for m in modalities}
     del vols
     classes = None
     if case.label is not None:
         target = Target(**plan.target)
-        classes = apply_target(to_axial_last(case.label, axis), target)
+        classes = apply_target(_turned(case.label, axis, turn), target)
         if not grid.identity and target.regions:
             # Region bit masks: resample the distinct combinations (= the raw labels' classes).
             values, codes = np.unique(classes, return_inverse=True)
@@ -269,6 +297,7 @@ def prepare_case(root: str, fmt: str, case_id: str, plan: Plan, opts: PrepareOpt
         "case_id": case_id,
         "shape": list(case.shape),
         "axial_axis": axis,
+        **({} if turn.identity else {"orientation": turn.to_json()}),
         "affine": np.asarray(case.affine).tolist(),
         "spacing": [float(s) for s in case.spacing],
         "grid": grid.to_json(),

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import InPlaneGrid, in_plane_spacing, plan_in_plane, resample_in_plane, restore_in_plane
+from .orientation import IDENTITY, InPlaneOrientation, orientation_to
 from .normalisation import (
     CLIP_PERCENTILES,
     Normalisation,
@@ -218,6 +219,7 @@ class NetworkFrame:
     axis: int  # the input's axial array axis
     grid: InPlaneGrid  # input planes -> resampled planes
     box: InPlaneBox  # where ``planes`` sit on the resampled axial-last grid
+    turn: InPlaneOrientation = IDENTITY  # the input's in-plane axes -> the training orientation
 
     def restore(self, probs: np.ndarray) -> np.ndarray:
         """(Z, H, W) probabilities -> the input's voxel grid and axis order. Resampled linearly
@@ -225,7 +227,7 @@ class NetworkFrame:
         if np.ndim(probs) == 4:
             return np.stack([self.restore(np.asarray(probs)[:, c]) for c in range(np.shape(probs)[1])])
         on_grid = paste_planes(np.asarray(probs).transpose(1, 2, 0), self.box, self.grid.resampled)
-        return from_axial_last(restore_in_plane(on_grid, self.grid, order=1), self.axis)
+        return from_axial_last(self.turn.undo(restore_in_plane(on_grid, self.grid, order=1)), self.axis)
 
 
 def network_frame(image: np.ndarray, affine: np.ndarray, preprocessing: dict, modality: str,
@@ -234,13 +236,14 @@ def network_frame(image: np.ndarray, affine: np.ndarray, preprocessing: dict, mo
     to the training spacing, then take the whole slice padded to ``multiple`` (crop stores) or the
     body box resized (resize stores)."""
     axis = axial_axis(affine)
-    vol = to_axial_last(image, axis)
+    turn = orientation_to(affine, axis, (preprocessing.get("orientation") or {}).get("in_plane"))
+    vol = turn.apply(to_axial_last(image, axis))
     norm = normalise_volume(vol, modality_normalisation(preprocessing, modality))
-    grid = plan_in_plane(vol.shape[:2], in_plane_spacing(affine, axis), target_spacing(preprocessing))
+    grid = plan_in_plane(vol.shape[:2], turn.pair(in_plane_spacing(affine, axis)), target_spacing(preprocessing))
     normed, mask = resample_normalised(norm, grid)
     if preprocessing["in_plane"] == "crop":
         box = whole_plane_box(grid.resampled, multiple)
     else:
         box = foreground_box(normed, int(preprocessing["size"]), preprocessing["in_plane"], mask=mask)
     planes = extract_planes(normed, box, fill=norm.fill).transpose(2, 0, 1)
-    return NetworkFrame(np.ascontiguousarray(planes, dtype=np.float32), axis, grid, box)
+    return NetworkFrame(np.ascontiguousarray(planes, dtype=np.float32), axis, grid, box, turn)

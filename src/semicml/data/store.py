@@ -31,6 +31,7 @@ from ..errors import DataError
 from ..io_utils import atomic_write_text
 from ..locking import exclusive
 from .geometry import InPlaneGrid, resample_in_plane, restore_in_plane
+from .orientation import IDENTITY, InPlaneOrientation
 from .prepare import PrepareOptions, plan_dataset, prepare_case
 from .preprocess import InPlaneBox, extract_planes, from_axial_last, paste_planes, to_axial_last
 from .readers import open_dataset, resolve_modalities
@@ -101,6 +102,7 @@ def _prepare_locked(input_root: str | Path, out: Path, opts: PrepareOptions, fmt
             "size": opts.size,
             "in_plane": opts.in_plane,
             "spacing": plan.spacing,
+            "orientation": plan.orientation,
             "normalisation": plan.normalisation,
             "cases": [metas[c] for c in info.case_ids],
         }
@@ -125,7 +127,9 @@ def _prepare_locked(input_root: str | Path, out: Path, opts: PrepareOptions, fmt
 class CaseMeta:
     """A stored case. ``shape`` / ``affine`` / ``spacing``: its reference volume as read (array
     axis order); ``grid``: its in-plane resampling (None in stores made before it existed);
-    ``box``: where the stored planes sit on the resampled axial-last grid."""
+    ``box``: where the stored planes sit on the resampled axial-last grid; ``orientation``: how
+    its axial-last in-plane axes were turned to the store's orientation (identity when they were
+    stored that way already, and in stores made before orientations were recorded)."""
 
     case_id: str
     shape: tuple[int, int, int]
@@ -138,6 +142,7 @@ class CaseMeta:
     nonempty_slices: list[int]
     foreground_slices: list[int]
     grid: InPlaneGrid | None = None
+    orientation: InPlaneOrientation = IDENTITY
 
     @classmethod
     def from_json(cls, d: dict) -> "CaseMeta":
@@ -147,12 +152,13 @@ class CaseMeta:
             box=InPlaneBox.from_json(d["box"]), n_slices=int(d["n_slices"]), labeled=bool(d["labeled"]),
             nonempty_slices=list(d["nonempty_slices"]), foreground_slices=list(d.get("foreground_slices", [])),
             grid=InPlaneGrid.from_json(d["grid"]) if d.get("grid") else None,
+            orientation=InPlaneOrientation.from_json(d.get("orientation")),
         )
 
     def to_stored_frame(self, volume: np.ndarray, nearest: bool = False) -> np.ndarray:
         """A volume on this case's original grid (array axis order) -> (H, W, Z) planes in the
         stored frame (resampled in plane, boxed); ``nearest`` for masks."""
-        vol = to_axial_last(np.asarray(volume), self.axial_axis)
+        vol = self.orientation.apply(to_axial_last(np.asarray(volume), self.axial_axis))
         if self.grid is not None and not self.grid.identity:
             vol = resample_in_plane(vol.astype(np.float32), self.grid, order=0 if nearest else 1)
         return extract_planes(vol, self.box, nearest=nearest)
@@ -160,11 +166,11 @@ class CaseMeta:
     def from_stored_frame(self, planes: np.ndarray) -> np.ndarray:
         """(H, W, Z) float planes in the stored frame -> the original grid (linear; 0 outside the box)."""
         shape_xy = self.grid.resampled if self.grid is not None else \
-            tuple(s for a, s in enumerate(self.shape) if a != self.axial_axis)
+            self.orientation.pair([s for a, s in enumerate(self.shape) if a != self.axial_axis])
         on_grid = paste_planes(np.asarray(planes, dtype=np.float32), self.box, shape_xy)
         if self.grid is not None:
             on_grid = restore_in_plane(on_grid, self.grid, order=1)
-        return from_axial_last(on_grid, self.axial_axis)
+        return from_axial_last(self.orientation.undo(on_grid), self.axial_axis)
 
     @property
     def stored_spacing(self) -> tuple[float, float, float]:
@@ -172,7 +178,7 @@ class CaseMeta:
         if self.grid is not None:
             in_plane = list(self.grid.realised)
         else:
-            in_plane = [self.spacing[a] for a in range(3) if a != self.axial_axis]
+            in_plane = list(self.orientation.pair([self.spacing[a] for a in range(3) if a != self.axial_axis]))
         scale = self.box.side / self.box.size  # 1 for crops; > 1 when the box was resized
         return (float(self.spacing[self.axial_axis]), in_plane[0] * scale, in_plane[1] * scale)
 
@@ -204,6 +210,7 @@ class SliceStore:
         legacy = isinstance(m["normalisation"], str)
         return {"size": m["size"], "in_plane": m["in_plane"], "normalisation": m["normalisation"],
                 "spacing": m.get("spacing"), "reference_modality": m.get("reference_modality", self.modalities[0]),
+                **({"orientation": m["orientation"]} if m.get("orientation") else {}),
                 "box_from": "the predicted modality's non-zero region" if legacy else
                             "the predicted modality's body mask",
                 "predict_window": "whole slice" if m["in_plane"] == "crop" else "box", "slice_axis": "axial (from affine)"}

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.geometry import MIN_OVERLAP, overlap_fraction, resample_to_grid
-from ..data.readers import open_dataset, read_case
+from ..data.readers import open_dataset, read_label
 from ..data.targets import Target, apply_target, region_masks, resolve_target
 from ..errors import ConfigError, DataError
 from .metrics import DISTANCE_METRICS, METRICS, volume_diagonal_mm
@@ -153,7 +153,7 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, target: str
 
     def pairs():
         for case in wanted:
-            ref_case = read_case(info, case, info.modalities[:1], with_label=True)
+            ref_case = read_label(info, case)
             ref = apply_target(ref_case.label, tgt) > 0
             if case not in preds:
                 yield case, None, ref, ref_case.spacing
@@ -178,7 +178,7 @@ def _evaluate_regions(info, target: Target, wanted: list[str], label_maps: dict[
     """Every metric per region: label maps (or per-region masks) vs the reference's regions."""
     rows: dict[str, list[dict]] = {r: [] for r in target.classes}
     for case in tqdm(wanted, desc="evaluate", unit="case", disable=not progress):
-        ref_case = read_case(info, case, info.modalities[:1], with_label=True)
+        ref_case = read_label(info, case)
         ref = region_masks(apply_target(ref_case.label, target), len(target.classes))
         found = case in label_maps or case in masks
         pred = _region_prediction(case, label_maps, masks, target, ref.shape[1:], ref_case.affine) if found else None

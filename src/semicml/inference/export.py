@@ -58,7 +58,8 @@ def _training_spacing(run: Path) -> list[float] | None:
         info = json.loads((run / "run.json").read_text())
         store = SliceStore(info["store"])
         metas = [store.cases[c] for c in info["splits"]["train"] if c in store.cases]
-        rows = [[m.spacing[a] for a in range(3) if a != m.axial_axis] + [m.spacing[m.axial_axis]] for m in metas]
+        rows = [[*m.orientation.pair([m.spacing[a] for a in range(3) if a != m.axial_axis]), m.spacing[m.axial_axis]]
+                for m in metas]
         return [round(float(v), 4) for v in np.median(np.asarray(rows, dtype=float), axis=0)] if rows else None
     except Exception:  # noqa: BLE001 - provenance only: a moved or deleted store just leaves it unknown
         return None
@@ -92,7 +93,10 @@ def export_metadata(payload: dict, modality: str, fmt: str, source: Path, run: P
                           "all voxels; none: unchanged",
                           "window": "crop stores: the whole axial slice, zero-padded to a square whose side is a "
                           "multiple of multiple_of and centred; resize stores: the box of the non-zero region "
-                          "resampled to size x size. All-zero slices are not run: probability 0"},
+                          "resampled to size x size. All-zero slices are not run: probability 0",
+                          "orientation_rule": "when orientation.in_plane is recorded: the two in-plane axes of each "
+                          "slice are swapped and/or flipped until they point as those world codes say (nibabel "
+                          "aff2axcodes), and the probabilities go back the same way; without it: file order"},
         "threshold": THRESHOLD,
         "postprocessing": payload.get("postprocessing", NONE),
         "spacing": {"resampled": bool((prep.get("spacing") or {}).get("in_plane_mm")),

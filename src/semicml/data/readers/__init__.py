@@ -65,6 +65,7 @@ __all__ = [
     "detect_format",
     "open_dataset",
     "read_case",
+    "read_label",
     "read_single_modality",
     "resolve_modalities",
 ]
@@ -188,6 +189,20 @@ def read_case(info: DatasetInfo, case_id: str, modalities: list[str], with_label
         case_id=case_id, images=images, label=label, affine=np.asarray(ref[1], dtype=np.float64),
         header=ref[3], spacing=spacing(ref[3]), sources=sources, resampled=resampled,
     )
+
+
+def read_label(info: DatasetInfo, case_id: str) -> Case:
+    """A case's label alone, on its own grid (no image read, no image grid required): what
+    evaluation scores against. ``images`` is empty; ``affine`` / ``header`` / ``spacing`` are the
+    label file's."""
+    if case_id not in info.label_files:
+        raise DataError(f"no label for case '{case_id}'", info.root)
+    lpath = info.label_files[case_id]
+    limg = load_volume(lpath, "label")
+    label = label_3d(limg, lpath, set(info.label_names.values()))
+    header = header_3d(limg, label.shape)
+    return Case(case_id=case_id, images={}, label=label, affine=np.asarray(limg.affine, dtype=np.float64),
+                header=header, spacing=spacing(header), sources={"label": lpath})
 
 
 def coregistered(data: np.ndarray, affine: np.ndarray, path: Path, ref: tuple, what: str,
