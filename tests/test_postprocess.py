@@ -27,6 +27,23 @@ def test_candidates_on_a_hand_made_mask():
     assert apply_postprocess(m, "min-size:0", (1, 1, 1)).sum() == m.sum()
 
 
+def test_near_keeps_what_lies_within_the_distance_of_the_largest_component_in_world_mm():
+    m = _mask()  # the 1-voxel speck is 5 voxels from the tumour (along axis 0), the island sqrt(3 * 8^2)
+    assert apply_postprocess(m, "near:6", (1, 1, 1)).sum() == 216 + 1
+    assert apply_postprocess(m, "near:4", (1, 1, 1)).sum() == 216
+    assert apply_postprocess(m, "near:14", (1, 1, 1)).sum() == 216 + 1 + 8  # 13.86 mm away
+    assert apply_postprocess(m, "near:13", (1, 1, 1)).sum() == 216 + 1
+    # distances follow the spacing of each axis: 2 mm slices put the speck 10 mm away
+    assert apply_postprocess(m, "near:6", (2, 1, 1)).sum() == 216
+    assert apply_postprocess(m, "near:6", (1, 2, 2)).sum() == 216 + 1
+    # a far component is removed whatever its size, as long as it is not the largest
+    big = np.zeros((40, 20, 20), np.uint8)
+    big[2:12, 2:12, 2:12] = 1   # 1000 voxels
+    big[30:38, 2:12, 2:12] = 1  # 800 voxels, 18 mm away
+    assert apply_postprocess(big, "near:10", (1, 1, 1)).sum() == 1000
+    assert apply_postprocess(big, "near:20", (1, 1, 1)).sum() == 1800
+
+
 def test_size_threshold_never_empties_a_prediction():
     small = np.zeros((10, 10, 10), np.uint8)
     small[4:6, 4:6, 4:6] = 1  # a small tumour, the only thing found: 8 mm^3
@@ -36,7 +53,7 @@ def test_size_threshold_never_empties_a_prediction():
 
 
 def test_bad_spec_is_refused():
-    for bad in ("biggest", "min-size:", "min-size:-3", "min-size:x"):
+    for bad in ("biggest", "min-size:", "min-size:-3", "min-size:x", "near:", "near:-1", "near:x", "near"):
         with pytest.raises(ValueError, match="post-processing"):
             check_spec(bad)
 

@@ -136,7 +136,7 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
           slice_filter: Optional[str] = typer.Option(None, help="nonempty (all brain slices, default) | foreground "
                                                      "(tumour slices only: the paper's protocol)"),
           postprocess: Optional[str] = typer.Option(None, help="auto (chosen on validation, default) | none | "
-                                                    "largest | min-size:<mm^3>"),
+                                                    "largest | min-size:<mm^3> | near:<mm>"),
           resume: bool = typer.Option(False, help="continue an interrupted run in --out")) -> None:
     """Train a method (default: Semi-CML + PReL); writes one weights file per modality.
 
@@ -195,7 +195,7 @@ def predict(run: Path = typer.Option(..., help="run directory, a weights/<modali
             cases: Optional[str] = typer.Option(None, help="only these case ids (comma-separated)"),
             tta: bool = typer.Option(False, "--tta/--no-tta", help="average over in-plane flips (4x slower)"),
             postprocess: Optional[str] = typer.Option(None, help="default: the choice made on validation and stored "
-                                                      "with the weights; or none | largest | min-size:<mm^3>"),
+                                                      "with the weights; or none | largest | min-size:<mm^3> | near:<mm>"),
             engine: str = typer.Option("torch", help="torch | onnxruntime | openvino (CPU; same masks, see README "
                                                      "for speed)"),
             window: str = typer.Option("whole", help="whole (reference) | brain: each slice cut to its non-zero "

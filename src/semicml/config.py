@@ -157,9 +157,10 @@ class TrainConfig(_TrainModel):
     low_resolution: float = Field(0.25, ge=0, le=1, description="probability per modality and slice of a simulated "
                                   "coarser acquisition (down- and up-sampled, zoom 0.5-1; nnU-Net's augmentation): "
                                   "robustness to scans resampled from a coarser grid; 0 = off")
-    postprocess: str = Field("auto", pattern=r"^(auto|none|largest|min-size:\d+(\.\d+)?)$",
+    postprocess: str = Field("auto", pattern=r"^(auto|none|largest|(min-size|near):\d+(\.\d+)?)$",
                              description="connected-component post-processing: auto (chosen on validation), none, "
-                             "largest, min-size:<mm^3>")
+                             "largest, min-size:<mm^3>, near:<mm> (keep what lies within that distance of the "
+                             "largest component)")
     init: Optional[str] = Field(None, description="start from this run's final checkpoint (prel after semicml)")
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()

@@ -184,7 +184,7 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
 
     ``run``: run directory, weights file or exported model (see :func:`load_model`).
     ``postprocess``: None uses the choice stored with the weights (made on validation); or
-    ``none``, ``largest``, ``min-size:<mm^3>``. ``engine``: torch | onnxruntime | openvino (the
+    ``none``, ``largest``, ``min-size:<mm^3>``, ``near:<mm>``. ``engine``: torch | onnxruntime | openvino (the
     masks are the same). ``window``: whole (default) | brain, see :mod:`semicml.inference.predictor`.
     ``regions_as_files``: a region network writes one mask per region (``<out>/<region>/<case>.nii.gz``)
     instead of one label map.
