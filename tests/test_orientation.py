@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from faults import run_cli
 from semicml.data.orientation import (
     IDENTITY,
     InPlaneOrientation,
@@ -23,8 +24,8 @@ from semicml.data.orientation import (
     orientation_to,
 )
 from semicml.data.raw_writer import save_nifti
-from semicml.data.store import SliceStore, prepare_store
 from semicml.data.prepare import PrepareOptions
+from semicml.data.store import SliceStore, prepare_store
 from semicml.hardware import resolve_precision
 from semicml.inference.predict import probabilities_on_grid
 
@@ -112,21 +113,30 @@ def test_predict_gives_the_same_probabilities_in_world_space_whatever_the_storag
         assert not np.allclose(orientation_to(affine, 2, ["L", "P"]).apply(old), reference, atol=1e-3)
 
 
-def test_prepare_stores_a_mirrored_and_a_transposed_case_like_the_others(tmp_path):
-    raw = tmp_path / "raw"
-    (raw / "imagesTr").mkdir(parents=True)
-    (raw / "labelsTr").mkdir()
+VARIANT_CASES = {"case_0": (False, False, False), "case_1": (False, False, False), "case_2": (False, True, True),
+                 "case_3": (True, False, True)}
+
+
+def _mixed_dataset(root):
+    """nnU-Net raw folder: 4 copies of one case, two stored like BraTS, one in RAS, one transposed."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
     vol = _volume((40, 44, 6))
     label = (vol >= 4.0).astype(np.uint8)
-    variants = {"case_0": (False, False, False), "case_1": (False, False, False), "case_2": (False, True, True),
-                "case_3": (True, False, True)}
-    for cid, how in variants.items():
+    for cid, how in VARIANT_CASES.items():
         img, aff = stored_as(vol, LPS, *how)
         lab, _ = stored_as(label, LPS, *how)
-        save_nifti(img, aff, raw / "imagesTr" / f"{cid}_0000.nii.gz")
-        save_nifti(lab, aff, raw / "labelsTr" / f"{cid}.nii.gz")
-    (raw / "dataset.json").write_text('{"channel_names": {"0": "T2"}, "labels": {"background": 0, "tumour": 1}, '
-                                      '"numTraining": 4, "file_ending": ".nii.gz"}')
+        save_nifti(img, aff, root / "imagesTr" / f"{cid}_0000.nii.gz")
+        save_nifti(lab, aff, root / "labelsTr" / f"{cid}.nii.gz")
+    (root / "dataset.json").write_text('{"channel_names": {"0": "T2"}, "labels": {"background": 0, "tumour": 1}, '
+                                       '"numTraining": 4, "file_ending": ".nii.gz"}')
+    return label
+
+
+def test_prepare_stores_a_mirrored_and_a_transposed_case_like_the_others(tmp_path):
+    raw = tmp_path / "raw"
+    label = _mixed_dataset(raw)
+    variants = VARIANT_CASES
     store = SliceStore(prepare_store(raw, tmp_path / "store", PrepareOptions(modalities=("T2",), size=32, workers=1)))
     assert store.manifest["orientation"]["in_plane"] == ["L", "P"]
     assert "(2 of 4)" in store.manifest["orientation"]["rule"]
@@ -141,3 +151,12 @@ def test_prepare_stores_a_mirrored_and_a_transposed_case_like_the_others(tmp_pat
         img, _ = stored_as(label, LPS, *variants[cid])
         assert np.array_equal(meta.from_stored_frame(planes) > 0.5, img > 0), cid
         assert np.array_equal(meta.to_stored_frame(img, nearest=True), planes.astype(img.dtype)), cid
+
+
+def test_prepare_says_which_cases_it_turned(tmp_path, monkeypatch, capsys):
+    _mixed_dataset(tmp_path / "raw")
+    code, out, err = run_cli(["prepare", tmp_path / "raw", tmp_path / "store", "--modalities", "T2", "--size", "32",
+                              "--workers", "1"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "orientation: in-plane L,P (most common in-plane orientation of the cases' T2 images (2 of 4)); " \
+           "2 case(s) turned to it: case_2, case_3" in out

@@ -355,3 +355,21 @@ def test_predict_warns_about_inputs_much_coarser_than_the_training_spacing(tmp_p
     assert f"warning: case 'coarse' is {note}: expect a less accurate mask" in err and "'fine'" not in err
     assert json.loads((tmp_path / "pred" / "predict.json").read_text())["coarse_inputs"] == {"coarse": note}
     assert (tmp_path / "pred" / "coarse.nii.gz").exists() and (tmp_path / "pred" / "fine.nii.gz").exists()
+
+
+def test_predict_warns_about_a_constant_image_and_records_it(tmp_path, monkeypatch, capsys):
+    """A blank export (every voxel 0) gets an empty mask, as before, but no longer silently."""
+    prep = {"size": 64, "in_plane": "crop", "normalisation": {"T2": {"scheme": "mri"}}, "spacing": {"in_plane_mm": 1.0}}
+    run = _weights(tmp_path / "run", "T2", prep)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    save_nifti(np.zeros((24, 24, 2), np.float32), np.diag([1.0, 1.0, 3.0, 1.0]), inputs / "blank.nii.gz")
+    save_nifti(np.random.default_rng(0).normal(100, 10, (24, 24, 2)).astype(np.float32), np.diag([1.0, 1.0, 3.0, 1.0]),
+               inputs / "scan.nii.gz")
+    code, _, err = run_cli(["predict", "--run", run, "--modality", "T2", "--input", inputs, "--out", tmp_path / "pred",
+                            "--device", "cpu"], monkeypatch, capsys)
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert len(lines) == 1 and "'blank'" in lines[0] and "blank.nii.gz" in lines[0] and "same value (0)" in lines[0]
+    assert json.loads((tmp_path / "pred" / "predict.json").read_text())["constant_inputs"] == {"blank": 0.0}
+    assert not np.asarray(nib.load(str(tmp_path / "pred" / "blank.nii.gz")).dataobj).any()

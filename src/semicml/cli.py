@@ -90,6 +90,27 @@ def prepare(input: Path = typer.Argument(..., help="dataset root (BraTS, nnU-Net
                           spacing=target_spacing, stats_cases=_stats_cases(stats_splits))
     path = prepare_store(input, out, opts, fmt=format, overwrite=overwrite)
     typer.echo(f"slice store ready: {path}")
+    for line in _store_notes(path):
+        typer.echo(line)
+
+
+def _store_notes(path: Path) -> list[str]:
+    """What prepare did to cases stored unlike the rest (turned, resampled onto the reference grid)."""
+    from .data.store import SliceStore
+
+    manifest = SliceStore(path).manifest
+    cases = manifest["cases"]
+    notes = []
+    orientation = manifest.get("orientation") or {}
+    if orientation.get("in_plane"):
+        turned = [c["case_id"] for c in cases if c.get("orientation")]
+        notes.append(f"orientation: in-plane {','.join(orientation['in_plane'])} ({orientation['rule']}); "
+                     f"{len(turned)} case(s) turned to it" + (f": {', '.join(turned[:5])}" if turned else ""))
+    moved = [f"{c['case_id']} ({', '.join(c['coregistered'])})" for c in cases if c.get("coregistered")]
+    if moved:
+        notes.append(f"resampled onto the reference modality's grid: {len(moved)} case(s): {'; '.join(moved[:5])}"
+                     + (" ..." if len(moved) > 5 else "") + " (store.json: coregistered)")
+    return notes
 
 
 def _stats_cases(path: Optional[Path]) -> Optional[tuple[str, ...]]:

@@ -222,7 +222,7 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
                  regions_as_files: bool = False) -> list[Path]:
     modality = about["modality"]
     network_modality = network_modality or modality  # the name its normalisation was recorded under
-    written, coarse = [], {}
+    written, coarse, constant = [], {}, {}
     with tqdm(found, desc=f"predict {modality}", unit="case", disable=not progress) as bar:
         for case_id, load in bar:
             case: Case = load()
@@ -231,6 +231,11 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
             if note:
                 coarse[case_id] = note
                 bar.write(f"warning: case {case_id!r} is {note}: expect a less accurate mask", file=sys.stderr)
+            if image.size and float(np.min(image)) == float(np.max(image)):  # e.g. a blank export: say so
+                constant[case_id] = float(np.min(image))
+                source = next(iter(case.sources.values()), "its image")
+                bar.write(f"warning: case {case_id!r}: {source} has the same value ({constant[case_id]:g}) in "
+                          "every voxel: nothing to segment, its mask is empty", file=sys.stderr)
             channels = len(regions.classes) if regions else 1
             if about.get("uncertainty"):
                 probs, spread = flip_spread(runner, image, case.affine, preprocessing, network_modality,
@@ -259,7 +264,8 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
     atomic_write_text(out_dir / "predict.json", json.dumps({**about, "cases": [str(p.relative_to(out_dir))
                                                                                for p in written],
                                                            "threshold": threshold, "tta": tta,
-                                                           "postprocessing": post, "coarse_inputs": coarse},
+                                                           "postprocessing": post, "coarse_inputs": coarse,
+                                                           "constant_inputs": constant},
                                                           indent=1))
     return written
 
