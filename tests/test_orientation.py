@@ -32,6 +32,7 @@ from semicml.inference.predict import probabilities_on_grid
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", CPU)
 LPS = np.diag([-1.0, -1.0, 2.0, 1.0])  # BraTS-like: index 0 grows to the left, 1 to posterior
+LPS_ANISO = np.diag([-0.5, -1.0, 2.0, 1.0])  # in-plane 0.5 x 1 mm: a swapped file has 1 x 0.5
 
 
 def stored_as(data: np.ndarray, affine: np.ndarray, transpose: bool, flip_x: bool, flip_y: bool):
@@ -95,18 +96,26 @@ def test_codes_and_the_dataset_majority():
     assert InPlaneOrientation.from_json(turn.to_json()) == turn
 
 
+@pytest.mark.parametrize("in_plane", ["crop", "resize"])
+@pytest.mark.parametrize("grid", ["1 mm", "0.5 x 1 mm resampled to 0.8 mm"])
 @pytest.mark.parametrize(("transpose", "flip_x", "flip_y"), VARIANTS, ids=IDS)
-def test_predict_gives_the_same_probabilities_in_world_space_whatever_the_storage(transpose, flip_x, flip_y):
+def test_predict_gives_the_same_probabilities_in_world_space_whatever_the_storage(transpose, flip_x, flip_y, grid,
+                                                                                   in_plane):
     vol = _volume()
-    prep = {"in_plane": "crop", "size": 16, "normalisation": {"t2": {"scheme": "mri"}},
+    base = LPS if grid == "1 mm" else LPS_ANISO
+    prep = {"in_plane": in_plane, "size": 16, "normalisation": {"t2": {"scheme": "mri"}},
             "orientation": {"in_plane": ["L", "P"]}}
+    if grid != "1 mm":  # the spacing pair must follow the swap, or the grid is planned on the wrong axes
+        prep["spacing"] = {"in_plane_mm": 0.8}
     net = SkewNet()
-    reference = probabilities_on_grid(net, vol, LPS, prep, CPU, FP32, channels_last=False, modality="t2")
-    data, affine = stored_as(vol, LPS, transpose, flip_x, flip_y)
+    reference = probabilities_on_grid(net, vol, base, prep, CPU, FP32, channels_last=False, modality="t2")
+    data, affine = stored_as(vol, base, transpose, flip_x, flip_y)
     probs = probabilities_on_grid(net, data, affine, prep, CPU, FP32, channels_last=False, modality="t2")
     assert probs.shape == data.shape
     back = orientation_to(affine, 2, ["L", "P"]).apply(probs)
-    assert np.allclose(back, reference, atol=1e-6)
+    assert np.allclose(back, reference, atol=1e-5)
+    if in_plane == "resize" or grid != "1 mm":
+        return
     if transpose or flip_x or flip_y:  # without the record (runs made before): file order, which differs
         legacy = {k: v for k, v in prep.items() if k != "orientation"}
         old = probabilities_on_grid(net, data, affine, legacy, CPU, FP32, channels_last=False, modality="t2")
@@ -117,15 +126,15 @@ VARIANT_CASES = {"case_0": (False, False, False), "case_1": (False, False, False
                  "case_3": (True, False, True)}
 
 
-def _mixed_dataset(root):
+def _mixed_dataset(root, base=LPS):
     """nnU-Net raw folder: 4 copies of one case, two stored like BraTS, one in RAS, one transposed."""
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     vol = _volume((40, 44, 6))
     label = (vol >= 4.0).astype(np.uint8)
     for cid, how in VARIANT_CASES.items():
-        img, aff = stored_as(vol, LPS, *how)
-        lab, _ = stored_as(label, LPS, *how)
+        img, aff = stored_as(vol, base, *how)
+        lab, _ = stored_as(label, base, *how)
         save_nifti(img, aff, root / "imagesTr" / f"{cid}_0000.nii.gz")
         save_nifti(lab, aff, root / "labelsTr" / f"{cid}.nii.gz")
     (root / "dataset.json").write_text('{"channel_names": {"0": "T2"}, "labels": {"background": 0, "tumour": 1}, '
@@ -133,11 +142,13 @@ def _mixed_dataset(root):
     return label
 
 
-def test_prepare_stores_a_mirrored_and_a_transposed_case_like_the_others(tmp_path):
+@pytest.mark.parametrize("base", [LPS, LPS_ANISO], ids=["1 mm", "0.5 x 1 mm resampled"])
+def test_prepare_stores_a_mirrored_and_a_transposed_case_like_the_others(tmp_path, base):
     raw = tmp_path / "raw"
-    label = _mixed_dataset(raw)
+    label = _mixed_dataset(raw, base)
     variants = VARIANT_CASES
     store = SliceStore(prepare_store(raw, tmp_path / "store", PrepareOptions(modalities=("T2",), size=32, workers=1)))
+    assert (store.manifest["spacing"]["in_plane_mm"] == 0.75) == (base is LPS_ANISO)  # the median of 0.5 and 1
     assert store.manifest["orientation"]["in_plane"] == ["L", "P"]
     assert "(2 of 4)" in store.manifest["orientation"]["rule"]
     assert store.preprocessing()["orientation"]["in_plane"] == ["L", "P"]
@@ -146,11 +157,16 @@ def test_prepare_stores_a_mirrored_and_a_transposed_case_like_the_others(tmp_pat
         assert np.array_equal(np.asarray(store.images(cid)), first), cid
         assert np.array_equal(np.asarray(store.label(cid)), np.asarray(store.label("case_0"))), cid
         # and the way back lands on the case's own voxel order
-        meta = store.cases[cid]
+        meta, meta0 = store.cases[cid], store.cases["case_0"]
         planes = np.asarray(store.label(cid), np.float32).transpose(1, 2, 0)
-        img, _ = stored_as(label, LPS, *variants[cid])
-        assert np.array_equal(meta.from_stored_frame(planes) > 0.5, img > 0), cid
-        assert np.array_equal(meta.to_stored_frame(img, nearest=True), planes.astype(img.dtype)), cid
+        img, affine = stored_as(label, base, *variants[cid])
+        turn = orientation_to(affine, 2, ["L", "P"])
+        assert np.array_equal(turn.apply(meta.from_stored_frame(planes)), meta0.from_stored_frame(planes)), cid
+        assert np.array_equal(meta.to_stored_frame(img, nearest=True), meta0.to_stored_frame(label, nearest=True)), cid
+        assert meta.stored_spacing == meta0.stored_spacing, cid
+        if base is LPS:  # no resampling: exact both ways
+            assert np.array_equal(meta.from_stored_frame(planes) > 0.5, img > 0), cid
+            assert np.array_equal(meta.to_stored_frame(img, nearest=True), planes.astype(img.dtype)), cid
 
 
 def test_prepare_says_which_cases_it_turned(tmp_path, monkeypatch, capsys):

@@ -110,3 +110,43 @@ def test_a_configured_choice_runs_no_network_and_covers_every_region_and_modalit
     assert binary == {"T2": {"choice": "min-size:50", "chosen_by": "config"}}
     with pytest.raises(ValueError, match="unknown post-processing"):
         choose_postprocessing(None, [], {"T2": None}, None, None, [], fixed="smallest")
+
+
+def test_near_matches_a_whole_volume_distance_map_on_random_masks():
+    """The distance map is cut to the largest component's box grown by D: same answer as the
+    whole volume, whatever the spacing."""
+    from scipy import ndimage
+
+    from semicml.inference.postprocess import components
+
+    rng = np.random.default_rng(1)
+    for trial in range(6):
+        noise = rng.random((18, 30, 26))
+        # odd trials: blobs of many sizes (smoothed noise); even: scattered specks
+        mask = ndimage.gaussian_filter(noise, 1.5) > 0.56 if trial % 2 else noise > 0.985
+        spacing = [(1.0, 1.0, 1.0), (3.0, 0.5, 0.8), (0.7, 2.0, 1.0)][trial % 3]
+        labels, n = components(mask)
+        if n < 2:
+            continue
+        largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+        distance = ndimage.distance_transform_edt(labels != largest, sampling=spacing)
+        for mm in (1.5, 4.0, 9.0):
+            expected = np.isin(labels, [k for k in range(1, n + 1)
+                                        if k == largest or distance[labels == k].min() <= mm])
+            assert np.array_equal(apply_postprocess(mask.astype(np.uint8), f"near:{mm}", spacing) > 0, expected)
+
+
+def test_a_tie_goes_to_the_mildest_candidate_near_before_largest():
+    """A far false island is removed by every near:D below its distance and by largest: all tie on
+    validation, and the mildest of them (the largest D) is chosen, not largest (which would also
+    drop a real second lobe beside the tumour on the next patient)."""
+    ref = np.zeros((30, 30, 100), bool)
+    ref[5:25, 5:25, 5:25] = True  # 8000 mm^3
+    pred = ref.copy()
+    pred[5:23, 5:23, 66:84] = True  # 5832 mm^3 (min-size keeps it), 42 mm from the tumour
+    prob = pred.astype(np.float32)
+    out = choose_postprocess([prob], [ref], [(1.0, 1.0, 1.0)])
+    scores = out["candidates"]
+    assert scores["near:30"]["dice"] == scores["largest"]["dice"] == 1.0
+    assert scores["near:50"]["dice"] < 1.0 and scores["min-size:5000"]["dice"] < 1.0
+    assert out["choice"] == "near:30"

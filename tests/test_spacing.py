@@ -358,7 +358,7 @@ def test_predict_warns_about_inputs_much_coarser_than_the_training_spacing(tmp_p
 
 
 def test_predict_warns_about_a_constant_image_and_records_it(tmp_path, monkeypatch, capsys):
-    """A blank export (every voxel 0) gets an empty mask, as before, but no longer silently."""
+    """A blank export (every voxel 0) is segmented as before (an empty mask here), but no longer silently."""
     prep = {"size": 64, "in_plane": "crop", "normalisation": {"T2": {"scheme": "mri"}}, "spacing": {"in_plane_mm": 1.0}}
     run = _weights(tmp_path / "run", "T2", prep)
     inputs = tmp_path / "in"

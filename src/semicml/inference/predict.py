@@ -235,7 +235,7 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
                 constant[case_id] = float(np.min(image))
                 source = next(iter(case.sources.values()), "its image")
                 bar.write(f"warning: case {case_id!r}: {source} has the same value ({constant[case_id]:g}) in "
-                          "every voxel: nothing to segment, its mask is empty", file=sys.stderr)
+                          "every voxel: there is no image to segment", file=sys.stderr)
             channels = len(regions.classes) if regions else 1
             if about.get("uncertainty"):
                 probs, spread = flip_spread(runner, image, case.affine, preprocessing, network_modality,
