@@ -151,6 +151,7 @@ def test_prepare_stores_a_mirrored_and_a_transposed_case_like_the_others(tmp_pat
     assert (store.manifest["spacing"]["in_plane_mm"] == 0.75) == (base is LPS_ANISO)  # the median of 0.5 and 1
     assert store.manifest["orientation"]["in_plane"] == ["L", "P"]
     assert "(2 of 4)" in store.manifest["orientation"]["rule"]
+    assert store.manifest["version"] == 2  # a turned case: readers that ignore turns must refuse it
     assert store.preprocessing()["orientation"]["in_plane"] == ["L", "P"]
     first = np.asarray(store.images("case_0"))
     for cid in ("case_1", "case_2", "case_3"):
@@ -176,3 +177,14 @@ def test_prepare_says_which_cases_it_turned(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert "orientation: in-plane L,P (most common in-plane orientation of the cases' T2 images (2 of 4)); " \
            "2 case(s) turned to it: case_2, case_3" in out
+
+
+def test_a_store_without_a_turned_case_stays_readable_by_readers_before_orientations(tmp_path):
+    raw = tmp_path / "raw"
+    _mixed_dataset(raw)
+    for cid in ("case_2", "case_3"):  # keep only the two cases stored like BraTS
+        (raw / "imagesTr" / f"{cid}_0000.nii.gz").unlink()
+        (raw / "labelsTr" / f"{cid}.nii.gz").unlink()
+    store = SliceStore(prepare_store(raw, tmp_path / "store", PrepareOptions(modalities=("T2",), size=32, workers=1)))
+    assert store.manifest["version"] == 1 and store.manifest["orientation"]["in_plane"] == ["L", "P"]
+    assert not any(c.get("orientation") for c in store.manifest["cases"])

@@ -125,7 +125,7 @@ def test_masks_probabilities_and_record(tmp_path, cases, copynet):
     assert text == json.dumps(record, indent=1)
     assert record == {"run": str(run), "modality": "T2", "input": str(cases), "cases": ["a.nii.gz", "b.nii.gz"],
                       "threshold": 0.5, "tta": False, "postprocessing": "none", "engine": "torch", "window": "whole",
-                      "margin": 0, "coarse_inputs": {}}
+                      "margin": 0, "coarse_inputs": {}, "constant_inputs": {}}
     assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "a_prob.nii.gz", "b.nii.gz", "b_prob.nii.gz",
                                                       "predict.json"]
 

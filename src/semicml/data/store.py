@@ -40,6 +40,11 @@ from .targets import region_masks, resolve_target
 __all__ = ["CaseMeta", "PrepareOptions", "SliceStore", "prepare_store"]
 
 STORE_VERSION = 1
+# A store with a case turned to the dataset's orientation: a reader that ignored the per-case
+# turn would map that case's slices wrongly, so readers before orientations refuse it (they
+# accept exactly STORE_VERSION); stores without a turned case stay readable by them.
+TURNED_STORE_VERSION = 2
+READABLE_VERSIONS = (STORE_VERSION, TURNED_STORE_VERSION)
 STORE_FILE = "store.json"
 
 
@@ -93,7 +98,7 @@ def _prepare_locked(input_root: str | Path, out: Path, opts: PrepareOptions, fmt
         for cid, meta in zip(info.case_ids, map_fn(prepare_case, args, "prepare")):
             metas[cid] = meta
         manifest = {
-            "version": STORE_VERSION,
+            "version": TURNED_STORE_VERSION if any(m.get("orientation") for m in metas.values()) else STORE_VERSION,
             "complete": True,
             "source": {"root": str(Path(input_root).resolve()), "format": info.format},
             "modalities": modalities,
@@ -195,7 +200,7 @@ class SliceStore:
             self.manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as err:
             raise DataError(f"store.json is not valid JSON ({err.msg})", manifest_path) from None
-        if not self.manifest.get("complete") or self.manifest.get("version") != STORE_VERSION:
+        if not self.manifest.get("complete") or self.manifest.get("version") not in READABLE_VERSIONS:
             raise DataError("incomplete or incompatible slice store; prepare it again", self.root)
         self.modalities: list[str] = list(self.manifest["modalities"])
         self.target: dict = self.manifest["target"]
