@@ -89,10 +89,13 @@ def test_resume_after_crash_gives_identical_weights(e2e_store, tmp_path):
     crashed = tmp_path / "crashed"
     proc = subprocess.run(args + ["--out", str(crashed)], env=dict(env, **{FAULT_ENV: "7"}), capture_output=True)
     assert proc.returncode == 17  # the simulated crash happened
-    assert torch.load(crashed / "checkpoint.pt", weights_only=True)["iteration"] == 6
+    checkpoint = torch.load(crashed / "checkpoint.pt", weights_only=True)
+    assert checkpoint["iteration"] == 6 and checkpoint["seconds_trained"] > 0
     resumed = subprocess.run([sys.executable, "-m", "semicml.cli", "train", str(e2e_store), "--out", str(crashed),
                               "--resume"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
+    info = json.loads((crashed / "run.json").read_text())  # training time counts both sessions
+    assert info["seconds_trained"] == pytest.approx(checkpoint["seconds_trained"] + info["seconds_last_session"], abs=0.2)
     a, b = _final_weights(full), _final_weights(crashed)
     assert a.keys() == b.keys()
     for key in a:

@@ -439,7 +439,10 @@ def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset
             return []
         t0 = time.time()
         action, info, metrics = _train_and_evaluate(tcfg, store, dataset, run_dir, progress, cfg.fused, fold)
-        seconds = round(time.time() - t0, 1)
+        seconds = time.time() - t0
+        if "seconds_trained" in info:  # a resumed run: its training in every session, not only this one's
+            seconds += info["seconds_trained"] - info.get("seconds_last_session", 0.0)
+        seconds = round(seconds, 1)
         rows = []
         for m in metrics:  # each modality alone, then the fused prediction when asked for
             row = _row(entry, cfg, seed, m, run_rel, fold)

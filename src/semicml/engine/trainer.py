@@ -110,6 +110,9 @@ class Trainer:
         # the learning rate goes on from where the first stage left it (reference PReL: 6e-6, 6e-7).
         self.resume_state = load_checkpoint(self.run_dir / "checkpoint.pt", self.device) if resume else None
         self.init_state = self._read_init(cfg.init) if (cfg.init and not resume) else None
+        # training time over every session of this run (checkpoints before it existed: from the resume on)
+        self.seconds_before = float((self.resume_state or {}).get("seconds_trained", 0.0))
+        self.session_start: float | None = None
         if self.resume_state is not None:
             self.schedule_offset = int(self.resume_state.get("schedule_offset", 0))
         elif self.init_state is not None and self.method_cls.continues_schedule:
@@ -185,6 +188,7 @@ class Trainer:
             "method_state": self.method.extra_state(),
             "best": self.best,
             "schedule_offset": self.schedule_offset,
+            "seconds_trained": self.seconds_before + (time.time() - self.session_start if self.session_start else 0.0),
             "provenance": self.provenance,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -279,7 +283,7 @@ class Trainer:
         fault_at = int(os.environ.get(FAULT_ENV, "-1"))
         bar = tqdm(total=self.total, initial=self.iteration, desc=cfg.method, unit="it",
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
-        t0 = time.time()
+        t0 = self.session_start = time.time()
         self.method.train()
         try:
             self._loop(loader, bar, writer, fault_at)
@@ -452,6 +456,7 @@ class Trainer:
             "platform": platform.platform(),
             "torch": torch.__version__,
             "seconds_last_session": round(seconds, 1),
+            "seconds_trained": round(self.seconds_before + seconds, 1),  # every session of this run
             "peak_gpu_memory_mib": (round(torch.cuda.max_memory_allocated(self.device) / 2**20)
                                     if self.device.type == "cuda" else None),
             "best_val": self.best,
