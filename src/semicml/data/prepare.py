@@ -130,26 +130,20 @@ def _schemes(modalities: list[str], option: str | Mapping[str, str]) -> dict[str
     return chosen
 
 
-def _header_spacing(info: DatasetInfo, case_id: str, modality: str) -> list[float]:
-    """In-plane spacing of a case's reference volume from its header alone; the whole file is
-    validated (and a missing one reported, with its expected name) when the case is prepared."""
-    path = info.image_files[case_id].get(modality)
-    if path is None:
-        return []
-    affine = header_affine(path, f"{modality} image")
-    return list(in_plane_spacing(affine, axial_axis(affine)))
+def _header_affines(info: DatasetInfo, modality: str) -> dict[str, np.ndarray]:
+    """Case -> affine of its ``modality`` volume from the header alone (read once for the whole plan);
+    the whole file is validated (and a missing one reported, with its expected name) when the case
+    is prepared."""
+    out = {}
+    for case_id in info.case_ids:
+        path = info.image_files[case_id].get(modality)
+        if path is not None:
+            out[case_id] = header_affine(path, f"{modality} image")
+    return out
 
 
-def _header_codes(info: DatasetInfo, case_id: str, modality: str) -> tuple[str, str] | None:
-    path = info.image_files[case_id].get(modality)
-    if path is None:
-        return None
-    affine = header_affine(path, f"{modality} image")
-    return in_plane_codes(affine, axial_axis(affine))
-
-
-def _plan_orientation(info: DatasetInfo, modality: str) -> dict[str, Any]:
-    codes, count, named = dataset_orientation(_header_codes(info, c, modality) for c in info.case_ids)
+def _plan_orientation(affines: Mapping[str, np.ndarray], modality: str) -> dict[str, Any]:
+    codes, count, named = dataset_orientation(in_plane_codes(a, axial_axis(a)) for a in affines.values())
     if codes is None:
         return {"in_plane": None, "rule": "no case's in-plane orientation could be named: slices in file order"}
     return {"in_plane": codes, "rule": f"most common in-plane orientation of the cases' {modality} images "
@@ -169,10 +163,11 @@ def plan_dataset(info: DatasetInfo, modalities: list[str], target: Target, opts:
     """
     _check_options(opts)
     target_json = target.to_json()
+    affines = _header_affines(info, modalities[0])
     if opts.spacing == "keep":
         spacing: dict[str, Any] = {"in_plane_mm": None, "rule": "keep (no resampling)"}
     elif opts.spacing == "median":
-        values = [s for c in info.case_ids for s in _header_spacing(info, c, modalities[0])] or [1.0]
+        values = [s for a in affines.values() for s in in_plane_spacing(a, axial_axis(a))] or [1.0]
         spacing = {"in_plane_mm": round(float(np.median(values)), 6),
                    "rule": f"median in-plane spacing of the {len(info.case_ids)} cases' {modalities[0]} images",
                    "cases_min_max_mm": [round(min(values), 6), round(max(values), 6)]}
@@ -181,7 +176,7 @@ def plan_dataset(info: DatasetInfo, modalities: list[str], target: Target, opts:
     schemes = _schemes(modalities, opts.normalisation)
     plan = Plan(modalities=list(modalities), target=target_json, spacing=spacing,
                 normalisation_schemes={m: s for m, (s, _) in schemes.items()},
-                orientation=_plan_orientation(info, modalities[0]))
+                orientation=_plan_orientation(affines, modalities[0]))
     global_mods = [m for m, (s, _) in schemes.items() if s in GLOBAL_SCHEMES]
     samples: dict[str, list[np.ndarray]] = {}
     stats_from = ""
