@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_fusion import POINTWISE, PREP, REGIONS, HalfPlane, dataset, load, make_run, stubs, write_case  # noqa: F401 (fixtures)
+from test_fusion import POINTWISE, PREP, REGIONS, SHAPE, HalfPlane, dataset, load, make_run, stubs, write_case  # noqa: F401 (fixtures)
 
 import semicml.inference.fusion as fusion_mod
 from semicml.errors import BusyError, ConfigError, DataError
@@ -86,7 +86,7 @@ def test_defaults_write_only_the_masks_and_the_record_with_a_progress_bar(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "predict.json"]  # no _prob, no _unc.
     case = {"modalities": ["t2", "t1ce"], "reference_grid": "t2", "postprocessing": "none",
             "postprocessing_from": "no fused choice recorded", "weights": "mean", "missing": {},
-            "coarse_inputs": {}}
+            "coarse_inputs": {}, "constant_inputs": {}}
     assert json.loads((out / "predict.json").read_text()) == {
         "run": str(run), "modalities": ["t2", "t1ce"], "fused": True, "input": str(dataset), "regions": None,
         "engine": "torch", "window": "whole", "margin": 0, "threshold": 0.5, "tta": False, "uncertainty": None,
@@ -417,6 +417,19 @@ def test_a_modality_much_coarser_than_its_networks_training_spacing_is_warned_ab
     assert "t2 image" not in err
     record = json.loads((out / "predict.json").read_text())
     assert {c: v["coarse_inputs"] for c, v in record["cases"].items()} == {"a": {"t1ce": note}, "b": {"t1ce": note}}
+
+
+def test_a_blank_modality_is_warned_about_and_recorded(tmp_path, dataset, capsys):
+    """A blank T1ce export (every voxel 0) still fuses, but the mean with a blind network is no longer silent."""
+    run = make_run(tmp_path, POINTWISE)
+    write_case(dataset, "b", {"t1ce": np.zeros(SHAPE, np.float32)})  # b's T2 stays a real image
+    out = tmp_path / "fused"
+    predict_fused(run, ["t2", "t1ce"], dataset, out, device="cpu", progress=False)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert len(lines) == 1 and "'b'" in lines[0] and "b_t1ce.nii.gz" in lines[0] and "same value (0)" in lines[0]
+    record = json.loads((out / "predict.json").read_text())
+    assert {c: v["constant_inputs"] for c, v in record["cases"].items()} == {"a": {}, "b": {"t1ce": 0.0}}
+    assert (out / "b.nii.gz").exists()
 
 
 def test_networks_with_different_targets_are_refused_before_anything_is_written(tmp_path, dataset):

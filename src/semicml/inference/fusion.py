@@ -26,6 +26,7 @@ import itertools
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -45,6 +46,8 @@ from .predict import (
     atomic_save_nifti,
     check_region_output,
     check_run_options,
+    constant_value,
+    constant_warning,
     load_model,
     probabilities_on_grid,
     region_postprocess,
@@ -247,11 +250,13 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
                     raise DataError(str(err)) from None
                 channels = len(regions.classes) if regions else 1
                 weights = fused_weights(run_info, [spelling[m] for m in used])
-                ref, probs, spread, coarse = _fuse_case(loaders, nets, spelling, tta, uncertainty, window, margin,
-                                                        channels, weights)
-                for m, note in coarse.items():
+                ref, probs, spread, notes = _fuse_case(loaders, nets, spelling, tta, uncertainty, window, margin,
+                                                       channels, weights)
+                for m, note in notes.coarse.items():
                     bar.write(f"warning: case {case_id!r}: its {m} image is {note}: expect a less accurate mask",
                               file=sys.stderr)
+                for m, (source, value) in notes.constant.items():  # one blank modality drags the fused map down
+                    bar.write(constant_warning(case_id, source, value), file=sys.stderr)
                 header = ref.header.copy() if ref.header is not None else None
                 if regions is None:
                     paths = [out_dir / f"{case_id}.nii.gz"]
@@ -273,21 +278,29 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
                     "reference_grid": used[0], "postprocessing": post, "postprocessing_from": why,
                     "weights": weights or "mean",
                     "missing": {a.modality: str(a.expected) for a in absent if a.case_id == case_id},
-                    "coarse_inputs": coarse}
+                    "coarse_inputs": notes.coarse,
+                    "constant_inputs": {m: value for m, (_, value) in notes.constant.items()}}
     atomic_write_text(out_dir / "predict.json", json.dumps(record, indent=1))
     return written
 
 
+@dataclass
+class InputNotes:
+    """What a fused case's inputs warn about, per modality: stored coarser than the network's
+    training spacing (the note), or one value in every voxel ((file, value))."""
+    coarse: dict[str, str] = field(default_factory=dict)
+    constant: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+
 def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: str, margin: int, channels: int,
                weights: dict[str, list[float]] | None = None):
-    """(reference case, fused probability on its grid, the members' :class:`Spread`, the notes of
-    the modalities stored coarser than their network's training spacing). ``weights`` (the run's
-    spelling -> weight per channel): each modality's mean over its members, weighted per channel;
-    None: the mean of all members."""
+    """(reference case, fused probability on its grid, the members' :class:`Spread`, the
+    :class:`InputNotes` of the case). ``weights`` (the run's spelling -> weight per channel): each
+    modality's mean over its members, weighted per channel; None: the mean of all members."""
     ref = None
     spread = Spread()
     per_modality: dict[str, np.ndarray] = {}
-    coarse = {}
+    notes = InputNotes()
     for m, load in loaders.items():
         case = load()
         if ref is None:
@@ -297,7 +310,10 @@ def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: st
         prep = info["preprocessing"]
         note = coarse_input_note(case.affine, prep)
         if note:
-            coarse[m] = note
+            notes.coarse[m] = note
+        value = constant_value(image)
+        if value is not None:
+            notes.constant[m] = (str(next(iter(case.sources.values()), f"its {m} image")), value)
         if uncertainty:
             members = flip_members(runner, image, case.affine, prep, spelling[m], window, margin, channels=channels)
         else:
@@ -313,6 +329,6 @@ def _fuse_case(loaders, nets, spelling, tta: bool, uncertainty: bool, window: st
             per_modality[spelling[m]] = own.mean()
     assert ref is not None
     if weights is None:
-        return ref, spread.mean(), spread, coarse
+        return ref, spread.mean(), spread, notes
     fused = weighted_sum(per_modality, weights, channel_axis=None if channels == 1 else 0)
-    return ref, fused, spread, coarse
+    return ref, fused, spread, notes

@@ -216,6 +216,18 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
                             regions=regions, regions_as_files=regions_as_files)
 
 
+def constant_value(image: np.ndarray) -> float | None:
+    """The value of an image that holds one value in every voxel (e.g. a blank export), else None."""
+    if image.size and float(np.min(image)) == float(np.max(image)):
+        return float(np.min(image))
+    return None
+
+
+def constant_warning(case_id: str, source, value: float) -> str:
+    return (f"warning: case {case_id!r}: {source} has the same value ({value:g}) in every voxel: there is no "
+            "image to segment")
+
+
 def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post: str | dict[str, str],
                  threshold: float, save_probabilities: bool, tta: bool, progress: bool, about: dict,
                  network_modality: str | None = None, regions: Target | None = None,
@@ -231,11 +243,11 @@ def _predict_all(found, out_dir: Path, runner: Engine, preprocessing: dict, post
             if note:
                 coarse[case_id] = note
                 bar.write(f"warning: case {case_id!r} is {note}: expect a less accurate mask", file=sys.stderr)
-            if image.size and float(np.min(image)) == float(np.max(image)):  # e.g. a blank export: say so
-                constant[case_id] = float(np.min(image))
-                source = next(iter(case.sources.values()), "its image")
-                bar.write(f"warning: case {case_id!r}: {source} has the same value ({constant[case_id]:g}) in "
-                          "every voxel: there is no image to segment", file=sys.stderr)
+            value = constant_value(image)
+            if value is not None:
+                constant[case_id] = value
+                bar.write(constant_warning(case_id, next(iter(case.sources.values()), "its image"), value),
+                          file=sys.stderr)
             channels = len(regions.classes) if regions else 1
             if about.get("uncertainty"):
                 probs, spread = flip_spread(runner, image, case.affine, preprocessing, network_modality,
