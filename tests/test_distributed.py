@@ -51,7 +51,8 @@ from ddp_worker import free_port, probe, run_rank  # noqa: E402
 # Deterministic semicml-prel (no dropout anywhere, no PReL input noise): the two runs can agree.
 DDP = {"method": "semicml-prel", "model": {"base_width": 4, "levels": 2, "dropout": [0, 0, 0]},
        "prel": {"noise_std": 0.0}, "iterations": 10, "labeled_batch": 2, "unlabeled_batch": 2, "val_every": 3,
-       "log_every": 1, "device": "cpu", "val_fraction": 0.34, "test_fraction": 0.17,
+       # fp32: the rank sums must agree to 1e-6 (auto picks bf16 on CPUs with AVX512-BF16 or AMX)
+       "log_every": 1, "device": "cpu", "precision": "fp32", "val_fraction": 0.34, "test_fraction": 0.17,
        # CPU time: choosing post-processing on validation imports MONAI (seconds per process), and
        # BatchNorm on 4 channels is several times slower channels-last.
        "postprocess": "none", "channels_last": False}

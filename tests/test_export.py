@@ -46,9 +46,11 @@ def exports(run):
 
 @pytest.fixture(scope="module")
 def reference(run, phantom_root, tmp_path_factory):
-    """Masks and probabilities of today's path: the run's PyTorch network, eager."""
+    """Masks and probabilities of today's path: the run's PyTorch network, eager, in fp32 (the
+    exported engines run fp32; ``auto`` would pick bf16 on a CPU with AVX512-BF16 or AMX)."""
     out = tmp_path_factory.mktemp("ref")
-    predict_cases(run, "T2", phantom_root, out, device="cpu", save_probabilities=True, progress=False, cases=CASES)
+    predict_cases(run, "T2", phantom_root, out, device="cpu", precision="fp32", save_probabilities=True,
+                  progress=False, cases=CASES)
     return read_prediction(out)
 
 
@@ -68,8 +70,8 @@ def test_reference_masks_are_a_real_test(reference):
                                            ("torch", "torchscript")])
 def test_engines_reproduce_the_pytorch_path(engine, source, run, exports, reference, phantom_root, tmp_path):
     model = run if source == "run" else exports[source]
-    predict_cases(model, "T2", phantom_root, tmp_path, engine=engine, save_probabilities=True, progress=False,
-                  cases=CASES)
+    predict_cases(model, "T2", phantom_root, tmp_path, engine=engine, precision="fp32", save_probabilities=True,
+                  progress=False, cases=CASES)
     got = read_prediction(tmp_path)
     for case, (mask, prob) in reference.items():
         assert np.array_equal(got[case][0], mask), case
@@ -116,7 +118,8 @@ def test_cli_export_then_predict(run, reference, phantom_root, tmp_path, monkeyp
                           monkeypatch, capsys)
     assert rc == 0 and text.strip() == f"wrote {out} and t2.torchscript.pt.json"
     rc, text, _ = run_cli(["predict", "--run", out, "--modality", "T2", "--input", phantom_root, "--out",
-                           tmp_path / "pred", "--cases", ",".join(CASES), "--probabilities"], monkeypatch, capsys)
+                           tmp_path / "pred", "--cases", ",".join(CASES), "--probabilities", "--precision", "fp32"],
+                          monkeypatch, capsys)
     assert rc == 0 and text.strip().endswith("wrote 2 masks to " + str(tmp_path / "pred"))
     got = read_prediction(tmp_path / "pred")
     assert all(np.array_equal(got[c][0], reference[c][0]) for c in CASES)

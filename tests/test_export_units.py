@@ -353,8 +353,8 @@ def test_int8_export_calibrates_on_the_run_quantizes_the_float_graph_and_embeds_
     calib = np.zeros((5, 1, 8, 8), np.float32)
     seen: dict = {}
 
-    def calibration_slices(run, modality, multiple):
-        seen["calibration"] = (run, modality, multiple)
+    def calibration_slices(run, modality, multiple, context):
+        seen["calibration"] = (run, modality, multiple, context)
         return calib
 
     def quantize_onnx(model, slices, scheme):
@@ -368,7 +368,7 @@ def test_int8_export_calibrates_on_the_run_quantizes_the_float_graph_and_embeds_
     run = make_run(tmp_path)
     out = export_model(str(run), "t2", "onnx", quantize="int8")
     assert out == run / "export" / "T2-int8.onnx"
-    assert seen["calibration"] == (run, "T2", 8)  # the stored modality name, slices multiples of 2 ** levels
+    assert seen["calibration"] == (run, "T2", 8, 0)  # the stored modality name, slices multiples of 2 ** levels, 2D
     assert seen["quantize"][0] == b"onnx graph of the network" and seen["quantize"][1] is calib
     assert seen["quantize"][2] == "int8"
     assert fp32.calls[0]["levels"] == 3 and fp32.calls[0]["metadata"] is None  # the record goes on the int8 graph

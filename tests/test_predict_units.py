@@ -76,7 +76,7 @@ def test_load_model_takes_a_device_as_given_and_sets_threads_for_torch_only(spie
     assert load_model(tmp_path, "T2", "onnxruntime", CPU, threads=3)[0] == "onnx engine"
     assert spies["threads"].calls == []  # ONNX Runtime takes its own thread count ...
     assert spies["onnx_bytes"].calls == [((spies["net"], 2), {"optimize": False})]
-    assert spies["onnx_engine"].calls == [(("onnxruntime", b"onnx", 4, 3), {})]  # ... here, with 2 ** levels
+    assert spies["onnx_engine"].calls == [(("onnxruntime", b"onnx", 4, 3, 0), {})]  # ... here, with 2 ** levels
 
 
 def export_file(tmp_path: Path, name: str, meta: dict) -> Path:
@@ -98,7 +98,7 @@ def test_load_model_of_an_export_checks_modality_and_engine(spies, tmp_path, mon
                               "a weights file or a TorchScript export)")
     engine, meta = load_model(onnx, "t2", "openvino", threads=2)
     assert engine == "onnx engine" and meta["levels"] == 3
-    assert spies["onnx_engine"].calls == [(("openvino", onnx, 8, 2), {})]
+    assert spies["onnx_engine"].calls == [(("openvino", onnx, 8, 2, 0), {})]  # 2D: no through-plane context
     scripted = export_file(tmp_path, "t2.torchscript.pt", {"modality": "T2", "levels": 2})
     with pytest.raises(ConfigError, match="^a TorchScript model runs with --engine torch, not onnxruntime$"):
         load_model(scripted, "T2", "onnxruntime")
@@ -213,7 +213,7 @@ def test_load_model_of_a_network_without_levels_assumes_four_down_samplings(spie
     monkeypatch.setattr(predict_mod, "load_weights", Spy((plain, {"preprocessing": {}})))
     load_model(tmp_path, "T2", "openvino", CPU)
     assert spies["onnx_bytes"].calls == [((plain, 4), {"optimize": False})]
-    assert spies["onnx_engine"].calls == [(("openvino", b"onnx", 16, None), {})]
+    assert spies["onnx_engine"].calls == [(("openvino", b"onnx", 16, None, 0), {})]
 
 
 def test_the_torchscript_engine_gets_the_network_device_and_precision(spies, tmp_path, monkeypatch):
@@ -232,8 +232,8 @@ def test_onnx_engine_picks_the_runtime_by_name(monkeypatch):
     monkeypatch.setattr(predict_mod, "OnnxRuntimeEngine", lambda *args: made.append(("ort", *args)))
     monkeypatch.setattr(predict_mod, "OpenVinoEngine", lambda *args: made.append(("ov", *args)))
     predict_mod._onnx_engine("onnxruntime", b"m", 8, 2)
-    predict_mod._onnx_engine("openvino", Path("m.onnx"), 16, None)
-    assert made == [("ort", b"m", 8, 2), ("ov", Path("m.onnx"), 16, None)]
+    predict_mod._onnx_engine("openvino", Path("m.onnx"), 16, None, 1)
+    assert made == [("ort", b"m", 8, 2, 0), ("ov", Path("m.onnx"), 16, None, 1)]
 
 
 # ------------------------------------------------------------------------------ engine_planes by hand

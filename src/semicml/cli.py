@@ -144,6 +144,8 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
           init: Optional[Path] = typer.Option(None, help="start from this run (method prel after semicml)"),
           seed: Optional[int] = typer.Option(None),
           width: Optional[int] = typer.Option(None, help="base width of the U-Net"),
+          context: Optional[int] = typer.Option(None, help="neighbouring slices on each side given to each "
+                                                "network (2.5D, 0-3; default 0: 2D)"),
           precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32"),
           device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
           val_every: Optional[int] = typer.Option(None, help="validate every N iterations"),
@@ -171,7 +173,8 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
                  "val_every": val_every, "num_workers": num_workers, "augment": augment,
                  "low_resolution": low_resolution, "sync_batchnorm": sync_batchnorm,
                  "init": str(init) if init else None, "slice_filter": slice_filter,
-                 "postprocess": postprocess, "config": config, "profile": profile, "width": width, "teacher": teacher}
+                 "postprocess": postprocess, "config": config, "profile": profile, "width": width, "teacher": teacher,
+                 "context": context}
     if resume:
         saved = out / "config.yaml"
         if not saved.is_file():
@@ -184,9 +187,10 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
                               "change them (only --device and --num-workers may be given)", out)
         cfg = build_config(saved, None, {"device": device, "num_workers": num_workers})
     else:
-        overrides = {k: v for k, v in overrides.items() if k not in ("config", "profile", "width", "teacher")}
-        if width is not None:
-            overrides["model"] = {"base_width": width}
+        overrides = {k: v for k, v in overrides.items() if k not in ("config", "profile", "width", "teacher", "context")}
+        model = {k: v for k, v in (("base_width", width), ("context", context)) if v is not None}
+        if model:
+            overrides["model"] = model
         if teacher is not None:
             overrides["prel"] = ({"teacher_per_region": True} if teacher.lower() == "per-region" else
                                  {"teacher": teacher})

@@ -35,6 +35,10 @@ class ModelConfig(_TrainModel):
     # Monte-Carlo passes (PReL soft labels, UA-MT uncertainty). BatchNorm statistics learned under
     # dropout but used without it are one source of the train / predict gap measured on BraTS.
     student_dropout: bool = Field(False, description="keep dropout active in the trained networks")
+    # 2.5D: each network also sees this many neighbouring slices on either side of the one it
+    # segments (semicml.data.context); 0 is the paper's 2D network. An option, measured in
+    # benchmarks/results/brats18-cv/ (supervised+lowres+context1).
+    context: int = Field(0, ge=0, le=3, description="neighbouring slices on each side given to each network (2.5D)")
 
     def widths(self) -> tuple[int, ...]:
         return tuple(self.base_width * 2**i for i in range(self.levels + 1))

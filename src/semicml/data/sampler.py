@@ -15,6 +15,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .context import context_stack, group_size
 from .splits import SliceKey
 from .store import SliceStore
 
@@ -116,28 +117,32 @@ class AugmentOptions:
 
 
 def simulate_low_resolution(images: np.ndarray, rng: np.random.Generator, prob: float,
-                            zoom: tuple[float, float] = (0.5, 1.0)) -> np.ndarray:
-    """images: (M, H, W) float32 -> the same shape; each modality independently, with ``prob``,
-    area-averaged down to ``zoom`` x its size (a bigger voxel) and bilinearly up again (as
-    ``predict`` resamples a coarse scan). MONAI's transform does the work; its random state is
-    seeded from ``rng`` so the result is a function of the caller's seed (resumes stay exact).
+                            zoom: tuple[float, float] = (0.5, 1.0), group: int = 1) -> np.ndarray:
+    """images: (M * group, H, W) float32 -> the same shape; each modality independently, with
+    ``prob``, area-averaged down to ``zoom`` x its size (a bigger voxel) and bilinearly up again
+    (as ``predict`` resamples a coarse scan). ``group``: the slices of one modality (its
+    through-plane context) share the draw, as the slices of one coarse scan do. MONAI's transform
+    does the work; its random state is seeded from ``rng`` so the result is a function of the
+    caller's seed (resumes stay exact).
     """
     from monai.transforms import RandSimulateLowResolution  # monai imports slowly; only when used
 
     out = np.array(images, dtype=np.float32)
-    for m in range(out.shape[0]):
+    for m in range(out.shape[0] // group):
         if rng.random() >= prob:
             continue
         transform = RandSimulateLowResolution(prob=1.0, downsample_mode="area", upsample_mode="bilinear",
                                               zoom_range=zoom)
         transform.set_random_state(seed=int(rng.integers(2**31)))
-        out[m] = np.asarray(transform(out[m][None]).as_tensor())[0]
+        part = slice(m * group, (m + 1) * group)
+        out[part] = np.asarray(transform(out[part]).as_tensor())
     return out
 
 
 def augment_pair(images: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
-                 opts: AugmentOptions) -> tuple[np.ndarray, np.ndarray | None]:
-    """images: (M, H, W) float32; label: (H, W) uint8 or None."""
+                 opts: AugmentOptions, group: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """images: (M * group, H, W) float32 (``group`` slices per modality: its through-plane
+    context, one intensity change for all of them); label: (H, W) uint8 or None."""
     if opts.flip:
         for axis in (1, 2):
             if rng.random() < 0.5:
@@ -154,10 +159,11 @@ def augment_pair(images: np.ndarray, label: np.ndarray | None, rng: np.random.Ge
         if label is not None:
             label = ndimage.affine_transform(label, matrix, offset, order=0, mode="constant")
     images = np.array(images, dtype=np.float32)
-    for m in range(images.shape[0]):  # intensity changes differ per modality, like real scanners
+    for m in range(images.shape[0] // group):  # intensity changes differ per modality, like real scanners
         gain = 1 + rng.uniform(-opts.intensity_scale, opts.intensity_scale)
         shift = rng.uniform(-opts.intensity_shift, opts.intensity_shift)
-        images[m] = images[m] * gain + shift + rng.normal(0, opts.noise_std, images[m].shape)
+        part = slice(m * group, (m + 1) * group)
+        images[part] = images[part] * gain + shift + rng.normal(0, opts.noise_std, images[part].shape)
     return images, None if label is None else np.ascontiguousarray(label)
 
 
@@ -166,11 +172,15 @@ class PairedSliceDataset(Dataset):
 
     ``keys`` lists (case, z); the first ``n_labeled`` are the labelled pool. Index items are
     (index, iteration, position) triples from :class:`TwoStreamBatchSampler`, or plain ints.
+    ``context`` k: each modality comes with its k neighbouring slices on either side, modality-major
+    ``(M * (2k + 1), H, W)`` (:mod:`semicml.data.context`); the label is slice z's.
     """
 
     def __init__(self, store: SliceStore, labeled: Sequence[SliceKey], unlabeled: Sequence[SliceKey],
-                 modalities: Sequence[str] | None = None, augment: AugmentOptions = AugmentOptions(), seed: int = 0):
+                 modalities: Sequence[str] | None = None, augment: AugmentOptions = AugmentOptions(), seed: int = 0,
+                 context: int = 0):
         self.store = store
+        self.context = int(context)
         self.keys = list(labeled) + list(unlabeled)
         self.n_labeled = len(labeled)
         names = list(modalities) if modalities else store.modalities
@@ -184,17 +194,23 @@ class PairedSliceDataset(Dataset):
     def __getitem__(self, item) -> dict:
         index, iteration, position = item if isinstance(item, tuple) else (item, 0, 0)
         case, z = self.keys[index]
-        images = np.asarray(self.store.images(case)[z, self.channels], dtype=np.float32)
+        if self.context:  # (2k+1, M, H, W) -> modality-major (M * (2k+1), H, W)
+            stack = context_stack(self.store.images(case), z, self.context)[:, self.channels]
+            images = np.asarray(stack, dtype=np.float32).transpose(1, 0, 2, 3).reshape(-1, *stack.shape[2:])
+        else:
+            images = np.asarray(self.store.images(case)[z, self.channels], dtype=np.float32)
+        group = group_size(self.context)
         is_labeled = index < self.n_labeled
         label = None
         if is_labeled:
             label = np.asarray(self.store.label(case)[z])
         if self.augment.enabled:
             rng = np.random.default_rng([self.seed, 7, iteration, position])
-            images, label = augment_pair(images, label, rng, self.augment)
+            images, label = augment_pair(images, label, rng, self.augment, group)
         if self.augment.low_resolution > 0:  # its own stream: switching it on leaves the other draws unchanged
             rng = np.random.default_rng([self.seed, 11, iteration, position])
-            images = simulate_low_resolution(images, rng, self.augment.low_resolution, self.augment.low_resolution_zoom)
+            images = simulate_low_resolution(images, rng, self.augment.low_resolution, self.augment.low_resolution_zoom,
+                                             group)
         out = {"images": torch.from_numpy(np.ascontiguousarray(images)), "labeled": is_labeled}
         if label is not None:
             out["label"] = torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))

@@ -1,6 +1,7 @@
 """Inference engines: one network of one modality, run on batches of normalised slices.
 
-Every engine maps a CPU float32 tensor ``(B, 1, H, W)`` to CPU float32 logits ``(B, C, H, W)``;
+Every engine maps a CPU float32 tensor ``(B, 2k + 1, H, W)`` (k = ``context``, the neighbouring
+slices on either side; 0 for the paper's 2D network) to CPU float32 logits ``(B, C, H, W)``;
 the predictor applies the sigmoid, the flips and the slice selection itself, so the engines
 differ only in who evaluates the network:
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.context import context_of_channels
 from ..errors import ConfigError
 from ..hardware import Precision
 
@@ -44,11 +46,13 @@ def require(module: str, extra: str):
 
 
 class Engine:
-    """Callable ``(B, 1, H, W)`` float32 CPU tensor -> ``(B, C, H, W)`` float32 CPU logits."""
+    """Callable ``(B, 2k + 1, H, W)`` float32 CPU tensor -> ``(B, C, H, W)`` float32 CPU logits."""
 
     name = ""
     #: H and W must be multiples of this (``2 ** levels`` of the U-Net).
     multiple = 16
+    #: neighbouring slices on either side that the network takes with each slice (semicml.data.context)
+    context = 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -68,6 +72,7 @@ class TorchEngine(Engine):
         self.precision = precision
         self.channels_last = channels_last
         self.multiple = 2 ** int(getattr(net, "levels", 4))
+        self.context = context_of_channels(int(getattr(net, "in_channels", 1)))  # a TorchScript export: set by the loader
         # torch.compile re-traces per input shape (mark_dynamic would cost the speed it buys);
         # compiled lazily so that building the engine stays cheap.
         self._forward = torch.compile(net) if compile else net
@@ -100,8 +105,9 @@ def _threads(threads: int | None) -> int:
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
-    def __init__(self, model: str | Path | bytes, multiple: int, threads: int | None = None):
+    def __init__(self, model: str | Path | bytes, multiple: int, threads: int | None = None, context: int = 0):
         ort = require("onnxruntime", "onnx")
+        self.context = int(context)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = _threads(threads)
         opts.inter_op_num_threads = 1
@@ -118,8 +124,9 @@ class OnnxRuntimeEngine(Engine):
 class OpenVinoEngine(Engine):
     name = "openvino"
 
-    def __init__(self, model: str | Path | bytes, multiple: int, threads: int | None = None):
+    def __init__(self, model: str | Path | bytes, multiple: int, threads: int | None = None, context: int = 0):
         ov = require("openvino", "openvino")
+        self.context = int(context)
         core = ov.Core()
         if isinstance(model, bytes):
             graph = _read_onnx_bytes(core, model)

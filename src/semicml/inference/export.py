@@ -1,7 +1,9 @@
 """``semicml export``: one modality's network as ONNX or TorchScript, with what ``predict`` needs.
 
-The model maps normalised axial slices ``image`` (B, 1, H, W), float32, H and W multiples of
-``2 ** levels``, to ``logits`` (B, C, H, W); sigmoid gives the foreground probability. Beside it,
+The model maps normalised axial slices ``image`` (B, 2k + 1, H, W), float32, H and W multiples of
+``2 ** levels``, to ``logits`` (B, C, H, W); sigmoid gives the foreground probability. k (the
+through-plane context, 0 for a 2D network) is ``network.in_channels = 2k + 1`` in the metadata:
+each slice comes with its k neighbours on either side, zeros beyond the volume. Beside it,
 ``<model file>.json`` (the *sidecar*) records how ``semicml predict`` turns a volume into those
 slices and the slices back into a mask: in-plane rule, normalisation (with its clip percentiles),
 threshold, post-processing chosen on validation, modality, target, training spacing. The same
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..data.context import context_of_channels
 from ..data.preprocess import CLIP_PERCENTILES
 from ..errors import ConfigError, DataError
 from ..io_utils import atomic_write_bytes, atomic_write_json
@@ -74,6 +77,7 @@ def _activation(payload: dict) -> str:
 
 def export_metadata(payload: dict, modality: str, fmt: str, source: Path, run: Path) -> dict[str, Any]:
     levels = len(payload["network"]["widths"]) - 1
+    in_channels = int(payload["network"].get("in_channels", 1))
     prep = dict(payload["preprocessing"])
     return {
         "format": EXPORT_FORMAT,
@@ -83,8 +87,10 @@ def export_metadata(payload: dict, modality: str, fmt: str, source: Path, run: P
         "target": payload.get("target"),
         "network": payload["network"],
         "levels": levels,
-        "input": {"name": ONNX_INPUT, "shape": ["batch", 1, "height", "width"], "dtype": "float32",
-                  "multiple_of": 2 ** levels, "content": "normalised axial slices of the one modality"},
+        "input": {"name": ONNX_INPUT, "shape": ["batch", in_channels, "height", "width"], "dtype": "float32",
+                  "multiple_of": 2 ** levels, "content": "normalised axial slices of the one modality" + (
+                      "" if in_channels == 1 else f": slice z and its {in_channels // 2} neighbours on either side, "
+                      "in order z - k .. z + k, zeros beyond the volume")},
         "output": {"name": ONNX_OUTPUT, "shape": ["batch", payload["network"]["out_channels"], "height", "width"],
                    "activation": _activation(payload)},
         "preprocessing": {**prep, "clip_percentiles": list(CLIP_PERCENTILES),
@@ -136,7 +142,7 @@ def onnx_model_bytes(net: torch.nn.Module, levels: int, metadata: dict | None = 
     onnx = require("onnx", "onnx")
     m = 2 ** levels
     dims = torch.export.Dim("batch", min=1), torch.export.Dim("h", min=1), torch.export.Dim("w", min=1)
-    example = torch.zeros(2, 1, 2 * m, 2 * m)
+    example = torch.zeros(2, int(getattr(net, "in_channels", 1)), 2 * m, 2 * m)
     net = net.cpu().eval()
     with _quiet_exporter():
         program = torch.onnx.export(net, (example,), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
@@ -154,7 +160,8 @@ def torchscript_bytes(net: torch.nn.Module, levels: int, metadata: dict | None =
     """Traced and frozen (BatchNorm folded into the convolutions) eval-mode network."""
     m = 2 ** levels
     with torch.no_grad(), _quiet_exporter():
-        traced = torch.jit.trace(net.cpu().eval(), torch.zeros(2, 1, 2 * m, 2 * m), check_trace=False)
+        example = torch.zeros(2, int(getattr(net, "in_channels", 1)), 2 * m, 2 * m)
+        traced = torch.jit.trace(net.cpu().eval(), example, check_trace=False)
         frozen = torch.jit.freeze(traced)
     buf = io.BytesIO()
     extra = {TS_EXTRA: json.dumps(metadata)} if metadata is not None else {}
@@ -194,7 +201,8 @@ def export_model(run: str | Path, modality: str, fmt: str = "onnx", out: str | P
         make = onnx_model_bytes if fmt == "onnx" else torchscript_bytes
         data = make(net, meta["levels"], meta)
     else:
-        slices = calibration_slices(Path(run), stored, multiple=2 ** meta["levels"])
+        slices = calibration_slices(Path(run), stored, multiple=2 ** meta["levels"],
+                                    context=context_of_channels(int(getattr(net, "in_channels", 1))))
         meta["quantization"] = {"scheme": quantize, "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                                 "weights": "int8 per channel, 7-bit range", "activations": "uint8, MinMax calibration",
                                 "calibration": f"{len(slices)} slices of the run's training cases (slice store)"}

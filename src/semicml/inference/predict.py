@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.case import Case
+from ..data.context import context_of_channels
 from ..data.preprocess import coarse_input_note, network_frame
 from ..data.readers import read_single_modality
 from ..data.targets import Target, label_map_from_regions
@@ -155,23 +156,25 @@ def load_model(run: str | Path, modality: str, engine: str = "torch", device: st
         if fmt == "torchscript" and engine != "torch":
             raise ConfigError(f"a TorchScript model runs with --engine torch, not {engine}")
         multiple = 2 ** int(meta["levels"])
+        context = context_of_channels(int(meta.get("network", {}).get("in_channels", 1)))
         if engine == "torch":
             net = load_torchscript(run, dev)
             runner: Engine = TorchEngine(net, dev, prec, channels_last=True, compile=compile)
-            runner.multiple = multiple
+            runner.multiple, runner.context = multiple, context
         else:
-            runner = _onnx_engine(engine, Path(run), multiple, threads)
+            runner = _onnx_engine(engine, Path(run), multiple, threads, context)
         return runner, meta
     net, payload = load_weights(run, modality, dev)
     if engine == "torch":
         return TorchEngine(net, dev, prec, channels_last=True, compile=compile), payload
     levels = int(getattr(net, "levels", 4))
-    return _onnx_engine(engine, onnx_model_bytes(net, levels, optimize=False), 2 ** levels, threads), payload
+    return _onnx_engine(engine, onnx_model_bytes(net, levels, optimize=False), 2 ** levels, threads,
+                        context_of_channels(int(getattr(net, "in_channels", 1)))), payload
 
 
-def _onnx_engine(engine: str, model: Path | bytes, multiple: int, threads: int | None) -> Engine:
+def _onnx_engine(engine: str, model: Path | bytes, multiple: int, threads: int | None, context: int = 0) -> Engine:
     cls = OnnxRuntimeEngine if engine == "onnxruntime" else OpenVinoEngine
-    return cls(model, multiple, threads)
+    return cls(model, multiple, threads, context)
 
 
 def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_dir: str | Path,

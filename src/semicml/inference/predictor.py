@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.context import context_stack
 from ..hardware import Precision
 from .engines import Engine, TorchEngine
 
@@ -32,7 +33,8 @@ def predict_planes(net: nn.Module, planes: np.ndarray, device: torch.device, pre
     or (Z, C, H, W) for a network with ``channels`` > 1 sigmoid outputs (one per region).
 
     Binary networks (1 output channel) give sigmoid probabilities of the foreground. Empty
-    (all-zero) slices are skipped and predicted as background. ``tta``: the mean of the
+    (all-zero) slices are skipped and predicted as background. A network with 2k + 1 input
+    channels sees each slice with its k neighbours on either side (:mod:`semicml.data.context`). ``tta``: the mean of the
     probabilities of the slice and its three in-plane mirror images (flip test-time augmentation).
     """
     return engine_planes(TorchEngine(net, device, precision, channels_last), planes, batch_size, tta,
@@ -83,8 +85,10 @@ def engine_planes(engine: Engine, planes: np.ndarray, batch_size: int = 32, tta:
         for (h, w), members in groups.items():
             for start in range(0, len(members), batch_size):
                 part = members[start : start + batch_size]
-                batch = np.stack([planes[z, x0 : x0 + h, y0 : y0 + w] for z, x0, y0 in part])
-                x = torch.from_numpy(batch.astype(np.float32, copy=False)).unsqueeze(1)
+                # (N, 2k+1, h, w): slice z and its through-plane context (k = 0: slice z alone)
+                batch = np.stack([context_stack(planes, z, engine.context)[:, x0 : x0 + h, y0 : y0 + w]
+                                  for z, x0, y0 in part])
+                x = torch.from_numpy(batch.astype(np.float32, copy=False))
                 acc = torch.zeros(x.shape[0], channels, h, w)
                 for dims in flips:
                     probs = torch.sigmoid(engine(torch.flip(x, dims) if dims else x))

@@ -29,13 +29,16 @@ SCHEMES = ("int8",)
 CALIBRATION_SLICES = 64
 
 
-def calibration_slices(run: Path, modality: str, count: int = CALIBRATION_SLICES, multiple: int = 16) -> np.ndarray:
-    """(N, 1, H, W) float32 slices of ``modality`` from the run's training cases in its store.
+def calibration_slices(run: Path, modality: str, count: int = CALIBRATION_SLICES, multiple: int = 16,
+                       context: int = 0) -> np.ndarray:
+    """(N, 2k + 1, H, W) float32 slices of ``modality`` (each with its ``context`` k neighbours on
+    either side, :mod:`semicml.data.context`) from the run's training cases in its store.
 
     Evenly spaced over each case's brain (non-empty) slices, cases in split order, up to ``count``
     in all; H and W are the store's, which must be multiples of ``multiple`` (the network's
     down-sampling factor).
     """
+    from ..data.context import context_stack
     from ..data.store import SliceStore
 
     run = Path(run)
@@ -56,10 +59,10 @@ def calibration_slices(run: Path, modality: str, count: int = CALIBRATION_SLICES
             continue
         pick = np.unique(np.linspace(0, len(zs) - 1, min(per_case, len(zs))).round().astype(int))
         images = store.images(case)
-        slices += [np.asarray(images[zs[i], channel], dtype=np.float32) for i in pick]
+        slices += [np.asarray(context_stack(images, zs[i], context)[:, channel], dtype=np.float32) for i in pick]
         if len(slices) >= count:
             break
-    batch = np.stack(slices[:count])[:, None]
+    batch = np.stack(slices[:count])
     if batch.shape[-1] % multiple or batch.shape[-2] % multiple:
         raise DataError(f"stored slices {batch.shape[-2:]} are not multiples of {multiple}: re-prepare the store",
                         run)

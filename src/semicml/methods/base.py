@@ -82,10 +82,11 @@ class Method(nn.Module):
         self.students = nn.ModuleDict({str(i): ctx.new_network() for i in range(len(ctx.modalities))})
 
     # -- helpers for subclasses --------------------------------------------------------------
-    @staticmethod
-    def channel(images: torch.Tensor, index: int) -> torch.Tensor:
-        """(B, M, H, W) batch -> (B, 1, H, W) input of modality ``index``."""
-        return images[:, index : index + 1]
+    def channel(self, images: torch.Tensor, index: int) -> torch.Tensor:
+        """(B, M * g, H, W) batch -> (B, g, H, W) input of modality ``index``: g = 1, or the
+        2k + 1 slices of its through-plane context (modality-major, :mod:`semicml.data.context`)."""
+        group = images.shape[1] // len(self.ctx.modalities)
+        return images[:, index * group : (index + 1) * group]
 
     def target(self, label: torch.Tensor) -> torch.Tensor:
         """(B, H, W) stored label -> (B, C, H, W) float target: the foreground (one channel), or

@@ -17,8 +17,9 @@ __all__ = ["build_network", "network_spec"]
 
 
 def network_spec(cfg: TrainConfig, out_channels: int) -> dict[str, Any]:
-    """The spec of the single-modality U-Net that ``cfg`` asks for."""
-    return {"in_channels": 1, "out_channels": out_channels, "widths": list(cfg.model.widths()),
+    """The spec of the single-modality U-Net that ``cfg`` asks for (one input channel per slice
+    of its through-plane context, :mod:`semicml.data.context`)."""
+    return {"in_channels": 2 * cfg.model.context + 1, "out_channels": out_channels, "widths": list(cfg.model.widths()),
             "dropout": list(cfg.model.dropout_per_level())}
 
 
