@@ -52,6 +52,21 @@ def test_calibration_uses_only_training_slices_spread_over_each_brain(store_run)
         calibration_slices(run, "T2", count=4, multiple=64)
 
 
+def test_calibration_slices_of_a_2_5d_network_carry_their_neighbours(store_run):
+    from semicml.inference.quantize import calibration_slices
+
+    store, run, splits = store_run
+    channel = store.modality_index("T2")
+    flat = calibration_slices(run, "T2", count=8, multiple=16)
+    got = calibration_slices(run, "T2", count=8, multiple=16, context=1)
+    assert got.shape == (8, 3, 32, 32) and np.array_equal(got[:, 1:2], flat)  # the centre is the 2D slice
+    case = splits["train"][0]
+    volume = np.asarray(store.images(case)[:, channel], dtype=np.float32)
+    z = store.cases[case].nonempty_slices[0]
+    below = volume[z - 1] if z > 0 else np.zeros_like(volume[z])  # zeros beyond the volume
+    assert np.array_equal(got[0, 0], below) and np.array_equal(got[0, 2], volume[z + 1])
+
+
 @pytest.mark.slow  # the ONNX export alone takes ~20 s on a 2-core CPU
 def test_quantized_graph_is_int8_and_close_to_float32():
     import onnxruntime as ort
