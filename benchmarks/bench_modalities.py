@@ -69,7 +69,7 @@ def trainer(store: Path, out: Path, n: int, args):
 def batches(tr, count: int):
     from semicml.data.sampler import PairedSliceDataset, TwoStreamBatchSampler, collate_two_stream
 
-    ds = PairedSliceDataset(tr.store, tr.subset.labeled, tr.subset.unlabeled, tr.modalities)
+    ds = PairedSliceDataset(tr.store, tr.subset.labeled, tr.subset.unlabeled, tr.modalities, context=tr.cfg.model.context)
     sampler = TwoStreamBatchSampler(ds.n_labeled, len(ds.keys) - ds.n_labeled, tr.cfg.labeled_batch,
                                     tr.cfg.unlabeled_batch, 0, 0, count)
     return [{k: tr._to_device(v) for k, v in collate_two_stream([ds[i] for i in idx]).items()} for idx in sampler]

@@ -58,7 +58,8 @@ def _step_rate(trainer, stage: str, steps: int, warmup: int = 1) -> tuple[float,
 
     from semicml.data.sampler import PairedSliceDataset, TwoStreamBatchSampler, collate_two_stream
 
-    ds = PairedSliceDataset(trainer.store, trainer.subset.labeled, trainer.subset.unlabeled, trainer.modalities)
+    ds = PairedSliceDataset(trainer.store, trainer.subset.labeled, trainer.subset.unlabeled, trainer.modalities,
+                            context=trainer.cfg.model.context)
     sampler = TwoStreamBatchSampler(len(ds.keys[: ds.n_labeled]), len(ds.keys) - ds.n_labeled,
                                     trainer.cfg.labeled_batch, trainer.cfg.unlabeled_batch, 0, 0, steps + warmup)
     batches = ({key: trainer._to_device(v) for key, v in collate_two_stream([ds[i] for i in idx]).items()}
