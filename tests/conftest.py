@@ -159,3 +159,15 @@ def copy_phantom(phantom_root: Path, tmp: Path, cases: int | None = None) -> Pat
     meta["numTraining"] = len(ids)
     (root / "dataset.json").write_text(json.dumps(meta, indent=2))
     return root
+
+
+def train_phantom_run(phantom_root: Path, work: Path, overrides: dict) -> Path:
+    """A tiny-profile run on a 32 x 32 T2 + T1ce store of the phantom (``work/store``) -> ``work/run``."""
+    from semicml.config import build_config
+    from semicml.data.store import PrepareOptions, prepare_store
+    from semicml.engine.trainer import Trainer
+
+    store = prepare_store(phantom_root, work / "store", PrepareOptions(modalities=("T2", "T1ce"), size=32, workers=1),
+                          progress=False)
+    Trainer(build_config(profile="tiny", overrides=overrides), store, work / "run", progress=False).fit()
+    return work / "run"

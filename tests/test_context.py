@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import train_phantom_run
 from semicml.data.context import context_of_channels, context_stack, group_size
 from semicml.data.sampler import AugmentOptions, PairedSliceDataset, augment_pair, simulate_low_resolution
 from semicml.hardware import resolve_precision
@@ -125,18 +126,9 @@ def test_predict_planes_feeds_the_neighbours_zero_beyond_the_volume():
 
 @pytest.fixture(scope="module")
 def context_run(phantom_root, tmp_path_factory):
-    from semicml.config import build_config
-    from semicml.data.store import PrepareOptions, prepare_store
-    from semicml.engine.trainer import Trainer
-
-    work = tmp_path_factory.mktemp("context")
-    store = prepare_store(phantom_root, work / "store", PrepareOptions(modalities=("T2", "T1ce"), size=32, workers=1),
-                          progress=False)
-    cfg = build_config(profile="tiny", overrides={"iterations": 120, "val_every": 60, "method": "semicml",
-                                                  "model": {"context": 1}, "num_workers": 0, "device": "cpu",
-                                                  "low_resolution": 0.25})
-    Trainer(cfg, store, work / "run", progress=False).fit()
-    return work / "run"
+    return train_phantom_run(phantom_root, tmp_path_factory.mktemp("context"),
+                             {"iterations": 120, "val_every": 60, "method": "semicml", "model": {"context": 1},
+                              "num_workers": 0, "device": "cpu", "low_resolution": 0.25})
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import train_phantom_run
 from faults import fail_writes, run_cli, temporaries, tree
 from semicml.inference.export import META_KEY, TS_EXTRA, export_model, read_export, sidecar_path
 from semicml.inference.predict import predict_cases
@@ -26,17 +27,9 @@ CASES = ["phantom_004", "phantom_005"]
 
 @pytest.fixture(scope="module")
 def run(phantom_root, tmp_path_factory):
-    from semicml.config import build_config
-    from semicml.data.store import PrepareOptions, prepare_store
-    from semicml.engine.trainer import Trainer
-
-    work = tmp_path_factory.mktemp("export")
-    store = prepare_store(phantom_root, work / "store", PrepareOptions(modalities=("T2", "T1ce"), size=32, workers=1),
-                          progress=False)
-    cfg = build_config(profile="tiny", overrides={"iterations": 150, "val_every": 50, "method": "supervised",
-                                                  "labeled_fraction": 1.0, "num_workers": 0, "device": "cpu"})
-    Trainer(cfg, store, work / "run", progress=False).fit()
-    return work / "run"
+    return train_phantom_run(phantom_root, tmp_path_factory.mktemp("export"),
+                             {"iterations": 150, "val_every": 50, "method": "supervised", "labeled_fraction": 1.0,
+                              "num_workers": 0, "device": "cpu"})
 
 
 @pytest.fixture(scope="module")

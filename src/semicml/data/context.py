@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MAX_CONTEXT", "context_of_channels", "context_stack", "group_size"]
-
-MAX_CONTEXT = 3
+__all__ = ["context_of_channels", "context_of_network", "context_stack", "group_size"]
 
 
 def group_size(context: int) -> int:
@@ -32,6 +30,12 @@ def context_of_channels(in_channels: int) -> int:
     if in_channels < 1 or in_channels % 2 == 0:
         raise ValueError(f"a single-modality network has an odd number of input channels, not {in_channels}")
     return (int(in_channels) - 1) // 2
+
+
+def context_of_network(net) -> int:
+    """The context of a network that records ``in_channels`` (a U-Net); 0 for one that does not
+    (a TorchScript export: its loader sets the context from the export's metadata)."""
+    return context_of_channels(int(getattr(net, "in_channels", 1)))
 
 
 def context_stack(volume: np.ndarray, z: int, context: int) -> np.ndarray:

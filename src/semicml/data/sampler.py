@@ -194,11 +194,8 @@ class PairedSliceDataset(Dataset):
     def __getitem__(self, item) -> dict:
         index, iteration, position = item if isinstance(item, tuple) else (item, 0, 0)
         case, z = self.keys[index]
-        if self.context:  # (2k+1, M, H, W) -> modality-major (M * (2k+1), H, W)
-            stack = context_stack(self.store.images(case), z, self.context)[:, self.channels]
-            images = np.asarray(stack, dtype=np.float32).transpose(1, 0, 2, 3).reshape(-1, *stack.shape[2:])
-        else:
-            images = np.asarray(self.store.images(case)[z, self.channels], dtype=np.float32)
+        stack = context_stack(self.store.images(case), z, self.context)[:, self.channels]  # (2k+1, M, H, W)
+        images = np.asarray(stack, dtype=np.float32).transpose(1, 0, 2, 3).reshape(-1, *stack.shape[2:])  # modality-major
         group = group_size(self.context)
         is_labeled = index < self.n_labeled
         label = None

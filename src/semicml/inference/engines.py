@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.context import context_of_channels
+from ..data.context import context_of_network
 from ..errors import ConfigError
 from ..hardware import Precision
 
@@ -72,7 +72,7 @@ class TorchEngine(Engine):
         self.precision = precision
         self.channels_last = channels_last
         self.multiple = 2 ** int(getattr(net, "levels", 4))
-        self.context = context_of_channels(int(getattr(net, "in_channels", 1)))  # a TorchScript export: set by the loader
+        self.context = context_of_network(net)
         # torch.compile re-traces per input shape (mark_dynamic would cost the speed it buys);
         # compiled lazily so that building the engine stays cheap.
         self._forward = torch.compile(net) if compile else net

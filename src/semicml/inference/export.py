@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.context import context_of_channels
+from ..data.context import context_of_network
 from ..data.preprocess import CLIP_PERCENTILES
 from ..errors import ConfigError, DataError
 from ..io_utils import atomic_write_bytes, atomic_write_json
@@ -132,6 +132,11 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
+def _example_input(net: torch.nn.Module, multiple: int) -> torch.Tensor:
+    """A zero batch the exporters trace with: 2 slices of the network's input channels."""
+    return torch.zeros(2, int(getattr(net, "in_channels", 1)), 2 * multiple, 2 * multiple)
+
+
 def onnx_model_bytes(net: torch.nn.Module, levels: int, metadata: dict | None = None, optimize: bool = True) -> bytes:
     """The eval-mode network as an ONNX graph with dynamic batch, height and width.
 
@@ -142,7 +147,7 @@ def onnx_model_bytes(net: torch.nn.Module, levels: int, metadata: dict | None = 
     onnx = require("onnx", "onnx")
     m = 2 ** levels
     dims = torch.export.Dim("batch", min=1), torch.export.Dim("h", min=1), torch.export.Dim("w", min=1)
-    example = torch.zeros(2, int(getattr(net, "in_channels", 1)), 2 * m, 2 * m)
+    example = _example_input(net, m)
     net = net.cpu().eval()
     with _quiet_exporter():
         program = torch.onnx.export(net, (example,), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
@@ -160,8 +165,7 @@ def torchscript_bytes(net: torch.nn.Module, levels: int, metadata: dict | None =
     """Traced and frozen (BatchNorm folded into the convolutions) eval-mode network."""
     m = 2 ** levels
     with torch.no_grad(), _quiet_exporter():
-        example = torch.zeros(2, int(getattr(net, "in_channels", 1)), 2 * m, 2 * m)
-        traced = torch.jit.trace(net.cpu().eval(), example, check_trace=False)
+        traced = torch.jit.trace(net.cpu().eval(), _example_input(net, m), check_trace=False)
         frozen = torch.jit.freeze(traced)
     buf = io.BytesIO()
     extra = {TS_EXTRA: json.dumps(metadata)} if metadata is not None else {}
@@ -202,7 +206,7 @@ def export_model(run: str | Path, modality: str, fmt: str = "onnx", out: str | P
         data = make(net, meta["levels"], meta)
     else:
         slices = calibration_slices(Path(run), stored, multiple=2 ** meta["levels"],
-                                    context=context_of_channels(int(getattr(net, "in_channels", 1))))
+                                    context=context_of_network(net))
         meta["quantization"] = {"scheme": quantize, "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                                 "weights": "int8 per channel, 7-bit range", "activations": "uint8, MinMax calibration",
                                 "calibration": f"{len(slices)} slices of the run's training cases (slice store)"}

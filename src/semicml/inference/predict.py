@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.case import Case
-from ..data.context import context_of_channels
+from ..data.context import context_of_channels, context_of_network
 from ..data.preprocess import coarse_input_note, network_frame
 from ..data.readers import read_single_modality
 from ..data.targets import Target, label_map_from_regions
@@ -169,7 +169,7 @@ def load_model(run: str | Path, modality: str, engine: str = "torch", device: st
         return TorchEngine(net, dev, prec, channels_last=True, compile=compile), payload
     levels = int(getattr(net, "levels", 4))
     return _onnx_engine(engine, onnx_model_bytes(net, levels, optimize=False), 2 ** levels, threads,
-                        context_of_channels(int(getattr(net, "in_channels", 1)))), payload
+                        context_of_network(net)), payload
 
 
 def _onnx_engine(engine: str, model: Path | bytes, multiple: int, threads: int | None, context: int = 0) -> Engine:
