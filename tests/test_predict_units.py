@@ -306,3 +306,36 @@ def test_brain_window_margins_default_to_none_in_the_prediction_path():
     zero = probabilities_on_grid(Roll(), vol, np.eye(4), prep, CPU, fp32, channels_last=False, window="brain",
                                  margin=0)
     np.testing.assert_array_equal(default, zero)
+
+
+# ------------------------------------------------------------ flip TTA on networks never shown a mirror
+def test_mirroring_warning_reads_the_training_config_of_the_run(tmp_path):
+    from semicml.inference.predict import mirroring_warning
+
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    assert mirroring_warning(run) is None  # no config: unknown, no alarm
+    (run / "config.yaml").write_text("method: semicml-prel\naugment: false\n")
+    for target in (run, run / "weights" / "T2.pt", run / "export" / "T2.onnx"):
+        note = mirroring_warning(target)
+        assert note is not None and note.startswith("warning: ") and "without mirroring" in note
+        assert "--augment" in note and "\n" not in note
+    (run / "config.yaml").write_text("method: semicml-prel\naugment: true\n")
+    assert mirroring_warning(run) is None
+    (run / "config.yaml").write_text("augment: [unclosed\n")
+    assert mirroring_warning(run) is None  # an unreadable config is not this check's business
+
+
+@pytest.mark.parametrize("options,warned", [({"tta": True}, True), ({"uncertainty": True}, True), ({}, False)])
+def test_predict_warns_when_flip_averaging_a_network_trained_without_mirroring(tmp_path, monkeypatch, capsys,
+                                                                              options, warned):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("augment: false\n")
+    monkeypatch.setattr(predict_mod, "load_model", lambda *a: (None, {"preprocessing": {}}))
+    monkeypatch.setattr(predict_mod, "read_single_modality", lambda *a: {})
+    monkeypatch.setattr(predict_mod, "select_cases", lambda found, *a: found)
+    monkeypatch.setattr(predict_mod, "_predict_all", lambda *a, **k: [])
+    assert predict_cases(run, "T2", tmp_path, tmp_path / "out", **options) == []
+    err = capsys.readouterr().err
+    assert ("trained without mirroring" in err) is warned

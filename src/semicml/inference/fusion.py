@@ -49,6 +49,7 @@ from .predict import (
     constant_value,
     constant_warning,
     load_model,
+    mirroring_warning,
     probabilities_on_grid,
     region_postprocess,
     region_target,
@@ -235,6 +236,8 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
                     "tta": tta or uncertainty, "uncertainty": "flip-std" if uncertainty else None,
                     "missing_policy": missing, "cases": {}}
     written = []
+    if (tta or uncertainty) and (note := mirroring_warning(run)):
+        print(note, file=sys.stderr)
     with exclusive(out_dir, "prediction folder"):
         out_dir.mkdir(parents=True, exist_ok=True)
         with tqdm(found, desc=f"predict {fused_name(modalities)}", unit="case", disable=not progress) as bar:
