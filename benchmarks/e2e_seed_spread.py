@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2,3")
     ap.add_argument("--variants", default='{"as-tested": {}}', help="JSON: name -> config overrides")
-    ap.add_argument("--cases", type=int, default=16, help="phantom cases (the test's fixture: 16)")
+    ap.add_argument("--cases", type=int, default=None, help="phantom cases (default: the test fixture's)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
@@ -37,16 +37,19 @@ def main() -> None:
 
     from semicml.config import build_config
     from semicml.data.phantom import write_phantom
-    from semicml.data.store import PrepareOptions, prepare_store
+    from semicml.data.store import prepare_store
     from semicml.engine.trainer import Trainer
     from semicml.pipeline import evaluate_run
-    from test_training import E2E
+    from test_training import E2E, E2E_PHANTOM, E2E_PREPARE
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="e2e-spread-") as tmp:
         root = Path(tmp)
-        data = write_phantom(root / "data", cases=args.cases, seed=3, shape=(64, 64, 24))  # the fixture's phantom
-        store = prepare_store(data, root / "store", PrepareOptions(modalities=("T2", "T1ce"), size=64), progress=False)
+        phantom = dict(E2E_PHANTOM)  # the fixture's phantom
+        if args.cases:
+            phantom["cases"] = args.cases
+        data = write_phantom(root / "data", **phantom)
+        store = prepare_store(data, root / "store", E2E_PREPARE, progress=False)
         for name, overrides in json.loads(args.variants).items():
             for seed in (int(s) for s in args.seeds.split(",")):
                 run = root / f"{name}-{seed}"

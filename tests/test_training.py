@@ -34,19 +34,22 @@ E2E = {"method": "semicml-prel", "low_resolution": 0.0,
        "labeled_batch": 8, "unlabeled_batch": 8, "labeled_fraction": 0.3, "val_every": 20,
        "optim": {"lr": 3e-3, "milestones": [0.5, 0.75]}, "val_fraction": 0.2, "test_fraction": 0.25}
 DICE_THRESHOLD = 0.5
+# The phantom and store the e2e fixtures build (benchmarks/e2e_seed_spread.py builds the same).
+E2E_PHANTOM = {"cases": 16, "seed": 3, "shape": (64, 64, 24)}
+E2E_PREPARE = PrepareOptions(modalities=("T2", "T1ce"), size=64)
 
 
 @pytest.fixture(scope="module")
 def phantom_e2e_root(tmp_path_factory) -> Path:
     from semicml.data.phantom import write_phantom
 
-    return write_phantom(tmp_path_factory.mktemp("p") / "data", cases=16, seed=3, shape=(64, 64, 24))
+    return write_phantom(tmp_path_factory.mktemp("p") / "data", **E2E_PHANTOM)
 
 
 @pytest.fixture(scope="module")
 def e2e_store(phantom_e2e_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("e2e") / "store"
-    return prepare_store(phantom_e2e_root, out, PrepareOptions(modalities=("T2", "T1ce"), size=64), progress=False)
+    return prepare_store(phantom_e2e_root, out, E2E_PREPARE, progress=False)
 
 
 def test_train_predict_evaluate_beats_threshold(e2e_store, phantom_e2e_root, tmp_path):

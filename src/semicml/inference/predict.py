@@ -22,7 +22,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from ..data.case import Case
@@ -233,11 +232,15 @@ def mirroring_warning(run: str | Path) -> str | None:
     """A warning when ``run``'s training config (``config.yaml`` of the run directory, also found from
     ``RUN/weights/*.pt`` or ``RUN/export/*``) says the networks never saw a mirrored slice; None
     when they did or when it is unknown (a model file without its run)."""
+    from ..config import load_yaml_mapping  # pydantic imports slowly; only --tta / --uncertainty get here
+
     path = Path(run)
     config = path / "config.yaml" if path.is_dir() else path.parent.parent / "config.yaml"
+    if not config.is_file():
+        return None
     try:
-        augment = (yaml.safe_load(config.read_text()) or {}).get("augment") if config.is_file() else None
-    except (OSError, yaml.YAMLError, AttributeError):
+        augment = load_yaml_mapping(config, "training config", empty_ok=True).get("augment")
+    except ConfigError:
         return None
     return f"warning: the networks of {path} {UNMIRRORED_NOTE}" if augment is False else None
 
