@@ -281,6 +281,24 @@ def test_intensity_gain_and_shift_are_drawn_on_both_sides():
     assert np.array_equal(plain, ones) and np.array_equal(lab, np.ones((4, 4)))
 
 
+def test_spatial_only_augmentation_keeps_the_geometry_and_drops_the_intensity_changes():
+    """``intensity=False`` (config ``augment_intensity: false``): the same flips, rotation and zoom
+    as the full augmentation from the same draw (a paired ablation), but no gain, shift or noise."""
+    label = l_shape()
+    images = np.stack([label, 2 * label]).astype(np.float32) + 0.5
+    full = AugmentOptions(enabled=True, rotate_degrees=30.0, scale=(0.8, 1.2), noise_std=0.2)
+    spatial = AugmentOptions(enabled=True, rotate_degrees=30.0, scale=(0.8, 1.2), noise_std=0.2, intensity=False)
+    zero = AugmentOptions(enabled=True, rotate_degrees=30.0, scale=(0.8, 1.2), intensity_scale=0.0,
+                          intensity_shift=0.0, noise_std=0.0)
+    for seed in range(4):
+        out_full, lab_full = augment_pair(images, label, np.random.default_rng(seed), full)
+        out_sp, lab_sp = augment_pair(images, label, np.random.default_rng(seed), spatial)
+        out_zero, _ = augment_pair(images, label, np.random.default_rng(seed), zero)
+        assert np.array_equal(lab_sp, lab_full)
+        assert np.array_equal(out_sp, out_zero)  # geometry only, bit for bit
+        assert not np.allclose(out_sp, out_full, atol=0.05)  # the full one did change the intensities
+
+
 def test_collate_two_stream_shapes_and_empty_streams():
     import torch
 

@@ -105,6 +105,9 @@ class AugmentOptions:
     flip: bool = True
     rotate_degrees: float = 15.0
     scale: tuple[float, float] = (0.9, 1.1)
+    # False: the spatial transforms only (the same geometry draws, so a run with and without the
+    # intensity changes is a paired ablation).
+    intensity: bool = True
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     noise_std: float = 0.05
@@ -159,7 +162,7 @@ def augment_pair(images: np.ndarray, label: np.ndarray | None, rng: np.random.Ge
         if label is not None:
             label = ndimage.affine_transform(label, matrix, offset, order=0, mode="constant")
     images = np.array(images, dtype=np.float32)
-    for m in range(images.shape[0] // group):  # intensity changes differ per modality, like real scanners
+    for m in range(images.shape[0] // group if opts.intensity else 0):  # differ per modality, like real scanners
         gain = 1 + rng.uniform(-opts.intensity_scale, opts.intensity_scale)
         shift = rng.uniform(-opts.intensity_shift, opts.intensity_shift)
         part = slice(m * group, (m + 1) * group)

@@ -272,7 +272,8 @@ class Trainer:
             self._write_static_files()
         cfg = self.cfg
         dataset = PairedSliceDataset(self.store, self.subset.labeled, self.subset.unlabeled, self.modalities,
-                                     AugmentOptions(enabled=cfg.augment, low_resolution=cfg.low_resolution), seed=cfg.seed,
+                                     AugmentOptions(enabled=cfg.augment, intensity=cfg.augment_intensity,
+                                                    low_resolution=cfg.low_resolution), seed=cfg.seed,
                                      context=cfg.model.context)
         sampler = TwoStreamBatchSampler(len(self.subset.labeled), len(self.subset.unlabeled), cfg.labeled_batch,
                                         self.unlabeled_batch, cfg.seed, self.iteration, self.total,
