@@ -299,6 +299,17 @@ def test_spatial_only_augmentation_keeps_the_geometry_and_drops_the_intensity_ch
         assert not np.allclose(out_sp, out_full, atol=0.05)  # the full one did change the intensities
 
 
+def test_training_config_reaches_the_sampler_augmentation():
+    from semicml.config import build_config
+    from semicml.engine.trainer import augment_options
+
+    default = augment_options(build_config())
+    assert (default.enabled, default.intensity, default.low_resolution) == (False, True, 0.25)
+    spatial = augment_options(build_config(overrides={"augment": True, "augment_intensity": False,
+                                                      "low_resolution": 0.5}))
+    assert (spatial.enabled, spatial.intensity, spatial.low_resolution) == (True, False, 0.5)
+
+
 def test_collate_two_stream_shapes_and_empty_streams():
     import torch
 

@@ -75,6 +75,12 @@ def restore_rng_states(state: dict[str, Any]) -> None:
         for index, rng in enumerate(state["cuda_rng"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(rng.cpu(), index)
 
+
+def augment_options(cfg: TrainConfig) -> AugmentOptions:
+    """The sampler's augmentation as the training config asks for it."""
+    return AugmentOptions(enabled=cfg.augment, intensity=cfg.augment_intensity, low_resolution=cfg.low_resolution)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, store: SliceStore | str | Path, run_dir: str | Path,
                  resume: bool = False, progress: bool = True):
@@ -272,8 +278,7 @@ class Trainer:
             self._write_static_files()
         cfg = self.cfg
         dataset = PairedSliceDataset(self.store, self.subset.labeled, self.subset.unlabeled, self.modalities,
-                                     AugmentOptions(enabled=cfg.augment, intensity=cfg.augment_intensity,
-                                                    low_resolution=cfg.low_resolution), seed=cfg.seed,
+                                     augment_options(cfg), seed=cfg.seed,
                                      context=cfg.model.context)
         sampler = TwoStreamBatchSampler(len(self.subset.labeled), len(self.subset.unlabeled), cfg.labeled_batch,
                                         self.unlabeled_batch, cfg.seed, self.iteration, self.total,
