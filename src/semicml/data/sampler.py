@@ -162,12 +162,15 @@ def augment_pair(images: np.ndarray, label: np.ndarray | None, rng: np.random.Ge
         if label is not None:
             label = ndimage.affine_transform(label, matrix, offset, order=0, mode="constant")
     images = np.array(images, dtype=np.float32)
-    for m in range(images.shape[0] // group if opts.intensity else 0):  # differ per modality, like real scanners
+    label = None if label is None else np.ascontiguousarray(label)
+    if not opts.intensity:
+        return images, label
+    for m in range(images.shape[0] // group):  # intensity changes differ per modality, like real scanners
         gain = 1 + rng.uniform(-opts.intensity_scale, opts.intensity_scale)
         shift = rng.uniform(-opts.intensity_shift, opts.intensity_shift)
         part = slice(m * group, (m + 1) * group)
         images[part] = images[part] * gain + shift + rng.normal(0, opts.noise_std, images[part].shape)
-    return images, None if label is None else np.ascontiguousarray(label)
+    return images, label
 
 
 class PairedSliceDataset(Dataset):
