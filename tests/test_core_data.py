@@ -299,6 +299,44 @@ def test_spatial_only_augmentation_keeps_the_geometry_and_drops_the_intensity_ch
         assert not np.allclose(out_sp, out_full, atol=0.05)  # the full one did change the intensities
 
 
+def test_intensity_changes_for_listed_modalities_only_keep_the_paired_draws():
+    """``intensity=(False, True)`` (config ``augment_intensity: [t1ce]`` on t2, t1ce): the first
+    modality comes out exactly as spatial-only, the second exactly as the full augmentation from
+    the same draw (its gain, shift and noise do not move when the first one's are not applied)."""
+    label = l_shape()
+    images = np.stack([label, 2 * label]).astype(np.float32) + 0.5
+    common = dict(enabled=True, rotate_degrees=30.0, scale=(0.8, 1.2), noise_std=0.2)
+    for seed in range(4):
+        out_full, lab_full = augment_pair(images, label, np.random.default_rng(seed), AugmentOptions(**common))
+        out_sp, _ = augment_pair(images, label, np.random.default_rng(seed), AugmentOptions(**common, intensity=False))
+        out_one, lab_one = augment_pair(images, label, np.random.default_rng(seed),
+                                        AugmentOptions(**common, intensity=(False, True)))
+        assert np.array_equal(lab_one, lab_full)
+        assert np.array_equal(out_one[0], out_sp[0]) and not np.allclose(out_one[0], out_full[0], atol=0.05)
+        assert np.array_equal(out_one[1], out_full[1]) and not np.allclose(out_one[1], out_sp[1], atol=0.05)
+        none, _ = augment_pair(images, label, np.random.default_rng(seed), AugmentOptions(**common, intensity=(False, False)))
+        assert np.array_equal(none, out_sp)
+    with pytest.raises(ValueError, match="1 modalities, images hold 2"):
+        augment_pair(images, label, np.random.default_rng(0), AugmentOptions(**common, intensity=(True,)))
+
+
+def test_augment_intensity_list_maps_run_modalities_and_rejects_unknown_names():
+    from semicml.config import build_config
+    from semicml.engine.trainer import augment_options
+    from semicml.errors import ConfigError
+
+    cfg = build_config(overrides={"augment": True, "augment_intensity": ["T1ce"]})
+    assert augment_options(cfg, ["t2", "t1ce"]).intensity == (False, True)
+    assert augment_options(cfg, ["t1ce", "t2", "flair"]).intensity == (True, False, False)
+    assert build_config(overrides={"augment_intensity": "t2, t1ce"}).augment_intensity == ["t2", "t1ce"]
+    assert build_config(overrides={"augment_intensity": "no"}).augment_intensity is False
+    with pytest.raises(ConfigError, match="augment_intensity names T1ce, not a modality of this run"):
+        augment_options(cfg, ["t2", "flair"])
+    for bad in ([], ["t2", "T2"], [""]):
+        with pytest.raises(ConfigError, match="distinct modalities"):
+            build_config(overrides={"augment_intensity": bad})
+
+
 def test_training_config_reaches_the_sampler_augmentation():
     from semicml.config import build_config
     from semicml.engine.trainer import augment_options

@@ -106,8 +106,9 @@ class AugmentOptions:
     rotate_degrees: float = 15.0
     scale: tuple[float, float] = (0.9, 1.1)
     # False: the spatial transforms only (the same geometry draws, so a run with and without the
-    # intensity changes is a paired ablation).
-    intensity: bool = True
+    # intensity changes is a paired ablation). A tuple: one flag per modality (in the order of the
+    # images); every modality's changes are still drawn, so the others' draws do not move.
+    intensity: bool | tuple[bool, ...] = True
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     noise_std: float = 0.05
@@ -163,13 +164,19 @@ def augment_pair(images: np.ndarray, label: np.ndarray | None, rng: np.random.Ge
             label = ndimage.affine_transform(label, matrix, offset, order=0, mode="constant")
     images = np.array(images, dtype=np.float32)
     label = None if label is None else np.ascontiguousarray(label)
-    if not opts.intensity:
+    n_modalities = images.shape[0] // group
+    apply = (opts.intensity,) * n_modalities if isinstance(opts.intensity, bool) else tuple(opts.intensity)
+    if len(apply) != n_modalities:
+        raise ValueError(f"intensity flags for {len(apply)} modalities, images hold {n_modalities}")
+    if not any(apply):
         return images, label
-    for m in range(images.shape[0] // group):  # intensity changes differ per modality, like real scanners
+    for m in range(n_modalities):  # intensity changes differ per modality, like real scanners
         gain = 1 + rng.uniform(-opts.intensity_scale, opts.intensity_scale)
         shift = rng.uniform(-opts.intensity_shift, opts.intensity_shift)
         part = slice(m * group, (m + 1) * group)
-        images[part] = images[part] * gain + shift + rng.normal(0, opts.noise_std, images[part].shape)
+        noise = rng.normal(0, opts.noise_std, images[part].shape)
+        if apply[m]:
+            images[part] = images[part] * gain + shift + noise
     return images, label
 
 

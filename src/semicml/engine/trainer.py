@@ -27,6 +27,7 @@ import os
 import platform
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,21 @@ def restore_rng_states(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(rng.cpu(), index)
 
 
-def augment_options(cfg: TrainConfig) -> AugmentOptions:
-    """The sampler's augmentation as the training config asks for it."""
-    return AugmentOptions(enabled=cfg.augment, intensity=cfg.augment_intensity, low_resolution=cfg.low_resolution)
+def augment_options(cfg: TrainConfig, modalities: Sequence[str] = ()) -> AugmentOptions:
+    """The sampler's augmentation as the training config asks for it; ``modalities``: the run's,
+    in the sampler's order (needed when ``augment_intensity`` lists modalities)."""
+    intensity: bool | tuple[bool, ...] = True
+    if isinstance(cfg.augment_intensity, bool):
+        intensity = cfg.augment_intensity
+    else:
+        run = [m.lower() for m in modalities]
+        unknown = [m for m in cfg.augment_intensity if m.lower() not in run]
+        if unknown:
+            raise ConfigError(f"augment_intensity names {', '.join(unknown)}, not a modality of this run "
+                              f"(trains: {', '.join(modalities) or 'none given'})")
+        listed = {m.lower() for m in cfg.augment_intensity}
+        intensity = tuple(m in listed for m in run)
+    return AugmentOptions(enabled=cfg.augment, intensity=intensity, low_resolution=cfg.low_resolution)
 
 
 class Trainer:
@@ -101,6 +114,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.modalities = [self.store.modalities[self.store.modality_index(m)] for m in (cfg.modalities or
                                                                                           self.store.modalities)]
+        self.augment = augment_options(cfg, self.modalities)  # a bad modality name fails before any work
         seed_everything(cfg.seed)
 
         self.splits = self._splits()
@@ -278,7 +292,7 @@ class Trainer:
             self._write_static_files()
         cfg = self.cfg
         dataset = PairedSliceDataset(self.store, self.subset.labeled, self.subset.unlabeled, self.modalities,
-                                     augment_options(cfg), seed=cfg.seed,
+                                     self.augment, seed=cfg.seed,
                                      context=cfg.model.context)
         sampler = TwoStreamBatchSampler(len(self.subset.labeled), len(self.subset.unlabeled), cfg.labeled_batch,
                                         self.unlabeled_batch, cfg.seed, self.iteration, self.total,
