@@ -156,3 +156,19 @@ def test_cli_train_with_a_teacher_per_region(region_store, tmp_path, monkeypatch
     assert info["teacher"]["per_region_chosen_by"] == "validation, per region"
     shown = ", ".join(f"{r} {m}" for r, m in info["teacher"]["per_region"].items())
     assert f"PReL teacher per region: {shown} (validation, per region)" in out
+
+
+def test_cli_train_refuses_intensity_augmentation_for_an_untrained_modality(region_store, tmp_path, monkeypatch,
+                                                                           capsys):
+    """``augment_intensity: [FLAIR]`` on a T2 + T1ce run: one line naming the field and the run's
+    modalities, exit 2, no run folder content (it fails before any training)."""
+    from test_cli import run_cli
+
+    config = tmp_path / "train.yaml"
+    config.write_text("augment: true\naugment_intensity: [FLAIR]\n")
+    code, _, err = run_cli(["train", str(region_store), "--out", str(tmp_path / "run"), "--profile", "tiny",
+                            "--modalities", "T2,T1ce", "--config", str(config)], monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err
+    assert "augment_intensity names FLAIR, not a modality of this run (trains: T2, T1ce)" in lines[0]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
