@@ -26,9 +26,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def rerun(run: Path, seed: int, store: Path, data: Path, out: Path, overrides: dict | None = None) -> dict:
+    from semicml.benchmark.runner import _train_and_evaluate
     from semicml.config import build_config
-    from semicml.engine.trainer import Trainer
-    from semicml.pipeline import evaluate_run
 
     # <out>/<row>/seed<S>/<fold>: the grid's own layout, so tables can be rebuilt from it
     run_dir = out / run.parent.parent.name / f"seed{seed}" / run.name
@@ -37,10 +36,8 @@ def rerun(run: Path, seed: int, store: Path, data: Path, out: Path, overrides: d
         return json.loads(marker.read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     cfg.update(overrides or {}, seed=seed)
-    tcfg = build_config(overrides=cfg)
-    resume = (run_dir / "checkpoint.pt").is_file()
-    Trainer(tcfg, store, run_dir, resume=resume, progress=False).fit()
-    metrics = evaluate_run(run_dir, data, run_dir / "eval", progress=False)
+    # the grid's own step: resume only a run of the same configuration, redo an interrupted test
+    _, _, metrics = _train_and_evaluate(build_config(overrides=cfg), store, data, run_dir, progress=False)
     row = {"run": str(run), "seed": seed, "dice": {m: v.get("dice") for m, v in metrics.items()}}
     marker.write_text(json.dumps(row, indent=1))
     return row

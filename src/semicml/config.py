@@ -193,13 +193,18 @@ class TrainConfig(_TrainModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
-        if self.modalities is not None and len(set(m.lower() for m in self.modalities)) != len(self.modalities):
+        if self.modalities is not None and not _distinct(self.modalities):
             raise ValueError("modalities must be distinct")
         if isinstance(self.augment_intensity, list):
-            names = [m.lower() for m in self.augment_intensity]
-            if not names or not all(names) or len(set(names)) != len(names):
+            names = self.augment_intensity
+            if not names or not all(names) or not _distinct(names):
                 raise ValueError("augment_intensity: a list must name distinct modalities (or use true / false)")
         return self
+
+
+def _distinct(names: list[str]) -> bool:
+    """Modality names are matched case-insensitively everywhere, so they must differ that way."""
+    return len({n.lower() for n in names}) == len(names)
 
 
 # What a setting ABSENT from a recorded configuration meant: the behaviour before the setting

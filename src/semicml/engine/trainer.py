@@ -80,7 +80,7 @@ def restore_rng_states(state: dict[str, Any]) -> None:
 def augment_options(cfg: TrainConfig, modalities: Sequence[str] = ()) -> AugmentOptions:
     """The sampler's augmentation as the training config asks for it; ``modalities``: the run's,
     in the sampler's order (needed when ``augment_intensity`` lists modalities)."""
-    intensity: bool | tuple[bool, ...] = True
+    intensity: bool | tuple[bool, ...]
     if isinstance(cfg.augment_intensity, bool):
         intensity = cfg.augment_intensity
     else:
