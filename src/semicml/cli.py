@@ -209,8 +209,9 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
 
 
 @app.command()
-def predict(run: Path = typer.Option(..., help="run directory, a weights/<modality>.pt file, or a model written by "
-                                          "`semicml export`"),
+def predict(run: list[Path] = typer.Option(..., help="run directory, a weights/<modality>.pt file, or a model written "
+                                                "by `semicml export`; repeat it for an ensemble (the mean "
+                                                "probability of the runs' networks, e.g. the folds of a benchmark)"),
             modality: str = typer.Option(..., help="the one modality available, or several (t2,t1ce): fused, per "
                                                "region the mean of their networks or one alone, as chosen on "
                                                "validation at training"),
@@ -245,11 +246,15 @@ def predict(run: Path = typer.Option(..., help="run directory, a weights/<modali
     if len(names) > 1:
         from .inference.fusion import predict_fused
 
-        written = predict_fused(run, names, input, out, missing=missing_modality, **common)
+        if len(run) > 1:
+            raise ConfigError(f"--run given {len(run)} times: an ensemble of runs predicts one --modality "
+                              "(fused prediction takes one run directory)")
+        written = predict_fused(run[0], names, input, out, missing=missing_modality, **common)
     else:
         from .inference.predict import predict_cases
 
-        written = predict_cases(run, names[0] if names else modality, input, out, **common)
+        written = predict_cases(run[0] if len(run) == 1 else run, names[0] if names else modality, input, out,
+                                **common)
     typer.echo(f"wrote {len(written)} masks to {out}")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -34,13 +35,14 @@ from ..hardware import Precision, resolve_device, resolve_precision
 from ..io_utils import atomic_write_bytes, atomic_write_text
 from ..locking import exclusive
 from .engines import Engine, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine, check_engine
+from .ensemble import EnsembleEngine, ensemble_info, postprocess_of_members
 from .export import FORMATS, load_torchscript, model_format, onnx_model_bytes, read_export, sidecar_path
 from .postprocess import NONE, apply_postprocess, check_spec
 from .predictor import WINDOWS, engine_planes
 from .uncertainty import UNCERTAINTY_SUFFIX, flip_spread
 from .weights import load_weights
 
-__all__ = ["atomic_save_nifti", "load_model", "load_weights", "predict_cases", "probabilities_on_grid",
+__all__ = ["atomic_save_nifti", "load_model", "load_models", "load_weights", "predict_cases", "probabilities_on_grid",
            "region_postprocess", "region_target", "write_region_masks"]
 
 
@@ -172,12 +174,39 @@ def load_model(run: str | Path, modality: str, engine: str = "torch", device: st
                         context_of_network(net)), payload
 
 
+def run_list(run: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    """``run`` as a list: one run, or the members of an ensemble (in the order given)."""
+    runs = [run] if isinstance(run, (str, Path)) else list(run)
+    if not runs:
+        raise ConfigError("no run given")
+    return runs
+
+
+def load_models(run: str | Path | Sequence[str | Path], modality: str, engine: str = "torch",
+                device: str | torch.device = "cpu", precision: str = "auto", threads: int | None = None,
+                compile: bool = False) -> tuple[Engine, dict]:
+    """:func:`load_model` for one run; for several, their :class:`~semicml.inference.ensemble.EnsembleEngine`
+    and the first member's info with the post-processing the members chose
+    (:func:`~semicml.inference.ensemble.postprocess_of_members`; ``info["ensemble"]`` records them)."""
+    runs = run_list(run)
+    loaded = [load_model(r, modality, engine, device, precision, threads, compile) for r in runs]
+    if len(loaded) == 1:
+        return loaded[0]
+    infos = [info for _, info in loaded]
+    info = dict(ensemble_info(runs, infos, modality))
+    choices = [i.get("postprocessing", NONE) for i in infos]
+    info["postprocessing"], agreed = postprocess_of_members(choices)
+    info["ensemble"] = {"runs": [str(r) for r in runs], "postprocessing_of_members": choices,
+                        "postprocessing_agreed": agreed}
+    return EnsembleEngine([runner for runner, _ in loaded]), info
+
+
 def _onnx_engine(engine: str, model: Path | bytes, multiple: int, threads: int | None, context: int = 0) -> Engine:
     cls = OnnxRuntimeEngine if engine == "onnxruntime" else OpenVinoEngine
     return cls(model, multiple, threads, context)
 
 
-def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_dir: str | Path,
+def predict_cases(run: str | Path | Sequence[str | Path], modality: str, input_path: str | Path, out_dir: str | Path,
                   device: str = "auto", precision: str = "auto", save_probabilities: bool = False,
                   threshold: float = 0.5, progress: bool = True, cases: list[str] | None = None,
                   tta: bool = False, postprocess: str | None = None, engine: str = "torch",
@@ -185,7 +214,8 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
                   compile: bool = False, regions_as_files: bool = False, uncertainty: bool = False) -> list[Path]:
     """Segment every case of ``input_path`` that has ``modality`` with that modality's network.
 
-    ``run``: run directory, weights file or exported model (see :func:`load_model`).
+    ``run``: run directory, weights file or exported model (see :func:`load_model`), or several:
+    their ensemble (the mean probability, :mod:`semicml.inference.ensemble`).
     ``postprocess``: None uses the choice stored with the weights (made on validation); or
     ``none``, ``largest``, ``min-size:<mm^3>``, ``near:<mm>``. ``engine``: torch | onnxruntime | openvino (the
     masks are the same). ``window``: whole (default) | brain, see :mod:`semicml.inference.predictor`.
@@ -196,7 +226,13 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
     """
     check_run_options(window, margin, engine, device, compile)
     dev = resolve_device(device if engine == "torch" else "cpu")
-    runner, info = load_model(run, modality, engine, dev, precision, threads, compile)
+    runner, info = load_models(run, modality, engine, dev, precision, threads, compile)
+    ensemble = info.get("ensemble")
+    if ensemble and postprocess is None and not ensemble["postprocessing_agreed"]:
+        print(f"note: the ensemble's runs chose different post-processing on their validation cases "
+              f"({', '.join(map(str, ensemble['postprocessing_of_members']))}); using "
+              f"{info['postprocessing']} (most chosen, ties to the first run; --postprocess overrides)",
+              file=sys.stderr)
     regions = region_target(info)
     try:
         stored = postprocess if postprocess is not None else info.get("postprocessing", NONE)
@@ -206,14 +242,15 @@ def predict_cases(run: str | Path, modality: str, input_path: str | Path, out_di
     check_region_output(regions, regions_as_files)
     found = select_cases(read_single_modality(input_path, modality), cases, f"modality {modality!r}", input_path)
     out_dir = Path(out_dir)
-    about = {"run": str(run), "modality": modality, "input": str(input_path), "engine": engine, "window": window,
+    about = {"run": ensemble["runs"] if ensemble else str(run_list(run)[0]), "modality": modality, "input": str(input_path), "engine": engine, "window": window,
              "margin": margin, **({"uncertainty": "flip-std"} if uncertainty else {})}
     if regions is not None:
         about["regions"] = {"classes": regions.classes, "values": regions.values,
                             "written_as": "one mask per region" if regions_as_files else
                             f"one label map, painted in order with {regions.paint}"}
-    if (tta or uncertainty) and (note := mirroring_warning(run)):
-        print(note, file=sys.stderr)
+    for member in run_list(run) if tta or uncertainty else []:
+        if note := mirroring_warning(member):
+            print(note, file=sys.stderr)
     with exclusive(out_dir, "prediction folder"):  # one writer per folder (another fails naming this PID)
         out_dir.mkdir(parents=True, exist_ok=True)
         return _predict_all(found, out_dir, runner, info["preprocessing"], post, threshold, save_probabilities,
