@@ -71,7 +71,8 @@ def screen_fold(runs: list[Path], data: Path, work: Path, name: str, fold: int) 
         with open(ev / "metrics.csv", newline="") as fh:
             for row in csv.DictReader(fh):
                 rows.append({"method": name, "modality": modality, "seed": 0, "fold": fold, "case": row["case"],
-                             "region": None, "predict_seconds": seconds, **{k: float(row[k]) for k in METRICS}})
+                             "region": row.get("region") or None, "predict_seconds": seconds,
+                             **{k: float(row[k]) for k in METRICS}})
     return rows
 
 
@@ -84,7 +85,7 @@ def member_rows(members: list[str], folds: list[int]) -> list[dict]:
                 with open(path, newline="") as fh:
                     for row in csv.DictReader(fh):
                         rows.append({"method": member_label(template), "modality": path.parent.name, "seed": 0,
-                                     "fold": fold, "case": row["case"], "region": None,
+                                     "fold": fold, "case": row["case"], "region": row.get("region") or None,
                                      **{k: float(row[k]) for k in METRICS}})
     return rows
 
@@ -101,10 +102,14 @@ def main() -> None:
     members = [m.strip() for m in args.members.split(",") if m.strip()]
     if len(members) < 2 or any("{fold}" not in m for m in members):
         raise SystemExit("--members: two or more run folders, each with {fold} in its path")
-    name = args.name or "ensemble(" + " + ".join(member_label(m) for m in members) + ")"
+    labels = [member_label(m) for m in members]
+    if len(set(labels)) < len(labels):
+        raise SystemExit(f"--members: two members share the label ROW/seedS ({', '.join(labels)}); the paired rows "
+                         "would merge")
+    name = args.name or "ensemble(" + " + ".join(labels) + ")"
     state = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if state and state.get("members") != members:
-        raise SystemExit(f"{args.out} holds another screen ({state.get('members')})")
+    if state and (state.get("members"), state.get("name")) != (members, name):
+        raise SystemExit(f"{args.out} holds another screen ({state.get('name')}: {state.get('members')})")
     done: dict[str, list] = state.get("folds", {})
     for fold, runs in fold_runs(members, [int(f) for f in args.folds.split(",")]).items():
         if str(fold) in done:
@@ -121,8 +126,7 @@ def main() -> None:
     print(table)
     _save(args.out, {"members": members, "name": name, "folds": done, "comparison": comparison})
     if args.md:
-        labels = ", ".join(member_label(m) for m in members)
-        args.md.write_text(f"# {name} vs each member ({labels})\n\n{table}\n")
+        args.md.write_text(f"# {name} vs each member ({', '.join(labels)})\n\n{table}\n")
 
 
 def _save(path: Path, payload: dict) -> None:

@@ -67,7 +67,7 @@ def main() -> int:
                                       else None for m in info["modalities"]},
                "final_iteration": last}
         for label, folder in (("selected", run), ("final", scratch)):
-            out = args.out.parent / "fit-eval" / run.name / label
+            out = args.out.parent / "fit-eval" / "-".join(run.parts[-3:]) / label  # ROW-seedS-foldF
             metrics = evaluate_run(folder, args.data, out, progress=False, split="train")
             row[label] = {m: {k: metrics[m].get(k) for k in KEYS} for m in metrics}
             print(run, label, {m: round(v["dice"], 3) for m, v in row[label].items()}, flush=True)
@@ -76,12 +76,13 @@ def main() -> int:
         tmp.write_text(json.dumps(done, indent=1))
         tmp.replace(args.out)
     if args.md:
-        lines = ["| run | weights | " + " | ".join(f"{m} {k}" for m in ("t2", "t1ce") for k in ("dice", "precision", "sensitivity")) + " |",
-                 "|---|---|" + "---:|" * 6]
+        mods = list(dict.fromkeys(m for row in done.values() for m in row["selected"]))
+        shown = ("dice", "precision", "sensitivity")
+        lines = ["| run | weights | " + " | ".join(f"{m} {k}" for m in mods for k in shown) + " |",
+                 "|---|---|" + "---:|" * (len(mods) * len(shown))]
         for key, row in done.items():
             for label in ("selected", "final"):
-                cells = [f"{row[label].get(m, {}).get(k, float('nan')):.3f}" for m in ("t2", "t1ce")
-                         for k in ("dice", "precision", "sensitivity")]
+                cells = [f"{row[label].get(m, {}).get(k, float('nan')):.3f}" for m in mods for k in shown]
                 lines.append(f"| {key} | {label} | " + " | ".join(cells) + " |")
         args.md.write_text("\n".join(lines) + "\n")
     return 0

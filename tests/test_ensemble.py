@@ -83,6 +83,29 @@ def test_an_ensemble_has_two_or_more_members():
         EnsembleEngine([ConstantEngine(0.0)])
 
 
+def test_a_flipped_view_of_a_25d_network_still_gets_its_neighbour_slices():
+    from semicml.inference.predictor import engine_planes
+    from semicml.inference.uncertainty import FlippedEngine
+
+    net = ConstantEngine(0.0, context=1, multiple=4)
+    engine_planes(FlippedEngine(net, (2,)), np.ones((5, 8, 8), np.float32))
+    assert net.inputs and {x.shape[1] for x in net.inputs} == {3}
+
+
+def test_ensemble_uncertainty_counts_every_run_and_flip_as_a_member():
+    from semicml.inference.uncertainty import flip_spread
+
+    image, _ = volume()
+    ens = EnsembleEngine([ConstantEngine(0.0, multiple=4), ConstantEngine(math.log(3.0), multiple=4)])
+    mean, std = flip_spread(ens, image, AFFINE, PREP, "T2")
+    brain = np.zeros(image.shape, bool)
+    brain[..., 1:7] = True  # the axial slices with a non-zero voxel (the rest is not run: 0)
+    assert len(ens.members[0].inputs) == 4 and len(ens.members[1].inputs) == 4  # 4 flips each
+    # members 0.5 (x4) and 0.75 (x4): mean 0.625, standard deviation 0.125 (the runs disagree)
+    assert np.allclose(mean[brain], 0.625, atol=1e-5) and np.allclose(std[brain], 0.125, atol=1e-5)
+    assert not mean[~brain].any()
+
+
 # ------------------------------------------------------------------------------ the checks
 INFO = {"preprocessing": {"size": 80, "normalisation": {"t2": {"scheme": "zscore_nonzero", "chosen_by": "option"},
                                                         "t1ce": {"scheme": "zscore_nonzero", "chosen_by": "option"}},
@@ -111,12 +134,25 @@ def test_members_that_see_other_input_are_refused_naming_the_run(key, edit):
     assert str(info.value).startswith(f"runs/b: its {key} differs from that of runs/a")
 
 
+def test_an_export_and_a_weights_file_of_one_network_are_compatible_members():
+    # an export's sidecar adds the code's clip percentiles and prose, and holds lists (JSON)
+    sidecar = json.loads(json.dumps(INFO))
+    sidecar["preprocessing"].update(clip_percentiles=[0.5, 99.5], normalisation_rule="text", window="text",
+                                    orientation_rule="text")
+    assert ensemble_info(["run", "run/export/t2.onnx"], [INFO, sidecar], "t2") is INFO
+    sidecar["preprocessing"]["spacing"]["in_plane_mm"] = 1.0  # but what both record must agree
+    with pytest.raises(ConfigError, match="^run/export/t2.onnx: its preprocessing differs"):
+        ensemble_info(["run", "run/export/t2.onnx"], [INFO, sidecar], "t2")
+
+
 def test_the_post_processing_most_members_chose_ties_to_the_first():
     assert postprocess_of_members(["largest", "largest"]) == ("largest", True)
     assert postprocess_of_members(["none", "largest", "largest"]) == ("largest", False)
     assert postprocess_of_members(["min-size:1000", "largest"]) == ("min-size:1000", False)
-    regions = [{"wt": "none", "et": "largest"}, {"wt": "none", "et": "largest"}, {"wt": "largest", "et": "none"}]
-    assert postprocess_of_members(regions) == (regions[0], False)
+    # region networks: decided region by region (no two members agree on the whole dict here)
+    regions = [{"wt": "none", "et": "largest"}, {"wt": "largest", "et": "largest"}, {"wt": "largest", "et": "none"}]
+    assert postprocess_of_members(regions) == ({"wt": "largest", "et": "largest"}, False)
+    assert postprocess_of_members([{"wt": "none", "et": "largest"}] * 2) == ({"wt": "none", "et": "largest"}, True)
 
 
 # ------------------------------------------------------------------------------ predict with several runs

@@ -211,7 +211,8 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
 @app.command()
 def predict(run: list[Path] = typer.Option(..., help="run directory, a weights/<modality>.pt file, or a model written "
                                                 "by `semicml export`; repeat it for an ensemble (the mean "
-                                                "probability of the runs' networks, e.g. the folds of a benchmark)"),
+                                                "probability of the runs' networks, e.g. the folds of a benchmark)",
+                                metavar="PATH"),
             modality: str = typer.Option(..., help="the one modality available, or several (t2,t1ce): fused, per "
                                                "region the mean of their networks or one alone, as chosen on "
                                                "validation at training"),

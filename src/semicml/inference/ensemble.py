@@ -17,13 +17,17 @@ the preprocessing (normalisation, spacing, crop) and the target; a mismatch is a
 naming the run.
 
 Post-processing: the choice each member recorded on ITS validation cases; when they differ, the
-one most members chose (a tie: the earliest listed run's), said on stderr. ``--postprocess``
-overrides it, as for one network.
+one most members chose (region by region for region networks; a tie: the earliest listed run's),
+said on stderr. ``--postprocess`` overrides it, as for one network.
+
+``--uncertainty`` with an ensemble: the members are every (run, flip) pair, so the map shows where
+the runs disagree as well as where a flip changes the answer (as fusion does for modalities).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,14 +89,21 @@ def ensemble_info(runs: Sequence[str | Path], infos: Sequence[dict], modality: s
     first = infos[0]
     for run, info in zip(runs[1:], infos[1:]):
         for key in MUST_MATCH:
-            if _comparable(info.get(key), modality) != _comparable(first.get(key), modality):
+            a, b = _comparable(first.get(key), modality), _comparable(info.get(key), modality)
+            if isinstance(a, dict) and isinstance(b, dict):
+                # an export's sidecar records more (e.g. the code's clip percentiles) than a weights
+                # file of the same network: compare what both record
+                shared = a.keys() & b.keys()
+                a, b = {k: a[k] for k in shared}, {k: b[k] for k in shared}
+            if a != b:
                 raise ConfigError(f"{run}: its {key} differs from that of {runs[0]}; an ensemble's networks "
                                   "must see the same input (train them on stores prepared alike)")
     return first
 
 
-#: Provenance text (how a value was chosen), not behaviour: ignored when members are compared.
-PROVENANCE_KEYS = ("rule", "chosen_by")
+#: Text that explains, not decides (how a value was chosen; an export's prose): ignored when members
+#: are compared.
+PROVENANCE_KEYS = ("rule", "chosen_by", "normalisation_rule", "orientation_rule", "window")
 
 
 def _comparable(value, modality: str | None = None):
@@ -113,9 +124,20 @@ def _comparable(value, modality: str | None = None):
 
 def postprocess_of_members(choices: Sequence) -> tuple[object, bool]:
     """(the post-processing most members recorded, ties to the earliest; whether they all agreed).
-    ``choices``: each member's stored choice (a spec string, or a per-region dict)."""
-    keys = [repr(_comparable(c)) for c in choices]
+    ``choices``: each member's stored choice: a spec string, or a dict region -> spec, decided
+    region by region (every member of one ensemble has the same regions)."""
+    if choices and all(isinstance(c, dict) for c in choices):
+        picked = {region: _majority([c.get(region) for c in choices]) for region in choices[0]}
+        return picked, all(_key(c) == _key(choices[0]) for c in choices)
+    return _majority(list(choices)), len({_key(c) for c in choices}) == 1
+
+
+def _key(choice) -> str:
+    return json.dumps(_comparable(choice), sort_keys=True)
+
+
+def _majority(choices: list):
+    keys = [_key(c) for c in choices]
     counts = Counter(keys)
     top = max(counts.values())
-    winner = next(k for k in keys if counts[k] == top)  # earliest among the most chosen
-    return choices[keys.index(winner)], len(counts) == 1
+    return choices[next(i for i, k in enumerate(keys) if counts[k] == top)]  # earliest among the most chosen

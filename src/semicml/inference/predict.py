@@ -154,9 +154,9 @@ def load_model(run: str | Path, modality: str, engine: str = "torch", device: st
         fmt = model_format(run)
         if fmt == "onnx" and engine == "torch":
             raise ConfigError("an ONNX model runs with --engine onnxruntime or openvino (torch runs a run "
-                              "directory, a weights file or a TorchScript export)")
+                              "directory, a weights file or a TorchScript export)", run)
         if fmt == "torchscript" and engine != "torch":
-            raise ConfigError(f"a TorchScript model runs with --engine torch, not {engine}")
+            raise ConfigError(f"a TorchScript model runs with --engine torch, not {engine}", run)
         multiple = 2 ** int(meta["levels"])
         context = context_of_channels(int(meta.get("network", {}).get("in_channels", 1)))
         if engine == "torch":
@@ -242,7 +242,8 @@ def predict_cases(run: str | Path | Sequence[str | Path], modality: str, input_p
     check_region_output(regions, regions_as_files)
     found = select_cases(read_single_modality(input_path, modality), cases, f"modality {modality!r}", input_path)
     out_dir = Path(out_dir)
-    about = {"run": ensemble["runs"] if ensemble else str(run_list(run)[0]), "modality": modality, "input": str(input_path), "engine": engine, "window": window,
+    about = {"run": ensemble["runs"] if ensemble else str(run_list(run)[0]), "modality": modality,
+             **({"postprocessing_of_members": ensemble["postprocessing_of_members"]} if ensemble else {}), "input": str(input_path), "engine": engine, "window": window,
              "margin": margin, **({"uncertainty": "flip-std"} if uncertainty else {})}
     if regions is not None:
         about["regions"] = {"classes": regions.classes, "values": regions.values,

@@ -2,7 +2,8 @@
 
 Every network is run on the slice and its three in-plane mirror images (the four flips of
 ``--tta``); each run is a *member*. With several modalities (fused prediction) the members are
-every (network, flip) pair, so the map also shows where the modalities disagree. The map is the
+every (network, flip) pair, so the map also shows where the modalities disagree; with an ensemble
+of runs, every (run, flip) pair. The map is the
 **standard deviation of the members' foreground probabilities** at each voxel, on the input grid:
 
     u = sqrt(mean_k p_k^2 - (mean_k p_k)^2),   0 <= u <= 0.5
@@ -44,6 +45,7 @@ class FlippedEngine(Engine):
         self.dims = tuple(dims)
         self.name = engine.name
         self.multiple = engine.multiple
+        self.context = engine.context  # a 2.5D network gets its neighbour slices through the flip too
 
     def session(self):
         return self.engine.session()
@@ -56,7 +58,8 @@ class FlippedEngine(Engine):
 
 def flip_members(engine: Engine, image: np.ndarray, affine: np.ndarray, preprocessing: dict, modality: str,
                  window: str = "whole", margin: int = 0, batch_size: int = 32, channels: int = 1):
-    """Yield the foreground probability of each flip member, on the image's own voxel grid.
+    """Yield the foreground probability of each flip member, on the image's own voxel grid; for an
+    ensemble of runs (:class:`~semicml.inference.ensemble.EnsembleEngine`) of each (run, flip) pair.
 
     The image is normalised and resampled once (as :func:`~semicml.inference.predict.
     probabilities_on_grid` does); each member is restored to the input grid linearly, so the mean
@@ -64,15 +67,17 @@ def flip_members(engine: Engine, image: np.ndarray, affine: np.ndarray, preproce
     networks): each member is ``(C, *image.shape)``.
     """
     frame = network_frame(image, affine, preprocessing, modality, engine.multiple)
-    for dims in FLIPS:
-        probs = engine_planes(FlippedEngine(engine, dims), frame.planes, batch_size=batch_size, window=window,
-                              margin=margin, channels=channels)
-        yield frame.restore(probs)
+    for network in getattr(engine, "members", None) or [engine]:
+        for dims in FLIPS:
+            probs = engine_planes(FlippedEngine(network, dims), frame.planes, batch_size=batch_size, window=window,
+                                  margin=margin, channels=channels)
+            yield frame.restore(probs)
 
 
 def flip_spread(engine: Engine, image: np.ndarray, affine: np.ndarray, preprocessing: dict, modality: str,
                 window: str = "whole", margin: int = 0, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(mean probability, standard deviation) of the four flip members of one network."""
+    """(mean probability, standard deviation) of the four flip members of one network (of every
+    run x flip pair of an ensemble)."""
     spread = Spread()
     for member in flip_members(engine, image, affine, preprocessing, modality, window, margin, channels=channels):
         spread.add(member)
