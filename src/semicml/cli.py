@@ -254,8 +254,7 @@ def predict(run: list[Path] = typer.Option(..., help="run directory, a weights/<
     else:
         from .inference.predict import predict_cases
 
-        written = predict_cases(run[0] if len(run) == 1 else run, names[0] if names else modality, input, out,
-                                **common)
+        written = predict_cases(run, names[0] if names else modality, input, out, **common)
     typer.echo(f"wrote {len(written)} masks to {out}")
 
 

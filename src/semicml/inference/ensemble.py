@@ -126,10 +126,10 @@ def postprocess_of_members(choices: Sequence) -> tuple[object, bool]:
     """(the post-processing most members recorded, ties to the earliest; whether they all agreed).
     ``choices``: each member's stored choice: a spec string, or a dict region -> spec, decided
     region by region (every member of one ensemble has the same regions)."""
+    agreed = len({_key(c) for c in choices}) == 1
     if choices and all(isinstance(c, dict) for c in choices):
-        picked = {region: _majority([c.get(region) for c in choices]) for region in choices[0]}
-        return picked, all(_key(c) == _key(choices[0]) for c in choices)
-    return _majority(list(choices)), len({_key(c) for c in choices}) == 1
+        return {region: _majority([c.get(region) for c in choices]) for region in choices[0]}, agreed
+    return _majority(list(choices)), agreed
 
 
 def _key(choice) -> str:

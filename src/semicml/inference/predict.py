@@ -226,7 +226,8 @@ def predict_cases(run: str | Path | Sequence[str | Path], modality: str, input_p
     """
     check_run_options(window, margin, engine, device, compile)
     dev = resolve_device(device if engine == "torch" else "cpu")
-    runner, info = load_models(run, modality, engine, dev, precision, threads, compile)
+    runs = run_list(run)
+    runner, info = load_models(runs, modality, engine, dev, precision, threads, compile)
     ensemble = info.get("ensemble")
     if ensemble and postprocess is None and not ensemble["postprocessing_agreed"]:
         print(f"note: the ensemble's runs chose different post-processing on their validation cases "
@@ -242,14 +243,15 @@ def predict_cases(run: str | Path | Sequence[str | Path], modality: str, input_p
     check_region_output(regions, regions_as_files)
     found = select_cases(read_single_modality(input_path, modality), cases, f"modality {modality!r}", input_path)
     out_dir = Path(out_dir)
-    about = {"run": ensemble["runs"] if ensemble else str(run_list(run)[0]), "modality": modality,
-             **({"postprocessing_of_members": ensemble["postprocessing_of_members"]} if ensemble else {}), "input": str(input_path), "engine": engine, "window": window,
-             "margin": margin, **({"uncertainty": "flip-std"} if uncertainty else {})}
+    about = {"run": ensemble["runs"] if ensemble else str(runs[0]), "modality": modality,
+             **({"postprocessing_of_members": ensemble["postprocessing_of_members"]} if ensemble else {}),
+             "input": str(input_path), "engine": engine, "window": window, "margin": margin,
+             **({"uncertainty": "flip-std"} if uncertainty else {})}
     if regions is not None:
         about["regions"] = {"classes": regions.classes, "values": regions.values,
                             "written_as": "one mask per region" if regions_as_files else
                             f"one label map, painted in order with {regions.paint}"}
-    for member in run_list(run) if tta or uncertainty else []:
+    for member in runs if tta or uncertainty else []:
         if note := mirroring_warning(member):
             print(note, file=sys.stderr)
     with exclusive(out_dir, "prediction folder"):  # one writer per folder (another fails naming this PID)

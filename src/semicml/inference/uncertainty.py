@@ -24,6 +24,7 @@ import torch
 
 from ..data.preprocess import network_frame
 from .engines import Engine
+from .ensemble import EnsembleEngine
 from .predictor import engine_planes
 
 __all__ = ["FLIPS", "FlippedEngine", "MAX_STD", "Spread", "UNCERTAINTY_SUFFIX", "flip_members", "flip_spread"]
@@ -67,7 +68,7 @@ def flip_members(engine: Engine, image: np.ndarray, affine: np.ndarray, preproce
     networks): each member is ``(C, *image.shape)``.
     """
     frame = network_frame(image, affine, preprocessing, modality, engine.multiple)
-    for network in getattr(engine, "members", None) or [engine]:
+    for network in engine.members if isinstance(engine, EnsembleEngine) else [engine]:
         for dims in FLIPS:
             probs = engine_planes(FlippedEngine(network, dims), frame.planes, batch_size=batch_size, window=window,
                                   margin=margin, channels=channels)
