@@ -120,7 +120,9 @@ def main() -> None:
               flush=True)
         _save(args.out, {"members": members, "name": name, "folds": done})
     rows = [r for fold_rows in done.values() for r in fold_rows]
-    rows += member_rows(members, [int(f) for f in done])
+    # The members' fused rows (t2+t1ce) have no ensemble counterpart: an ensemble is of one modality.
+    predicted = {r["modality"] for r in rows}
+    rows += [r for r in member_rows(members, [int(f) for f in done]) if r["modality"] in predicted]
     comparison = paired_comparison(rows, name, metrics=METRICS)
     table = paired_markdown(comparison)
     print(table)

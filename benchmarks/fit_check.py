@@ -7,6 +7,9 @@ fit at all" (model selection keeps early weights when validation Dice peaks earl
 
     python benchmarks/fit_check.py RUN [RUN ...] --data ../shared/data/brats18 --out fit.json [--md fit.md]
 
+``--split test``: the same two weight sets on the run's TEST patients (does model selection on the
+few validation patients pick weights that generalise worse than the last ones?).
+
 The final weights are written into a scratch copy of the run (``OUT.parent/fit-scratch``); the run
 itself is not touched. Rows are printed as they finish; the JSON holds per-run means.
 """
@@ -55,6 +58,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="JSON written here (resumable: finished runs are kept)")
     ap.add_argument("--md", type=Path, help="Markdown table")
+    ap.add_argument("--split", choices=("train", "test"), default="train", help="the run's patients to evaluate on")
     args = ap.parse_args()
     done = json.loads(args.out.read_text()) if args.out.exists() else {}
     for run in args.runs:
@@ -62,13 +66,19 @@ def main() -> int:
         if key in done:
             continue
         info = json.loads((run / "run.json").read_text())
-        scratch, last = final_weights_copy(run, args.out.parent / "fit-scratch")
+        scratch, last = final_weights_copy(run, args.out.parent / f"fit-scratch-{args.split}")
         row = {"selected_iteration": {m: info["best_val"][m].get("iteration") if isinstance(info["best_val"].get(m), dict)
                                       else None for m in info["modalities"]},
-               "final_iteration": last}
+               "final_iteration": last, "split": args.split}
         for label, folder in (("selected", run), ("final", scratch)):
-            out = args.out.parent / "fit-eval" / "-".join(run.parts[-3:]) / label  # ROW-seedS-foldF
-            metrics = evaluate_run(folder, args.data, out, progress=False, split="train")
+            grid_test = run / "eval" / "evaluation"
+            if label == "selected" and args.split == "test" and grid_test.is_dir():
+                # the grid's own test of these weights (the same predict and evaluate code)
+                row[label] = {m: {k: json.loads((grid_test / m / "summary.json").read_text())["mean"].get(k)
+                                  for k in KEYS} for m in info["modalities"]}
+                continue
+            out = args.out.parent / f"fit-eval-{args.split}" / "-".join(run.parts[-3:]) / label  # ROW-seedS-foldF
+            metrics = evaluate_run(folder, args.data, out, progress=False, split=args.split)
             row[label] = {m: {k: metrics[m].get(k) for k in KEYS} for m in metrics}
             print(run, label, {m: round(v["dice"], 3) for m, v in row[label].items()}, flush=True)
         done[key] = row

@@ -86,3 +86,24 @@ def run_rank(rank: int, world: int, port: int, jobs: list[dict], dumps: str) -> 
         trainer.fit()
         torch.save({k: v.detach().cpu() for k, v in trainer.method.state_dict().items()}, target)
     dist.destroy_process_group()
+
+
+def teardown_rank(rank: int, world: int, port: int, finished: bool, dumps: str) -> None:
+    """Rank 0 works 2 s after the last step (as it chooses post-processing and writes run.json),
+    then both ranks shut down; each writes when its shutdown returned."""
+    import json
+    import time
+
+    from semicml.engine.distributed import setup_distributed, shutdown
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    ctx, _ = setup_distributed("cpu")
+    record = {"owns": ctx.owns_group}
+    if rank == 0:
+        time.sleep(2.0)
+        record["work_done"] = time.time()
+    shutdown(ctx, finished)
+    record["left"] = time.time()
+    record["destroyed"] = not dist.is_initialized()
+    (Path(dumps) / f"teardown-rank{rank}.json").write_text(json.dumps(record))

@@ -46,7 +46,7 @@ from semicml.engine.trainer import FAULT_ENV, Trainer
 from semicml.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_worker import free_port, probe, run_rank  # noqa: E402
+from ddp_worker import free_port, probe, run_rank, teardown_rank  # noqa: E402
 
 # Deterministic semicml-prel (no dropout anywhere, no PReL input noise): the two runs can agree.
 DDP = {"method": "semicml-prel", "model": {"base_width": 4, "levels": 2, "dropout": [0, 0, 0]},
@@ -257,6 +257,20 @@ def test_killed_ddp_run_resumes_with_torchrun_and_with_one_process(runs):
     one = _networks(root / "one")
     assert _relative_distance(one, _networks(alone), torch.load(root / "start.pt")) < 0.02
     assert json.loads((alone / "run.json").read_text())["distributed"]["world_size"] == 1
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_ranks_leave_together_after_a_normal_end_and_at_once_after_an_error(tmp_path, finished):
+    # A rank that tore gloo down while rank 0 still worked sometimes aborted at exit ("terminate
+    # called without an active exception"): after a normal end every rank waits for rank 0; after an
+    # error nobody waits (a peer may sit inside a collective).
+    mp.spawn(teardown_rank, args=(2, free_port(), finished, str(tmp_path)), nprocs=2)
+    r0, r1 = (json.loads((tmp_path / f"teardown-rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["owns"] and r1["owns"] and r0["destroyed"] and r1["destroyed"]
+    if finished:
+        assert r1["left"] >= r0["work_done"]
+    else:
+        assert r1["left"] < r0["work_done"] - 1.0
 
 
 def test_backend_is_nccl_on_cuda_gloo_on_cpu_and_the_override_is_checked(monkeypatch):

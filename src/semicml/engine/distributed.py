@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +45,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False  # this process created the process group (and destroys it)
+    end_group: Any = None  # gloo group with a long timeout, for the barrier before teardown
 
     @property
     def is_main(self) -> bool:
@@ -105,14 +108,32 @@ def setup_distributed(device_name: str) -> tuple[DistContext, torch.device]:
         torch.cuda.set_device(device)
     backend = _backend(device)
     owns = not dist.is_initialized()
+    end_group = None
     if owns:
         dist.init_process_group(backend)
-    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owns), device
+        end_group = dist.new_group(backend="gloo", timeout=END_BARRIER_TIMEOUT)
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owns, end_group), device
 
 
-def shutdown(ctx: DistContext) -> None:
-    if ctx.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+# After the last step rank 0 alone still chooses post-processing on validation and writes run.json;
+# the other ranks wait for it on a group of their own, as the process group's timeout (30 min for
+# gloo, 10 for NCCL) could run out on a large validation set.
+END_BARRIER_TIMEOUT = timedelta(hours=24)
+
+
+def shutdown(ctx: DistContext, finished: bool = False) -> None:
+    """Destroy the process group this process created. ``finished``: every rank ended training
+    normally, so they first wait for each other: a rank that tore gloo down while a peer still held
+    its connections sometimes aborted at exit ("terminate called without an active exception").
+    After an error nobody waits (a peer may be inside a collective; torchrun stops the others)."""
+    if not (ctx.owns_group and dist.is_initialized()):
+        return
+    if finished and ctx.end_group is not None:
+        try:
+            dist.barrier(group=ctx.end_group)
+        except RuntimeError:  # a peer already gone: nothing left to wait for
+            pass
+    dist.destroy_process_group()
 
 
 def wrap_ddp(method: nn.Module, device: torch.device, every_network: bool = True) -> nn.Module:

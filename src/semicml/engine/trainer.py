@@ -278,13 +278,16 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
         """Train to the budget; one process per run directory (another one fails naming this PID).
-        Distributed: rank 0 holds the lock and writes; the other ranks return after the last step."""
+        Distributed: rank 0 holds the lock and writes; the other ranks wait for it after the last step."""
         lock = exclusive(self.run_dir, "training run") if self.dist.is_main else contextlib.nullcontext()
+        finished = False
         try:
             with lock:
-                return self._fit()
+                result = self._fit()
+            finished = True
+            return result
         finally:
-            shutdown(self.dist)
+            shutdown(self.dist, finished)
 
     def _fit(self) -> dict[str, Any]:
         if self.dist.is_main:
