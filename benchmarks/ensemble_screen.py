@@ -13,7 +13,7 @@ two-sided Wilcoxon p, wins.
     G=runs/benchmark-brats18-cv-2mm/runs
     python benchmarks/ensemble_screen.py \
         --members "$G/semicml-prel+aug/seed0/fold{fold},$G/semicml-prel+t1ce-intensity-aug/seed0/fold{fold}" \
-        --data ../shared/data/brats18 --out ens.json [--md ens.md] [--folds 0,1,2,3] [--name NAME]
+        --data ../shared/data/brats18 --out ens.json [--md ens.md] [--folds 0,1,2,3] [--name NAME] [--fused]
 
 Resumable: finished folds are kept in the JSON and skipped. Costs one network pass per member per
 slice; nothing is trained.
@@ -53,8 +53,9 @@ def fold_runs(members: list[str], folds: list[int]) -> dict[int, list[Path]]:
     return out
 
 
-def screen_fold(runs: list[Path], data: Path, work: Path, name: str, fold: int) -> list[dict]:
+def screen_fold(runs: list[Path], data: Path, work: Path, name: str, fold: int, fused: bool = False) -> list[dict]:
     from semicml.evaluation.evaluate import evaluate_predictions
+    from semicml.inference.fusion import predict_fused
     from semicml.inference.predict import predict_cases
 
     infos = [json.loads((r / "run.json").read_text()) for r in runs]
@@ -62,10 +63,15 @@ def screen_fold(runs: list[Path], data: Path, work: Path, name: str, fold: int) 
     if any(i["splits"]["test"] != test for i in infos[1:]):
         raise SystemExit(f"fold {fold}: the members were tested on different patients")
     rows = []
-    for modality in infos[0]["modalities"]:
+    modalities = list(infos[0]["modalities"])
+    # the grid's folder name of the fused prediction (eval/evaluation/t2+t1ce)
+    for modality in ["+".join(modalities)] if fused else modalities:
         pred, ev = work / modality / "pred", work / modality / "eval"
         start = time.perf_counter()
-        predict_cases(runs, modality, data, pred, cases=test, progress=False)
+        if "+" in modality:
+            predict_fused(runs, modalities, data, pred, cases=test, progress=False)
+        else:
+            predict_cases(runs, modality, data, pred, cases=test, progress=False)
         seconds = time.perf_counter() - start
         evaluate_predictions(pred, data, infos[0]["target"]["name"], ev, cases=test, progress=False)
         with open(ev / "metrics.csv", newline="") as fh:
@@ -98,6 +104,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="the dataset the runs were prepared from")
     ap.add_argument("--out", type=Path, required=True, help="JSON: per-case rows, the comparison (resumable)")
     ap.add_argument("--md", type=Path, help="also write the paired table as Markdown")
+    ap.add_argument("--fused", action="store_true", help="instead of each modality alone, the fused prediction of "
+                    "all the runs' modalities (against the members' fused rows)")
     args = ap.parse_args()
     members = [m.strip() for m in args.members.split(",") if m.strip()]
     if len(members) < 2 or any("{fold}" not in m for m in members):
@@ -115,12 +123,12 @@ def main() -> None:
         if str(fold) in done:
             continue
         with tempfile.TemporaryDirectory(prefix="ensemble-screen-") as tmp:
-            done[str(fold)] = screen_fold(runs, args.data, Path(tmp), name, fold)
+            done[str(fold)] = screen_fold(runs, args.data, Path(tmp), name, fold, args.fused)
         print(f"fold {fold}: " + ", ".join(f"{r['modality']} {r['case']} {r['dice']:.3f}" for r in done[str(fold)]),
               flush=True)
         _save(args.out, {"members": members, "name": name, "folds": done})
     rows = [r for fold_rows in done.values() for r in fold_rows]
-    # The members' fused rows (t2+t1ce) have no ensemble counterpart: an ensemble is of one modality.
+    # only the members' rows of what the ensemble predicted (each modality alone, or fused with --fused)
     predicted = {r["modality"] for r in rows}
     rows += [r for r in member_rows(members, [int(f) for f in done]) if r["modality"] in predicted]
     comparison = paired_comparison(rows, name, metrics=METRICS)

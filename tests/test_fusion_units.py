@@ -159,7 +159,7 @@ def test_engine_device_precision_threads_and_compile_reach_the_loader(tmp_path, 
     ``device`` itself (cuda included: resolved by the spy here, as on a GPU host)."""
     run = make_run(tmp_path, POINTWISE)
     seen: list = []
-    real_load = fusion_mod.load_model
+    real_load = fusion_mod.load_models
 
     def resolve(name):
         seen.append(name)
@@ -170,7 +170,7 @@ def test_engine_device_precision_threads_and_compile_reach_the_loader(tmp_path, 
         return real_load(args[0], args[1], "torch", CPU, "fp32")
 
     monkeypatch.setattr(fusion_mod, "resolve_device", resolve)
-    monkeypatch.setattr(fusion_mod, "load_model", load)
+    monkeypatch.setattr(fusion_mod, "load_models", load)
     for k, (engine, device, resolved) in enumerate((("onnxruntime", "auto", "cpu"), ("openvino", "cpu", "cpu"),
                                                     ("torch", "cuda", "cuda"), ("torch", "auto", "auto"))):
         seen.clear()

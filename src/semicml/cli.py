@@ -247,10 +247,7 @@ def predict(run: list[Path] = typer.Option(..., help="run directory, a weights/<
     if len(names) > 1:
         from .inference.fusion import predict_fused
 
-        if len(run) > 1:
-            raise ConfigError(f"--run given {len(run)} times: an ensemble of runs predicts one --modality "
-                              "(fused prediction takes one run directory)")
-        written = predict_fused(run[0], names, input, out, missing=missing_modality, **common)
+        written = predict_fused(run, names, input, out, missing=missing_modality, **common)
     else:
         from .inference.predict import predict_cases
 

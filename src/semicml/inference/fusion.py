@@ -18,6 +18,11 @@ A case missing one of the modalities is a one-line error naming the expected fil
 ``missing="skip"``, is predicted from the modalities it has (recorded per case in
 ``predict.json``). Arrays are ``(..., X, Y, Z)``: a leading channel axis (one probability map per
 region) is carried through unchanged.
+
+Several run directories (an ensemble, e.g. two training seeds): each modality's probability is the
+mean of its networks in those runs (:mod:`semicml.inference.ensemble`), and the fusion weights and
+post-processing are what most runs recorded for the set (channel by channel, region by region;
+ties to the first run), as an ensemble of one modality decides its post-processing.
 """
 
 from __future__ import annotations
@@ -42,24 +47,27 @@ from ..io_utils import atomic_write_text
 from ..locking import exclusive
 from .fusion_weights import choose_weights, weighted_sum
 from .postprocess import NONE, apply_postprocess, check_spec, choose_postprocess
+from .ensemble import postprocess_of_members
 from .predict import (
     atomic_save_nifti,
     check_region_output,
     check_run_options,
     constant_value,
     constant_warning,
-    load_model,
+    load_models,
     mirroring_warning,
     probabilities_on_grid,
     region_postprocess,
     region_target,
+    run_list,
     select_cases,
     write_region_masks,
 )
 from .uncertainty import UNCERTAINTY_SUFFIX, Spread, flip_members
 
-__all__ = ["MISSING_POLICIES", "align_to_grid", "choose_fused_postprocessing", "fused_name", "fused_postprocess",
-           "fused_weights", "mean_probabilities", "predict_fused", "threshold_masks"]
+__all__ = ["MISSING_POLICIES", "align_to_grid", "choose_fused_postprocessing", "ensemble_fused_choice", "fused_name",
+           "fused_postprocess", "fused_weights", "mean_probabilities", "predict_fused", "threshold_masks",
+           "weights_of_members"]
 
 MISSING_POLICIES = ("error", "skip")
 #: Subsets of modalities whose fused post-processing is chosen at training end (2^M - M - 1 sets).
@@ -167,6 +175,43 @@ def fused_postprocess(run_info: dict, used: Sequence[str],
     return NONE, "no fused choice recorded"
 
 
+def weights_of_members(per_run: Sequence[Mapping[str, Sequence[float]] | None], used: Sequence[str],
+                       channels: int) -> dict[str, list[float]] | None:
+    """The fusion weights most runs of an ensemble recorded, channel by channel (ties to the
+    earliest run); a run without a record votes for the plain mean. None: every run fuses with
+    the plain mean. Modality names match case-insensitively; the result is keyed by ``used``."""
+    if all(w is None for w in per_run):
+        return None
+    names = {m.lower(): m for m in used}
+    votes = []
+    for weights in per_run:
+        lowered = {m.lower(): list(w) for m, w in weights.items()} if weights else {}
+        votes.append([tuple(float(lowered[m][c]) if lowered else 1.0 / len(names) for m in names)
+                      for c in range(channels)])
+    out: dict[str, list[float]] = {m: [] for m in used}
+    for c in range(channels):
+        column = [v[c] for v in votes]
+        top = max(column.count(v) for v in column)
+        pick = next(v for v in column if column.count(v) == top)
+        for m, w in zip(names.values(), pick):
+            out[m].append(w)
+    return out
+
+
+def ensemble_fused_choice(run_infos: Sequence[dict], used: Sequence[str], stored: Sequence[Mapping[str, str | dict]],
+                          channels: int) -> tuple[str | dict, str, dict[str, list[float]] | None]:
+    """(post-processing, why, weights) of a fused prediction from ``used`` by one run or the runs
+    of an ensemble: each run's record (:func:`fused_postprocess`, :func:`fused_weights`), then what
+    most of them recorded. ``stored``: per run, each network's own choice."""
+    posts = [fused_postprocess(info, used, s) for info, s in zip(run_infos, stored)]
+    weights = [fused_weights(info, used) for info in run_infos]
+    if len(run_infos) == 1:
+        return posts[0][0], posts[0][1], weights[0]
+    choice, agreed = postprocess_of_members([p for p, _ in posts])
+    why = posts[0][1] if agreed else "what most runs of the ensemble chose"
+    return choice, f"{why} ({len(run_infos)} runs)", weights_of_members(weights, used, channels)
+
+
 def threshold_masks(probs: np.ndarray, threshold: float, post: str, spacing: Sequence[float]) -> np.ndarray:
     """``probs > threshold`` then ``post`` (uint8), per channel when ``probs`` is ``(C, X, Y, Z)``
     (one mask per region; turning regions into one label map is the caller's)."""
@@ -177,7 +222,8 @@ def threshold_masks(probs: np.ndarray, threshold: float, post: str, spacing: Seq
         masks.shape)
 
 
-def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | Path, out_dir: str | Path,
+def predict_fused(run: str | Path | Sequence[str | Path], modalities: Sequence[str], input_path: str | Path,
+                  out_dir: str | Path,
                   device: str = "auto", precision: str = "auto", save_probabilities: bool = False,
                   threshold: float = 0.5, progress: bool = True, cases: list[str] | None = None, tta: bool = False,
                   postprocess: str | None = None, engine: str = "torch", window: str = "whole", margin: int = 0,
@@ -185,7 +231,8 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
                   uncertainty: bool = False, regions_as_files: bool = False) -> list[Path]:
     """Segment every case of ``input_path`` from the fused probability of the networks of
     ``modalities`` (two or more) of the run directory ``run`` (per channel, the networks chosen on
-    validation, else the mean); masks on the reference grid.
+    validation, else the mean); masks on the reference grid. ``run``: one run directory, or
+    several (an ensemble: see the module docstring).
 
     ``missing``: error (default) | skip (see the module docstring). ``uncertainty``: also write
     ``<case>_uncertainty.nii.gz`` (see :mod:`semicml.inference.uncertainty`); the mask is then
@@ -198,19 +245,24 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
     if missing not in MISSING_POLICIES:
         raise ConfigError(f"--missing-modality must be one of {', '.join(MISSING_POLICIES)}, not {missing!r}")
     check_run_options(window, margin, engine, device, compile)
-    if not Path(run).is_dir():
-        raise DataError("fused prediction needs a run directory (one network per modality)", run)
-    run_info_path = Path(run) / "run.json"
-    run_info = json.loads(run_info_path.read_text()) if run_info_path.is_file() else {}
+    runs = run_list(run)
+    for r in runs:
+        if not Path(r).is_dir():
+            raise DataError("fused prediction needs a run directory (one network per modality)", r)
+    run_infos = [json.loads((Path(r) / "run.json").read_text()) if (Path(r) / "run.json").is_file() else {}
+                 for r in runs]
     dev = resolve_device(device if engine == "torch" else "cpu")
-    nets = {m: load_model(run, m, engine, dev, precision, threads, compile) for m in modalities}
+    nets = {m: load_models(runs, m, engine, dev, precision, threads, compile) for m in modalities}
     spelling = {m: str(info.get("modality") or m) for m, (_, info) in nets.items()}  # the run's names
-    stored = {spelling[m]: info.get("postprocessing", NONE) for m, (_, info) in nets.items()}
+    # each run's own networks' choices (an ensemble's info holds the members' list)
+    stored = [{spelling[m]: (info["ensemble"]["postprocessing_of_members"][i] if "ensemble" in info
+                             else info.get("postprocessing", NONE)) for m, (_, info) in nets.items()}
+              for i in range(len(runs))]
     regions = region_target(nets[modalities[0]][1])
     for m in modalities[1:]:  # weights copied in from another run would average unlike outputs
         if region_target(nets[m][1]) != regions:
             raise DataError(f"the {spelling[m]} network has another target than the {spelling[modalities[0]]} "
-                            "network; fuse the networks of one run", run)
+                            "network; fuse the networks of one run", runs[0])
     check_region_output(regions, regions_as_files)
     if postprocess is not None:  # a bad --postprocess fails before the output folder is made
         try:
@@ -229,30 +281,30 @@ def predict_fused(run: str | Path, modalities: Sequence[str], input_path: str | 
         raise DataError(f"case {a.case_id!r} has no {a.modality} image for the fused prediction{more}; add it, or "
                         "predict from the modalities each case has with --missing-modality skip", a.expected)
     out_dir = Path(out_dir)
-    record: dict = {"run": str(run), "modalities": modalities, "fused": True, "input": str(input_path),
+    record: dict = {"run": str(runs[0]) if len(runs) == 1 else [str(r) for r in runs], "modalities": modalities,
+                    "fused": True, "input": str(input_path),
                     "regions": None if regions is None else {"classes": regions.classes, "values": regions.values,
                                                              "as_files": regions_as_files},
                     "engine": engine, "window": window, "margin": margin, "threshold": threshold,
                     "tta": tta or uncertainty, "uncertainty": "flip-std" if uncertainty else None,
                     "missing_policy": missing, "cases": {}}
     written = []
-    if (tta or uncertainty) and (note := mirroring_warning(run)):
-        print(note, file=sys.stderr)
+    for r in runs if tta or uncertainty else []:
+        if note := mirroring_warning(r):
+            print(note, file=sys.stderr)
     with exclusive(out_dir, "prediction folder"):
         out_dir.mkdir(parents=True, exist_ok=True)
         with tqdm(found, desc=f"predict {fused_name(modalities)}", unit="case", disable=not progress) as bar:
             for case_id, loaders in bar:
                 used = list(loaders)
+                channels = len(regions.classes) if regions else 1
+                raw, why, weights = ensemble_fused_choice(run_infos, [spelling[m] for m in used], stored, channels)
                 if postprocess is not None:
                     raw, why = postprocess, "given by the user"
-                else:
-                    raw, why = fused_postprocess(run_info, [spelling[m] for m in used], stored)
                 try:
                     post = region_postprocess(raw, regions) if regions else check_spec(raw)
                 except ValueError as err:
                     raise DataError(str(err)) from None
-                channels = len(regions.classes) if regions else 1
-                weights = fused_weights(run_info, [spelling[m] for m in used])
                 ref, probs, spread, notes = _fuse_case(loaders, nets, spelling, tta, uncertainty, window, margin,
                                                        channels, weights)
                 for m, note in notes.coarse.items():
