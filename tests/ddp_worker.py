@@ -88,9 +88,12 @@ def run_rank(rank: int, world: int, port: int, jobs: list[dict], dumps: str) -> 
     dist.destroy_process_group()
 
 
-def teardown_rank(rank: int, world: int, port: int, finished: bool, dumps: str) -> None:
-    """Rank 0 works 2 s after the last step (as it chooses post-processing and writes run.json),
-    then both ranks shut down; each writes when its shutdown returned."""
+def teardown_rank(rank: int, world: int, port: int, mode: str, dumps: str) -> None:
+    """How the ranks leave. ``finished``: rank 0 works 2 s after the last step (as it chooses
+    post-processing and writes run.json), then every rank shuts down normally; ``error``: the same
+    after an error (nobody waits); ``rank0-failed``: rank 0 fails in that work and its process
+    lives on 3 s (a caller that caught the error), the others end normally. Each rank writes when
+    its shutdown returned."""
     import json
     import time
 
@@ -103,7 +106,9 @@ def teardown_rank(rank: int, world: int, port: int, finished: bool, dumps: str) 
     if rank == 0:
         time.sleep(2.0)
         record["work_done"] = time.time()
-    shutdown(ctx, finished)
+    shutdown(ctx, finished=mode == "finished" or (mode == "rank0-failed" and rank != 0))
     record["left"] = time.time()
     record["destroyed"] = not dist.is_initialized()
     (Path(dumps) / f"teardown-rank{rank}.json").write_text(json.dumps(record))
+    if mode == "rank0-failed" and rank == 0:
+        time.sleep(3.0)

@@ -259,18 +259,20 @@ def test_killed_ddp_run_resumes_with_torchrun_and_with_one_process(runs):
     assert json.loads((alone / "run.json").read_text())["distributed"]["world_size"] == 1
 
 
-@pytest.mark.parametrize("finished", [True, False])
-def test_ranks_leave_together_after_a_normal_end_and_at_once_after_an_error(tmp_path, finished):
+@pytest.mark.parametrize("mode", ["finished", "error", "rank0-failed"])
+def test_ranks_leave_together_after_a_normal_end_and_at_once_after_an_error(tmp_path, mode):
     # A rank that tore gloo down while rank 0 still worked sometimes aborted at exit ("terminate
     # called without an active exception"): after a normal end every rank waits for rank 0; after an
-    # error nobody waits (a peer may sit inside a collective).
-    mp.spawn(teardown_rank, args=(2, free_port(), finished, str(tmp_path)), nprocs=2)
+    # error nobody waits (a peer may sit inside a collective), even while the failed process lives on.
+    mp.spawn(teardown_rank, args=(2, free_port(), mode, str(tmp_path)), nprocs=2)
     r0, r1 = (json.loads((tmp_path / f"teardown-rank{r}.json").read_text()) for r in (0, 1))
     assert r0["owns"] and r1["owns"] and r0["destroyed"] and r1["destroyed"]
-    if finished:
+    if mode == "finished":
         assert r1["left"] >= r0["work_done"]
-    else:
+    elif mode == "error":
         assert r1["left"] < r0["work_done"] - 1.0
+    else:  # rank 1 waited for rank 0's shutdown, not for the end of its process (3 s later)
+        assert r0["work_done"] <= r1["left"] < r0["left"] + 2.0
 
 
 def test_backend_is_nccl_on_cuda_gloo_on_cpu_and_the_override_is_checked(monkeypatch):

@@ -54,8 +54,8 @@ def test_two_runs_fuse_the_mean_of_each_modality_with_the_weights_both_recorded(
 
 
 def test_the_runs_disagree_on_the_fusion_the_majority_decides_channel_by_channel():
-    first = {"T2": [1.0, 0.5, 1.0], "T1ce": [0.0, 0.5, 0.0]}
-    third = {"t2": [1.0, 0.0, 0.0], "t1ce": [0.0, 1.0, 1.0]}  # another spelling: names match case-insensitively
+    first = {"t2": [1.0, 0.5, 1.0], "t1ce": [0.0, 0.5, 0.0]}
+    third = {"t2": [1.0, 0.0, 0.0], "t1ce": [0.0, 1.0, 1.0]}
     # channel 0: T2 alone twice; channel 1: the mean (a run without a record votes for it) twice;
     # channel 2: one vote each, the earliest run's wins
     got = weights_of_members([first, None, third], ["t2", "t1ce"], channels=3)
@@ -84,3 +84,33 @@ def test_a_fused_ensemble_member_that_is_not_a_run_directory_is_refused(tmp_path
         predict_fused([a, a / "weights" / "T2.pt"], ["t2", "t1ce"], dataset, tmp_path / "out", device="cpu",
                       progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_runs_that_disagree_or_spell_modalities_otherwise_fuse_by_majority(tmp_path, dataset):  # noqa: F811
+    # two of three runs trust T1ce alone and chose `largest`; run b spells its modalities t2 / t1ce
+    a = make_run(tmp_path, "a", {"T2": ("pointwise", 2.0, -0.5), "T1ce": ("pointwise", -1.5, 0.8)},
+                 {"T2": [0.0], "T1ce": [1.0]}, choice="none")
+    b = make_run(tmp_path, "b", {"t2": ("pointwise", 1.0, 0.0), "t1ce": ("pointwise", 0.7, -0.3)},
+                 {"t2": [0.0], "t1ce": [1.0]}, choice="largest")
+    c = make_run(tmp_path, "c", {"T2": ("pointwise", 0.5, 0.1), "T1ce": ("pointwise", 1.2, 0.4)},
+                 {"T2": [1.0], "T1ce": [0.0]}, choice="largest")
+    ens = tmp_path / "t1ce-ensemble"
+    predict_cases([a, b, c], "T1ce", dataset, ens, device="cpu", save_probabilities=True, progress=False)
+    out = tmp_path / "fused"
+    predict_fused([a, b, c], ["t2", "t1ce"], dataset, out, device="cpu", save_probabilities=True, progress=False)
+    for case in ("a", "b"):
+        assert np.allclose(probabilities(out, case), probabilities(ens, case), atol=1e-6)
+    record = json.loads((out / "predict.json").read_text())["cases"]["a"]
+    assert record["weights"] == {"T2": [0.0], "T1ce": [1.0]} and record["postprocessing"] == "largest"
+    assert "most runs" in record["postprocessing_from"]
+
+
+def test_a_member_with_a_corrupt_run_json_is_one_data_error(tmp_path, dataset):  # noqa: F811
+    from semicml.errors import DataError
+
+    nets = {"T2": ("pointwise", 2.0, -0.5), "T1ce": ("pointwise", -1.5, 0.8)}
+    a, b = make_run(tmp_path, "a", nets), make_run(tmp_path, "b", nets)
+    (b / "run.json").write_text("{not json")
+    with pytest.raises(DataError, match="run.json is not valid JSON") as err:
+        predict_fused([a, b], ["t2", "t1ce"], dataset, tmp_path / "out", device="cpu", progress=False)
+    assert err.value.path == b / "run.json" and not (tmp_path / "out").exists()

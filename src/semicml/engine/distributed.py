@@ -45,7 +45,6 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False  # this process created the process group (and destroys it)
-    end_group: Any = None  # gloo group with a long timeout, for the barrier before teardown
 
     @property
     def is_main(self) -> bool:
@@ -96,6 +95,15 @@ def active_backend() -> str | None:
     return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None
 
 
+# After the last step rank 0 alone still chooses post-processing on validation and writes run.json;
+# the other ranks wait for it on a group of their own, as the process group's timeout (30 min for
+# gloo, 10 for NCCL) could run out on a large validation set.
+END_BARRIER_TIMEOUT = timedelta(hours=24)
+# Module-level, not in the (frozen, shared) context: shutdown must drop the last reference, or the
+# group's connections outlive destroy_process_group and a peer waits for this process to end.
+_end_group: Any = None
+
+
 def setup_distributed(device_name: str) -> tuple[DistContext, torch.device]:
     """Join (or create, under torchrun) the process group; the device of this rank."""
     if not dist.is_available() or launched_world_size() == 1:
@@ -108,17 +116,11 @@ def setup_distributed(device_name: str) -> tuple[DistContext, torch.device]:
         torch.cuda.set_device(device)
     backend = _backend(device)
     owns = not dist.is_initialized()
-    end_group = None
     if owns:
+        global _end_group
         dist.init_process_group(backend)
-        end_group = dist.new_group(backend="gloo", timeout=END_BARRIER_TIMEOUT)
-    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owns, end_group), device
-
-
-# After the last step rank 0 alone still chooses post-processing on validation and writes run.json;
-# the other ranks wait for it on a group of their own, as the process group's timeout (30 min for
-# gloo, 10 for NCCL) could run out on a large validation set.
-END_BARRIER_TIMEOUT = timedelta(hours=24)
+        _end_group = dist.new_group(backend="gloo", timeout=END_BARRIER_TIMEOUT)
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owns), device
 
 
 def shutdown(ctx: DistContext, finished: bool = False) -> None:
@@ -126,13 +128,16 @@ def shutdown(ctx: DistContext, finished: bool = False) -> None:
     normally, so they first wait for each other: a rank that tore gloo down while a peer still held
     its connections sometimes aborted at exit ("terminate called without an active exception").
     After an error nobody waits (a peer may be inside a collective; torchrun stops the others)."""
+    global _end_group
     if not (ctx.owns_group and dist.is_initialized()):
         return
-    if finished and ctx.end_group is not None:
+    group, _end_group = _end_group, None
+    if finished and group is not None:
         try:
-            dist.barrier(group=ctx.end_group)
+            dist.barrier(group=group)
         except RuntimeError:  # a peer already gone: nothing left to wait for
             pass
+    del group
     dist.destroy_process_group()
 
 

@@ -179,21 +179,17 @@ def weights_of_members(per_run: Sequence[Mapping[str, Sequence[float]] | None], 
                        channels: int) -> dict[str, list[float]] | None:
     """The fusion weights most runs of an ensemble recorded, channel by channel (ties to the
     earliest run); a run without a record votes for the plain mean. None: every run fuses with
-    the plain mean. Modality names match case-insensitively; the result is keyed by ``used``."""
+    the plain mean. ``per_run``: each run's weights keyed by ``used``."""
     if all(w is None for w in per_run):
         return None
-    names = {m.lower(): m for m in used}
-    votes = []
-    for weights in per_run:
-        lowered = {m.lower(): list(w) for m, w in weights.items()} if weights else {}
-        votes.append([tuple(float(lowered[m][c]) if lowered else 1.0 / len(names) for m in names)
-                      for c in range(channels)])
+    votes = [[tuple(float(w[m][c]) if w else 1.0 / len(used) for m in used) for c in range(channels)]
+             for w in per_run]
     out: dict[str, list[float]] = {m: [] for m in used}
     for c in range(channels):
         column = [v[c] for v in votes]
         top = max(column.count(v) for v in column)
         pick = next(v for v in column if column.count(v) == top)
-        for m, w in zip(names.values(), pick):
+        for m, w in zip(used, pick):
             out[m].append(w)
     return out
 
@@ -203,13 +199,33 @@ def ensemble_fused_choice(run_infos: Sequence[dict], used: Sequence[str], stored
     """(post-processing, why, weights) of a fused prediction from ``used`` by one run or the runs
     of an ensemble: each run's record (:func:`fused_postprocess`, :func:`fused_weights`), then what
     most of them recorded. ``stored``: per run, each network's own choice."""
-    posts = [fused_postprocess(info, used, s) for info, s in zip(run_infos, stored)]
-    weights = [fused_weights(info, used) for info in run_infos]
     if len(run_infos) == 1:
-        return posts[0][0], posts[0][1], weights[0]
+        post, why = fused_postprocess(run_infos[0], used, stored[0])
+        return post, why, fused_weights(run_infos[0], used)
+    posts, weights = [], []
+    for info, own in zip(run_infos, stored):
+        # each run's records in its own spelling of the modalities (T2 here, t2 there)
+        theirs = {m.lower(): m for m in info.get("modalities", [])}
+        names = {m: theirs.get(m.lower(), m) for m in used}
+        posts.append(fused_postprocess(info, list(names.values()), {names.get(m, m): c for m, c in own.items()}))
+        w = fused_weights(info, list(names.values()))
+        weights.append(None if w is None else {m: w[names[m]] for m in used})
     choice, agreed = postprocess_of_members([p for p, _ in posts])
     why = posts[0][1] if agreed else "what most runs of the ensemble chose"
     return choice, f"{why} ({len(run_infos)} runs)", weights_of_members(weights, used, channels)
+
+
+def _read_run_info(run: Path) -> dict:
+    path = run / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"run.json is not valid JSON ({err})", path) from None
+    if not isinstance(info, dict):
+        raise DataError("run.json does not hold a JSON object", path)
+    return info
 
 
 def threshold_masks(probs: np.ndarray, threshold: float, post: str, spacing: Sequence[float]) -> np.ndarray:
@@ -249,8 +265,7 @@ def predict_fused(run: str | Path | Sequence[str | Path], modalities: Sequence[s
     for r in runs:
         if not Path(r).is_dir():
             raise DataError("fused prediction needs a run directory (one network per modality)", r)
-    run_infos = [json.loads((Path(r) / "run.json").read_text()) if (Path(r) / "run.json").is_file() else {}
-                 for r in runs]
+    run_infos = [_read_run_info(Path(r)) for r in runs]
     dev = resolve_device(device if engine == "torch" else "cpu")
     nets = {m: load_models(runs, m, engine, dev, precision, threads, compile) for m in modalities}
     spelling = {m: str(info.get("modality") or m) for m, (_, info) in nets.items()}  # the run's names
