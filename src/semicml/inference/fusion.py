@@ -45,9 +45,9 @@ from ..errors import ConfigError, DataError
 from ..hardware import resolve_device
 from ..io_utils import atomic_write_text
 from ..locking import exclusive
+from .ensemble import postprocess_of_members
 from .fusion_weights import choose_weights, weighted_sum
 from .postprocess import NONE, apply_postprocess, check_spec, choose_postprocess
-from .ensemble import postprocess_of_members
 from .predict import (
     atomic_save_nifti,
     check_region_output,
