@@ -55,7 +55,7 @@ def fold_runs(members: list[str], folds: list[int]) -> dict[int, list[Path]]:
 
 def screen_fold(runs: list[Path], data: Path, work: Path, name: str, fold: int, fused: bool = False) -> list[dict]:
     from semicml.evaluation.evaluate import evaluate_predictions
-    from semicml.inference.fusion import predict_fused
+    from semicml.inference.fusion import fused_name, predict_fused
     from semicml.inference.predict import predict_cases
 
     infos = [json.loads((r / "run.json").read_text()) for r in runs]
@@ -65,7 +65,7 @@ def screen_fold(runs: list[Path], data: Path, work: Path, name: str, fold: int, 
     rows = []
     modalities = list(infos[0]["modalities"])
     # the grid's folder name of the fused prediction (eval/evaluation/t2+t1ce)
-    for modality in ["+".join(modalities)] if fused else modalities:
+    for modality in [fused_name(modalities)] if fused else modalities:
         pred, ev = work / modality / "pred", work / modality / "eval"
         start = time.perf_counter()
         if "+" in modality:

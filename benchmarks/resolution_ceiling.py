@@ -20,6 +20,11 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from semicml.evaluation.metrics import dice_score  # noqa: E402
+
 REGIONS = {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,)}
 
 
@@ -27,9 +32,7 @@ def ceiling(mask: np.ndarray, factor: float) -> float:
     ref = mask.astype(np.float32)
     coarse = ndimage.zoom(ref, (1 / factor, 1 / factor, 1), order=1)
     back = ndimage.zoom(coarse, (ref.shape[0] / coarse.shape[0], ref.shape[1] / coarse.shape[1], 1), order=1)
-    pred, true = back > 0.5, ref > 0
-    total = pred.sum() + true.sum()
-    return 1.0 if total == 0 else float(2 * (pred & true).sum() / total)
+    return dice_score(back > 0.5, ref > 0)
 
 
 def main() -> int:

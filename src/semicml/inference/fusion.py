@@ -55,12 +55,12 @@ from .predict import (
     constant_value,
     constant_warning,
     load_models,
-    mirroring_warning,
     probabilities_on_grid,
     region_postprocess,
     region_target,
     run_list,
     select_cases,
+    warn_mirroring,
     write_region_masks,
 )
 from .uncertainty import UNCERTAINTY_SUFFIX, Spread, flip_members
@@ -304,9 +304,8 @@ def predict_fused(run: str | Path | Sequence[str | Path], modalities: Sequence[s
                     "tta": tta or uncertainty, "uncertainty": "flip-std" if uncertainty else None,
                     "missing_policy": missing, "cases": {}}
     written = []
-    for r in runs if tta or uncertainty else []:
-        if note := mirroring_warning(r):
-            print(note, file=sys.stderr)
+    if tta or uncertainty:
+        warn_mirroring(runs)
     with exclusive(out_dir, "prediction folder"):
         out_dir.mkdir(parents=True, exist_ok=True)
         with tqdm(found, desc=f"predict {fused_name(modalities)}", unit="case", disable=not progress) as bar:

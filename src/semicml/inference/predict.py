@@ -251,9 +251,8 @@ def predict_cases(run: str | Path | Sequence[str | Path], modality: str, input_p
         about["regions"] = {"classes": regions.classes, "values": regions.values,
                             "written_as": "one mask per region" if regions_as_files else
                             f"one label map, painted in order with {regions.paint}"}
-    for member in runs if tta or uncertainty else []:
-        if note := mirroring_warning(member):
-            print(note, file=sys.stderr)
+    if tta or uncertainty:
+        warn_mirroring(runs)
     with exclusive(out_dir, "prediction folder"):  # one writer per folder (another fails naming this PID)
         out_dir.mkdir(parents=True, exist_ok=True)
         return _predict_all(found, out_dir, runner, info["preprocessing"], post, threshold, save_probabilities,
@@ -266,6 +265,13 @@ def predict_cases(run: str | Path | Sequence[str | Path], modality: str, input_p
 UNMIRRORED_NOTE = ("were trained without mirroring (`augment: false`), so the flip average of --tta / "
                    "--uncertainty includes mirrored slices they never saw (on the BraTS 2 mm cross-validation it "
                    "lowered T1ce Dice by 0.09); train with --augment to use them")
+
+
+def warn_mirroring(runs: Sequence[str | Path]) -> None:
+    """Print :func:`mirroring_warning` of each run that has one (flip TTA / uncertainty asked)."""
+    for run in runs:
+        if note := mirroring_warning(run):
+            print(note, file=sys.stderr)
 
 
 def mirroring_warning(run: str | Path) -> str | None:
