@@ -1,0 +1,117 @@
+"""Can a region be seen at all in a contrast? Each labelled region's median intensity, as a
+percentile of the same scan's normal (unlabelled) brain, per case and contrast.
+
+A region whose median sits near the 50th percentile looks like normal tissue in that contrast: a
+network that sees only this contrast has little to find it by. Enhancing tumour should sit high on
+T1ce (it is defined by enhancement); oedema high on T2 and FLAIR. With ``--cases`` (a benchmark's
+``cases.csv``), each row also shows the test Dice the networks reached on that patient, so a
+reader can see whether the misses are the low-contrast patients (Spearman's rho over the patients).
+Tumour core mixes the bright enhancing rim with dark necrosis, so its median says little.
+
+    python benchmarks/region_contrast.py --data ../shared/data/brats18 \
+        --cases benchmarks/results/brats18-regions-cv-2mm/cases.csv \
+        --methods "semicml-prel-2000it+aug,supervised-2000it+aug" --out contrast.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import stats
+
+# BraTS labels: 1 necrosis / non-enhancing core, 2 oedema, 4 enhancing tumour.
+REGIONS = {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,), "oedema": (2,)}
+# The pairs that matter for the issue's goals: WT from T2, TC and ET from T1ce; FLAIR as the
+# contrast oedema is delineated on.
+SHOWN = (("t2", "oedema"), ("flair", "oedema"), ("t2", "wt"), ("t1ce", "tc"), ("t1ce", "et"))
+
+
+def percentile_in(normal: np.ndarray, values: np.ndarray) -> float:
+    """Percentile (0-100) of ``values``' median among the sorted ``normal`` intensities."""
+    if values.size == 0:
+        return float("nan")
+    return float(np.searchsorted(normal, np.median(values)) / normal.size * 100)
+
+
+def case_contrast(folder: Path) -> dict[str, dict[str, float]]:
+    """Contrast -> region -> percentile for one BraTS case folder (``<case>_<contrast>.nii.gz``)."""
+    segs = sorted(folder.glob("*_seg.nii*"))
+    if not segs:
+        raise SystemExit(f"{folder}: no *_seg.nii* file")
+    labels = np.asarray(nib.load(str(segs[0])).dataobj)
+    out: dict[str, dict[str, float]] = {}
+    for contrast in sorted({m for m, _ in SHOWN} | {"t1"}):
+        files = sorted(folder.glob(f"*_{contrast}.nii*"))
+        if not files:
+            continue
+        image = np.asarray(nib.load(str(files[0])).dataobj, dtype=np.float32)
+        if image.shape != labels.shape:
+            raise SystemExit(f"{files[0]}: shape {image.shape} differs from the label map's {labels.shape}")
+        normal = np.sort(image[(image > 0) & (labels == 0)])  # BraTS is skull-stripped: zero is outside
+        if normal.size == 0:
+            raise SystemExit(f"{files[0]}: no normal-brain voxels (nothing above 0 outside the labels)")
+        out[contrast] = {r: percentile_in(normal, image[np.isin(labels, v)]) for r, v in REGIONS.items()}
+    return out
+
+
+def test_dice(cases_csv: Path, methods: list[str] | None) -> dict[tuple[str, str, str], float]:
+    """(case, modality, region) -> mean test Dice over the methods (all, or ``methods``) and seeds
+    of a benchmark's cases.csv."""
+    acc: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    with cases_csv.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if "+" in row["modality"] or not row.get("region"):
+                continue  # fused rows, binary tables
+            if methods and row["method"] not in methods:
+                continue
+            acc[(row["case"], row["modality"], row["region"])].append(float(row["dice"]))
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="BraTS folder: one folder per case")
+    ap.add_argument("--cases", type=Path, help="a region benchmark's cases.csv: adds the mean test Dice per patient")
+    ap.add_argument("--methods", help="comma-separated methods of --cases to average (default: all)")
+    ap.add_argument("--out", type=Path, help="JSON with every case, contrast and region")
+    args = ap.parse_args()
+    folders = sorted(p for p in args.data.iterdir() if p.is_dir() and any(p.glob("*_seg.nii*")))
+    if not folders:
+        raise SystemExit(f"{args.data}: no case folder with a *_seg.nii* file")
+    methods = [m for m in (args.methods or "").split(",") if m]
+    dice = test_dice(args.cases, methods) if args.cases else {}
+    if args.cases and not dice:
+        raise SystemExit(f"{args.cases}: no per-region rows" + (f" of {', '.join(methods)}" if methods else ""))
+    rows = {f.name: case_contrast(f) for f in folders}
+    head = " ".join(f"{m + ' ' + r:>12s}" for m, r in SHOWN)
+    print(f"{'case':24s} {head}   (median percentile in normal brain; [mean test Dice])")
+    for case, per in rows.items():
+        cells = []
+        for m, r in SHOWN:
+            p = per.get(m, {}).get(r, float("nan"))
+            d = dice.get((case, m, r))
+            cells.append(f"{p:5.1f}" + (f" [{d:.2f}]" if d is not None else "       "))
+        print(f"{case:24s} " + " ".join(f"{c:>12s}" for c in cells))
+    correlation = {}
+    for m, r in SHOWN:
+        pairs = [(per[m][r], dice[(case, m, r)]) for case, per in rows.items()
+                 if m in per and (case, m, r) in dice and np.isfinite(per[m][r])]
+        if len(pairs) >= 5:
+            rho, p = stats.spearmanr(*zip(*pairs))
+            correlation[f"{m} {r}"] = {"spearman": float(rho), "p": float(p), "n": len(pairs)}
+            print(f"{m} {r}: Spearman rho {rho:+.2f} (p {p:.3f}, n {len(pairs)}) between contrast and test Dice")
+    if args.out:
+        args.out.write_text(json.dumps({"methods": methods or "all", "percentiles": rows, "correlation": correlation,
+                                        "test_dice": {"|".join(k): v for k, v in dice.items()}}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
