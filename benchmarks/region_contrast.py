@@ -29,8 +29,9 @@ from scipy import stats
 # BraTS labels: 1 necrosis / non-enhancing core, 2 oedema, 4 enhancing tumour.
 REGIONS = {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,), "oedema": (2,)}
 # The pairs that matter for the issue's goals: WT from T2, TC and ET from T1ce; FLAIR as the
-# contrast oedema is delineated on.
+# contrast oedema is delineated on. ``--pairs`` shows others.
 SHOWN = (("t2", "oedema"), ("flair", "oedema"), ("t2", "wt"), ("t1ce", "tc"), ("t1ce", "et"))
+CONTRASTS = ("t1", "t1ce", "t2", "flair")
 
 
 def percentile_in(normal: np.ndarray, values: np.ndarray) -> float:
@@ -40,14 +41,14 @@ def percentile_in(normal: np.ndarray, values: np.ndarray) -> float:
     return float(np.searchsorted(normal, np.median(values)) / normal.size * 100)
 
 
-def case_contrast(folder: Path) -> dict[str, dict[str, float]]:
+def case_contrast(folder: Path, contrasts=CONTRASTS) -> dict[str, dict[str, float]]:
     """Contrast -> region -> percentile for one BraTS case folder (``<case>_<contrast>.nii.gz``)."""
     segs = sorted(folder.glob("*_seg.nii*"))
     if not segs:
         raise SystemExit(f"{folder}: no *_seg.nii* file")
     labels = np.asarray(nib.load(str(segs[0])).dataobj)
     out: dict[str, dict[str, float]] = {}
-    for contrast in sorted({m for m, _ in SHOWN} | {"t1"}):
+    for contrast in contrasts:
         files = sorted(folder.glob(f"*_{contrast}.nii*"))
         if not files:
             continue
@@ -61,17 +62,17 @@ def case_contrast(folder: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def test_dice(cases_csv: Path, methods: list[str] | None) -> dict[tuple[str, str, str], float]:
+def test_dice(cases_csv: Path, methods: list[str] | None, binary_region: str = "wt") -> dict[tuple[str, str, str], float]:
     """(case, modality, region) -> mean test Dice over the methods (all, or ``methods``) and seeds
-    of a benchmark's cases.csv."""
+    of a benchmark's cases.csv; a binary grid's rows (no region) count as ``binary_region``."""
     acc: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     with cases_csv.open(newline="") as f:
         for row in csv.DictReader(f):
-            if "+" in row["modality"] or not row.get("region"):
-                continue  # fused rows, binary tables
+            if "+" in row["modality"]:
+                continue  # fused rows
             if methods and row["method"] not in methods:
                 continue
-            acc[(row["case"], row["modality"], row["region"])].append(float(row["dice"]))
+            acc[(row["case"], row["modality"], row.get("region") or binary_region)].append(float(row["dice"]))
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
@@ -80,27 +81,37 @@ def main() -> int:
     ap.add_argument("--data", type=Path, required=True, help="BraTS folder: one folder per case")
     ap.add_argument("--cases", type=Path, help="a region benchmark's cases.csv: adds the mean test Dice per patient")
     ap.add_argument("--methods", help="comma-separated methods of --cases to average (default: all)")
+    ap.add_argument("--pairs", help="contrast:region pairs to show (default: "
+                    + ",".join(f"{m}:{r}" for m, r in SHOWN) + f"; regions: {', '.join(REGIONS)})")
+    ap.add_argument("--binary-region", default="wt", help="the region a binary grid's rows segmented (default wt)")
     ap.add_argument("--out", type=Path, help="JSON with every case, contrast and region")
     args = ap.parse_args()
     folders = sorted(p for p in args.data.iterdir() if p.is_dir() and any(p.glob("*_seg.nii*")))
     if not folders:
         raise SystemExit(f"{args.data}: no case folder with a *_seg.nii* file")
+    shown = SHOWN
+    if args.pairs:
+        shown = tuple(tuple(p.split(":", 1)) for p in args.pairs.split(",") if p)
+        bad = [":".join(p) for p in shown if len(p) != 2 or p[0] not in CONTRASTS or p[1] not in REGIONS]
+        if bad:
+            raise SystemExit(f"--pairs: {', '.join(bad)} is not contrast:region ({'/'.join(CONTRASTS)} : "
+                             f"{'/'.join(REGIONS)})")
     methods = [m for m in (args.methods or "").split(",") if m]
-    dice = test_dice(args.cases, methods) if args.cases else {}
+    dice = test_dice(args.cases, methods, args.binary_region) if args.cases else {}
     if args.cases and not dice:
         raise SystemExit(f"{args.cases}: no per-region rows" + (f" of {', '.join(methods)}" if methods else ""))
     rows = {f.name: case_contrast(f) for f in folders}
-    head = " ".join(f"{m + ' ' + r:>12s}" for m, r in SHOWN)
+    head = " ".join(f"{m + ' ' + r:>12s}" for m, r in shown)
     print(f"{'case':24s} {head}   (median percentile in normal brain; [mean test Dice])")
     for case, per in rows.items():
         cells = []
-        for m, r in SHOWN:
+        for m, r in shown:
             p = per.get(m, {}).get(r, float("nan"))
             d = dice.get((case, m, r))
             cells.append(f"{p:5.1f}" + (f" [{d:.2f}]" if d is not None else "       "))
         print(f"{case:24s} " + " ".join(f"{c:>12s}" for c in cells))
     correlation = {}
-    for m, r in SHOWN:
+    for m, r in shown:
         pairs = [(per[m][r], dice[(case, m, r)]) for case, per in rows.items()
                  if m in per and (case, m, r) in dice and np.isfinite(per[m][r])]
         if len(pairs) >= 5:

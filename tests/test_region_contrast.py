@@ -54,3 +54,15 @@ def test_a_case_without_a_label_map_is_a_clear_error(tmp_path):
     (tmp_path / "p2").mkdir()
     with pytest.raises(SystemExit, match="no \\*_seg"):
         region_contrast.case_contrast(tmp_path / "p2")
+
+
+def test_test_dice_averages_methods_skips_fused_rows_and_names_binary_rows(tmp_path):
+    csv = tmp_path / "cases.csv"
+    csv.write_text("method,modality,seed,fold,case,region,dice\n"
+                   "a,t2,0,0,p1,,0.8\n"          # binary grid: no region column value
+                   "b,t2,0,0,p1,,0.6\n"
+                   "c,t2,0,0,p1,,0.0\n"          # not among --methods
+                   "a,t2+t1ce,0,0,p1,,0.9\n"     # fused: not one contrast's network
+                   "a,t1ce,0,0,p1,et,0.3\n")
+    dice = region_contrast.test_dice(csv, ["a", "b"], binary_region="wt")
+    assert dice == {("p1", "t2", "wt"): pytest.approx(0.7), ("p1", "t1ce", "et"): pytest.approx(0.3)}
