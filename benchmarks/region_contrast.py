@@ -62,6 +62,37 @@ def case_contrast(folder: Path, contrasts=CONTRASTS) -> dict[str, dict[str, floa
     return out
 
 
+def contrast_figure(data: Path, cases: list[str], rows: dict, pairs, out: Path) -> None:
+    """One row per case, one panel per contrast:region pair: the axial slice with the most voxels of
+    that region, its contour on the image, the median percentile in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(cases), len(pairs), figsize=(3 * len(pairs), 3 * len(cases)), squeeze=False)
+    for case, row_axes in zip(cases, axes):
+        folder = data / case
+        labels = np.asarray(nib.load(str(sorted(folder.glob("*_seg.nii*"))[0])).dataobj)
+        for (contrast, region), ax in zip(pairs, row_axes):
+            image = np.asarray(nib.load(str(sorted(folder.glob(f"*_{contrast}.nii*"))[0])).dataobj, np.float32)
+            mask = np.isin(labels, REGIONS[region])
+            z = int(np.argmax(mask.sum(axis=(0, 1))))
+            lo, hi = np.percentile(image[image > 0], [1, 99])
+            ax.imshow(np.rot90(image[:, :, z]), cmap="gray", vmin=lo, vmax=hi)
+            if mask[:, :, z].any():
+                ax.contour(np.rot90(mask[:, :, z]).astype(np.float32), levels=[0.5], colors=["#00c853"], linewidths=0.8)
+            ax.set_title(f"{case.removeprefix('Brats18_')} {contrast} {region}: {rows[case][contrast][region]:.0f}th pct",
+                         fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    tmp = out.with_name(out.name + ".part")
+    fig.savefig(tmp, format="png", dpi=100)
+    tmp.replace(out)  # atomic: no half-written figure
+    plt.close(fig)
+
+
 def test_dice(cases_csv: Path, methods: list[str] | None, binary_region: str = "wt") -> dict[tuple[str, str, str], float]:
     """(case, modality, region) -> mean test Dice over the methods (all, or ``methods``) and seeds
     of a benchmark's cases.csv; a binary grid's rows (no region) count as ``binary_region``."""
@@ -85,6 +116,8 @@ def main() -> int:
                     + ",".join(f"{m}:{r}" for m, r in SHOWN) + f"; regions: {', '.join(REGIONS)})")
     ap.add_argument("--binary-region", default="wt", help="the region a binary grid's rows segmented (default wt)")
     ap.add_argument("--out", type=Path, help="JSON with every case, contrast and region")
+    ap.add_argument("--figure", type=Path, help="PNG: the --figure-cases' slices with the shown regions outlined")
+    ap.add_argument("--figure-cases", help="comma-separated cases for --figure (default: the first three)")
     args = ap.parse_args()
     folders = sorted(p for p in args.data.iterdir() if p.is_dir() and any(p.glob("*_seg.nii*")))
     if not folders:
@@ -118,6 +151,13 @@ def main() -> int:
             rho, p = stats.spearmanr(*zip(*pairs))
             correlation[f"{m} {r}"] = {"spearman": float(rho), "p": float(p), "n": len(pairs)}
             print(f"{m} {r}: Spearman rho {rho:+.2f} (p {p:.3f}, n {len(pairs)}) between contrast and test Dice")
+    if args.figure:
+        chosen = [c for c in (args.figure_cases or "").split(",") if c] or list(rows)[:3]
+        missing = [c for c in chosen if c not in rows]
+        if missing:
+            raise SystemExit(f"--figure-cases: {', '.join(missing)} not in {args.data}")
+        contrast_figure(args.data, chosen, rows, [p for p in shown if all(p[0] in rows[c] for c in chosen)], args.figure)
+        print(f"figure -> {args.figure}")
     if args.out:
         args.out.write_text(json.dumps({"methods": methods or "all", "percentiles": rows, "correlation": correlation,
                                         "test_dice": {"|".join(k): v for k, v in dice.items()}}, indent=1))
