@@ -66,3 +66,12 @@ def test_test_dice_averages_methods_skips_fused_rows_and_names_binary_rows(tmp_p
                    "a,t1ce,0,0,p1,et,0.3\n")
     dice = region_contrast.test_dice(csv, ["a", "b"], binary_region="wt")
     assert dice == {("p1", "t2", "wt"): pytest.approx(0.7), ("p1", "t1ce", "et"): pytest.approx(0.3)}
+
+
+def test_figure_is_written_whole(tmp_path):
+    _case(tmp_path / "p1", t1ce_et=0.5)
+    rows = {"p1": region_contrast.case_contrast(tmp_path / "p1")}
+    out = tmp_path / "fig.png"
+    region_contrast.contrast_figure(tmp_path, ["p1"], rows, [("t2", "oedema"), ("t1ce", "et")], out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["fig.png"]  # no .part left behind
