@@ -110,7 +110,7 @@ def test_dice(cases_csv: Path, methods: list[str] | None, binary_region: str = "
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="BraTS folder: one folder per case")
-    ap.add_argument("--cases", type=Path, help="a region benchmark's cases.csv: adds the mean test Dice per patient")
+    ap.add_argument("--cases", type=Path, help="a benchmark's cases.csv: adds the mean test Dice per patient")
     ap.add_argument("--methods", help="comma-separated methods of --cases to average (default: all)")
     ap.add_argument("--pairs", help="contrast:region pairs to show (default: "
                     + ",".join(f"{m}:{r}" for m, r in SHOWN) + f"; regions: {', '.join(REGIONS)})")
@@ -132,7 +132,7 @@ def main() -> int:
     methods = [m for m in (args.methods or "").split(",") if m]
     dice = test_dice(args.cases, methods, args.binary_region) if args.cases else {}
     if args.cases and not dice:
-        raise SystemExit(f"{args.cases}: no per-region rows" + (f" of {', '.join(methods)}" if methods else ""))
+        raise SystemExit(f"{args.cases}: no single-modality rows" + (f" of {', '.join(methods)}" if methods else ""))
     rows = {f.name: case_contrast(f) for f in folders}
     head = " ".join(f"{m + ' ' + r:>12s}" for m, r in shown)
     print(f"{'case':24s} {head}   (median percentile in normal brain; [mean test Dice])")
