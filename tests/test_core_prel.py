@@ -203,6 +203,51 @@ def test_state_defaults_and_best_validation_kept():
     assert fresh.teacher_index == 0
 
 
+def _shift(net: nn.Module, by: float) -> None:
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(by)
+
+
+def test_from_best_starts_prel_from_the_best_validated_stage1_weights_and_survives_a_resume():
+    """Catches PReL starting from the last weights, a copy taken on a tie or a worse score (not the
+    network the trainer saved), copies that share storage with the live network, and copies lost
+    in a checkpoint between the best validation and the switch."""
+    m = make(SemiCMLPReL, total=10, prel={"from_best": True, "bma_from": 0.0})
+    assert m.start_iteration == 6
+    _shift(m.students["1"], 0.25)
+    m.on_validation(2, {"T2": 0.4, "T1ce": 0.6})
+    best = {k: params(m.students[k]) for k in m.students}
+    for k in m.students:
+        _shift(m.students[k], 1.0)  # training goes on...
+    m.on_validation(4, {"T2": 0.4, "T1ce": 0.5})  # ...a tie for T2, worse for T1ce: keep the first copies
+    assert {k: params(m.students[k]) for k in m.students} != best
+    resumed = make(SemiCMLPReL, total=10, prel={"from_best": True, "bma_from": 0.0})
+    resumed.load_extra_state(m.extra_state())  # a checkpoint before the switch
+    for k in m.students:
+        resumed.students[k].load_state_dict(m.students[k].state_dict())  # the trainer restores the last weights
+    for method in (m, resumed):
+        method.train_step(make_batch(), 6)  # the switch: teacher chosen, students reset to their best
+        assert method.teacher_index == 1
+        assert method.best_states == {}  # dropped after use: no dead weight in later checkpoints
+        info = method.ctx.info["teacher"]["students_started_from"]
+        assert info == {"T2": "best validation", "T1ce": "best validation"}
+        # train_step only computes the losses (the engine steps): the parameters are the copies
+        assert {k: params(method.students[k]) for k in method.students} == best
+
+
+def test_without_from_best_prel_continues_from_the_last_weights_and_keeps_no_copies():
+    m = make(SemiCMLPReL, total=10, prel={"bma_from": 0.0})
+    m.on_validation(2, {"T2": 0.4, "T1ce": 0.6})
+    assert m.best_states == {} and "best_states" not in m.extra_state()
+    for k in m.students:
+        _shift(m.students[k], 1.0)
+    last = {k: params(m.students[k]) for k in m.students}
+    m.teacher_index = m.choose_teacher()
+    assert {k: params(m.students[k]) for k in m.students} == last
+    assert "students_started_from" not in m.ctx.info["teacher"]
+
+
 def test_semicml_reads_its_settings_from_the_config():
     m = make(SemiCML, prel={"max_alpha": 0.9, "pool_size": 3},
              semicml={"temperature": 0.5, "bce_weight": 2.0, "dice_weight": 5.0, "dice_reduction": "slice"})

@@ -105,6 +105,11 @@ class PReLConfig(_TrainModel):
     bma_from: float = Field(10 / 81, ge=0, lt=1, description="validations before this fraction of training are not "
                             "offered to the BMA pool (reference: epochs up to 10 of 81)")
     keep_supervised: bool = Field(False, description="keep the labelled loss in stage 2 (the reference drops it)")
+    # Off by default (the reference continues from the last stage-1 weights). Measured reason to try
+    # it: with model selection on validation, the 2 mm CV's selected networks came from stage 1 in
+    # every fold (validation Dice peaks early), so PReL never shaped a reported network.
+    from_best: bool = Field(False, description="semicml-prel: every network starts PReL from its best-validation "
+                            "stage-1 weights instead of the last ones")
     # On by default: with joint ASC better than one teacher in every paired phantom comparison
     # (docs/method-notes.md, "Region targets").
     teacher_per_region: bool = Field(True, description="region targets: each region's soft labels from the modality "

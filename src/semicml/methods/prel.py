@@ -51,6 +51,19 @@ class SemiCMLPReL(SemiCML):
         # (iteration == start) still scores the end of stage 1.
         return iteration <= self.start_iteration and super().offer_to_bma(iteration)
 
+    def keeps_best_states(self) -> bool:
+        return self.cfg.prel.from_best and self.teacher_index is None  # stage 1 only
+
+    def start_from_best(self) -> None:
+        """``prel.from_best``: every student resumes from its best-validation stage-1 weights (a
+        network never validated keeps its current ones); the copies are then dropped."""
+        for key, state in self.best_states.items():
+            self.students[key].load_state_dict(state)
+        # in the teacher record: saved with it in checkpoints and run.json
+        self.ctx.info["teacher"]["students_started_from"] = {
+            m: ("best validation" if str(i) in self.best_states else "last") for i, m in enumerate(self.ctx.modalities)}
+        self.best_states = {}
+
     def refines(self, index: int, iteration: int) -> bool:
         """Whether network ``index`` re-learns at ``iteration``: every weaker one always, the
         teacher's own modality only late (reference: from epoch 75 of 81) if enabled."""
@@ -142,6 +155,8 @@ class SemiCMLPReL(SemiCML):
             return self.semicml_losses(batch, iteration)
         if self.teacher_index is None:
             self.teacher_index = self.choose_teacher()
+            if self.cfg.prel.from_best:
+                self.start_from_best()
         return self.prel_losses(batch, iteration)
 
     def extra_state(self) -> dict:

@@ -36,6 +36,8 @@ class SemiCML(Method):
         self.teachers = nn.ModuleDict({k: frozen_copy(net) for k, net in self.students.items()})
         self.bma = {k: BestModelAverage(self.cfg.prel.pool_size, self.cfg.prel.max_alpha) for k in self.students}
         self.best_val: dict[str, float] = {}
+        # prel.from_best: each student's best-validation weights (CPU copies), for PReL to start from
+        self.best_states: dict[str, dict[str, torch.Tensor]] = {}
         self.best_val_regions: dict[str, dict[str, float]] = {}  # region targets: modality -> region -> Dice
 
     def forward_all(self, batch: Batch) -> tuple[list[torch.Tensor], int]:
@@ -81,15 +83,25 @@ class SemiCML(Method):
                 key = str(i)
                 if offer:
                     self.bma[key].update(val_dice[m], self.teachers[key], self.students[key])
+                if self.keeps_best_states() and val_dice[m] > self.best_val.get(m, float("-inf")):
+                    # strictly better, as the trainer's saved weights: the same network
+                    self.best_states[key] = {k: v.detach().to("cpu", copy=True)
+                                             for k, v in self.students[key].state_dict().items()}
                 self.best_val[m] = max(self.best_val.get(m, float("-inf")), val_dice[m])
             for r, d in (region_dice or {}).get(m, {}).items():
                 best = self.best_val_regions.setdefault(m, {})
                 best[r] = max(best.get(r, float("-inf")), d)
 
+    def keeps_best_states(self) -> bool:
+        """Whether the students' best-validation weights are kept (only semicml-prel's stage 1 needs them)."""
+        return False
+
     def extra_state(self) -> dict:
         state = {"bma": {k: b.state() for k, b in self.bma.items()}, "best_val": dict(self.best_val)}
         if self.best_val_regions:
             state["best_val_regions"] = {m: dict(d) for m, d in self.best_val_regions.items()}
+        if self.best_states:
+            state["best_states"] = self.best_states
         return state
 
     def load_extra_state(self, state: dict) -> None:
@@ -97,6 +109,7 @@ class SemiCML(Method):
             self.bma[k].load(s)
         self.best_val = dict(state.get("best_val", {}))
         self.best_val_regions = {m: dict(d) for m, d in state.get("best_val_regions", {}).items()}
+        self.best_states = {k: dict(v) for k, v in state.get("best_states", {}).items()}
 
 
 # Ablations of the paper (each differs from Semi-CML in one switch).
