@@ -236,6 +236,13 @@ def test_from_best_starts_prel_from_the_best_validated_stage1_weights_and_surviv
         assert {k: params(method.students[k]) for k in method.students} == best
 
 
+def test_lr_scale_applies_to_stage_2_only_and_to_prel_alone_throughout():
+    m = make(SemiCMLPReL, total=10, prel={"lr_scale": 0.01})
+    assert [m.lr_scale(i) for i in (0, 5, 6, 9)] == [1.0, 1.0, 0.01, 0.01]  # switch at round(0.63 * 10) = 6
+    assert make(SemiCMLPReL, total=10).lr_scale(9) == 1.0  # default: the schedule as it is
+    assert make(SemiCML, total=10, prel={"lr_scale": 0.01}).lr_scale(9) == 1.0  # no stage 2, no scale
+
+
 def test_without_from_best_prel_continues_from_the_last_weights_and_keeps_no_copies():
     m = make(SemiCMLPReL, total=10, prel={"bma_from": 0.0})
     m.on_validation(2, {"T2": 0.4, "T1ce": 0.6})

@@ -14,6 +14,7 @@ import torch
 
 from semicml.config import build_config
 from semicml.data.store import PrepareOptions, prepare_store
+from semicml.engine.schedule import lr_factor
 from semicml.engine.trainer import FAULT_ENV, Trainer
 from semicml.pipeline import evaluate_run
 
@@ -109,6 +110,37 @@ def test_resume_after_crash_gives_identical_weights(e2e_store, tmp_path):
     # the log has no duplicated iterations after the resume
     its = [json.loads(line)["iteration"] for line in (crashed / "log.jsonl").read_text().splitlines()]
     assert its == sorted(set(its))
+
+
+def test_prel_from_best_with_lr_scale_resumes_bit_exact_and_logs_the_scaled_lr(e2e_store, tmp_path):
+    """The best stage-1 copies live in the checkpoint: a run killed before the switch (checkpoint
+    at 6, switch at 8) resumes to the same weights as an uninterrupted one; stage 2's logged lr is
+    the schedule's times prel.lr_scale."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text("prel:\n  from_best: true\n  lr_scale: 0.01\n")
+    args = [sys.executable, "-m", "semicml.cli", "train", str(e2e_store), "--profile", "tiny", "--iterations", "12",
+            "--val-every", "3", "--method", "semicml-prel", "--device", "cpu", "--config", str(config)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    subprocess.run(args + ["--out", str(full)], check=True, env=env, capture_output=True)
+    proc = subprocess.run(args + ["--out", str(crashed)], env=dict(env, **{FAULT_ENV: "7"}), capture_output=True)
+    assert proc.returncode == 17
+    assert "best_states" in torch.load(crashed / "checkpoint.pt", weights_only=True)["method_state"]
+    resumed = subprocess.run([sys.executable, "-m", "semicml.cli", "train", str(e2e_store), "--out", str(crashed),
+                              "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _final_weights(full), _final_weights(crashed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    info = json.loads((full / "run.json").read_text())
+    assert set(info["teacher"]["students_started_from"].values()) == {"best validation"}
+    assert "best_states" not in torch.load(full / "checkpoint.pt", weights_only=True)["method_state"]
+    log = {r["iteration"]: r for r in map(json.loads, (full / "log.jsonl").read_text().splitlines())}
+    cfg = build_config(profile="tiny", overrides={"iterations": 12})
+    for n in (8, 10, 12):  # a record after step n - 1 logs that step's lr; the switch is step 8
+        step = n - 1
+        expected = cfg.optim.lr * lr_factor(step, 12, cfg.optim) * (0.01 if step >= 8 else 1.0)
+        assert log[n]["lr"] == pytest.approx(expected, rel=1e-9), n
 
 
 def test_prel_alone_from_a_semicml_run(e2e_store, tmp_path):

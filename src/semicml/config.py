@@ -110,6 +110,10 @@ class PReLConfig(_TrainModel):
     # every fold (validation Dice peaks early), so PReL never shaped a reported network.
     from_best: bool = Field(False, description="semicml-prel: every network starts PReL from its best-validation "
                             "stage-1 weights instead of the last ones")
+    # The reference's schedule has decayed to 1e-3 of its start when PReL begins (6e-6); the cpu
+    # profile's milestones (50%, 75%) leave 1e-1 there: a much stronger re-learning than the paper's.
+    lr_scale: float = Field(1.0, gt=0, le=1, description="semicml-prel / prel: the learning rate is multiplied by "
+                            "this in stage 2")
     # On by default: with joint ASC better than one teacher in every paired phantom comparison
     # (docs/method-notes.md, "Region targets").
     teacher_per_region: bool = Field(True, description="region targets: each region's soft labels from the modality "

@@ -326,7 +326,8 @@ class Trainer:
             it = self.iteration
             batch = {k: self._to_device(v) for k, v in batch.items()}
             for group in self.optimizer.param_groups:
-                group["lr"] = cfg.optim.lr * lr_factor(self.schedule_offset + it, self.schedule_total, cfg.optim)
+                group["lr"] = (cfg.optim.lr * lr_factor(self.schedule_offset + it, self.schedule_total, cfg.optim)
+                               * self.method.lr_scale(it))
             if self.dist.distributed:  # per rank and step: differs between ranks, reproducible on resume
                 torch.manual_seed(step_seed(cfg.seed, it, self.dist.rank))
             with self.precision.autocast(), sharded_batch(self.dist.distributed):

@@ -141,6 +141,10 @@ class Method(nn.Module):
     def phase(self, iteration: int) -> str:
         return self.name
 
+    def lr_scale(self, iteration: int) -> float:
+        """Multiplier of the scheduled learning rate at ``iteration`` (a stage may train gentler)."""
+        return 1.0
+
     def extra_state(self) -> dict:
         """Non-parameter state to checkpoint (tensors, numbers, strings, lists, dicts only)."""
         return {}

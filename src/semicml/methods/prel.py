@@ -45,6 +45,9 @@ class SemiCMLPReL(SemiCML):
     def phase(self, iteration: int) -> str:
         return "prel" if iteration >= self.start_iteration else "semicml"
 
+    def lr_scale(self, iteration: int) -> float:
+        return self.cfg.prel.lr_scale if iteration >= self.start_iteration else 1.0
+
     def offer_to_bma(self, iteration: int) -> bool:
         # The teacher is frozen once PReL starts (reference): a teacher that kept averaging the
         # students it teaches would feed their mistakes back. The validation AT the boundary
