@@ -26,6 +26,11 @@ import nibabel as nib
 import numpy as np
 from scipy import stats
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from semicml.io_utils import atomic_path  # noqa: E402
+
 # BraTS labels: 1 necrosis / non-enhancing core, 2 oedema, 4 enhancing tumour.
 REGIONS = {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,), "oedema": (2,)}
 # The pairs that matter for the goals: WT from T2, TC and ET from T1ce; FLAIR as the
@@ -87,9 +92,8 @@ def contrast_figure(data: Path, cases: list[str], rows: dict, pairs, out: Path) 
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    tmp = out.with_name(out.name + ".part")
-    fig.savefig(tmp, format="png", dpi=100)
-    tmp.replace(out)  # atomic: no half-written figure
+    with atomic_path(out) as tmp:  # no half-written figure
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 

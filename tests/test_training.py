@@ -85,28 +85,35 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return state["networks"]
 
 
-def test_resume_after_crash_gives_identical_weights(e2e_store, tmp_path):
-    """Kill a run hard mid-way (os._exit after iteration 7, last checkpoint at 6), resume it with
-    the CLI, and compare with an uninterrupted run: bit-identical weights on CPU."""
-    args = [sys.executable, "-m", "semicml.cli", "train", str(e2e_store), "--profile", "tiny", "--iterations", "12",
-            "--val-every", "3", "--method", "semicml-prel", "--device", "cpu"]
+def _full_crashed_resumed(store: Path, tmp_path: Path, extra: list[str] = ()) -> tuple[Path, Path, dict]:
+    """A 12-iteration tiny semicml-prel run trained uninterrupted (``full``) and one killed hard
+    after iteration 7 (os._exit; last checkpoint at 6) then resumed with the CLI (``crashed``);
+    also the checkpoint the crash left."""
+    args = [sys.executable, "-m", "semicml.cli", "train", str(store), "--profile", "tiny", "--iterations", "12",
+            "--val-every", "3", "--method", "semicml-prel", "--device", "cpu", *extra]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    full = tmp_path / "full"
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
     subprocess.run(args + ["--out", str(full)], check=True, env=env, capture_output=True)
-    crashed = tmp_path / "crashed"
     proc = subprocess.run(args + ["--out", str(crashed)], env=dict(env, **{FAULT_ENV: "7"}), capture_output=True)
     assert proc.returncode == 17  # the simulated crash happened
     checkpoint = torch.load(crashed / "checkpoint.pt", weights_only=True)
-    assert checkpoint["iteration"] == 6 and checkpoint["seconds_trained"] > 0
-    resumed = subprocess.run([sys.executable, "-m", "semicml.cli", "train", str(e2e_store), "--out", str(crashed),
+    resumed = subprocess.run([sys.executable, "-m", "semicml.cli", "train", str(store), "--out", str(crashed),
                               "--resume"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    info = json.loads((crashed / "run.json").read_text())  # training time counts both sessions
-    assert info["seconds_trained"] == pytest.approx(checkpoint["seconds_trained"] + info["seconds_last_session"], abs=0.2)
     a, b = _final_weights(full), _final_weights(crashed)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    return full, crashed, checkpoint
+
+
+def test_resume_after_crash_gives_identical_weights(e2e_store, tmp_path):
+    """Kill a run hard mid-way, resume it with the CLI, and compare with an uninterrupted run:
+    bit-identical weights on CPU (checked by the helper)."""
+    _, crashed, checkpoint = _full_crashed_resumed(e2e_store, tmp_path)
+    assert checkpoint["iteration"] == 6 and checkpoint["seconds_trained"] > 0
+    info = json.loads((crashed / "run.json").read_text())  # training time counts both sessions
+    assert info["seconds_trained"] == pytest.approx(checkpoint["seconds_trained"] + info["seconds_last_session"], abs=0.2)
     # the log has no duplicated iterations after the resume
     its = [json.loads(line)["iteration"] for line in (crashed / "log.jsonl").read_text().splitlines()]
     assert its == sorted(set(its))
@@ -118,20 +125,8 @@ def test_prel_from_best_with_lr_scale_resumes_bit_exact_and_logs_the_scaled_lr(e
     the schedule's times prel.lr_scale."""
     config = tmp_path / "cfg.yaml"
     config.write_text("prel:\n  from_best: true\n  lr_scale: 0.01\n")
-    args = [sys.executable, "-m", "semicml.cli", "train", str(e2e_store), "--profile", "tiny", "--iterations", "12",
-            "--val-every", "3", "--method", "semicml-prel", "--device", "cpu", "--config", str(config)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    full, crashed = tmp_path / "full", tmp_path / "crashed"
-    subprocess.run(args + ["--out", str(full)], check=True, env=env, capture_output=True)
-    proc = subprocess.run(args + ["--out", str(crashed)], env=dict(env, **{FAULT_ENV: "7"}), capture_output=True)
-    assert proc.returncode == 17
-    assert "best_states" in torch.load(crashed / "checkpoint.pt", weights_only=True)["method_state"]
-    resumed = subprocess.run([sys.executable, "-m", "semicml.cli", "train", str(e2e_store), "--out", str(crashed),
-                              "--resume"], env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = _final_weights(full), _final_weights(crashed)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    full, _, checkpoint = _full_crashed_resumed(e2e_store, tmp_path, ["--config", str(config)])
+    assert "best_states" in checkpoint["method_state"]
     info = json.loads((full / "run.json").read_text())
     assert set(info["teacher"]["students_started_from"].values()) == {"best validation"}
     assert "best_states" not in torch.load(full / "checkpoint.pt", weights_only=True)["method_state"]

@@ -325,9 +325,10 @@ class Trainer:
         for batch in loader:
             it = self.iteration
             batch = {k: self._to_device(v) for k, v in batch.items()}
+            lr = (cfg.optim.lr * lr_factor(self.schedule_offset + it, self.schedule_total, cfg.optim)
+                  * self.method.lr_scale(it))
             for group in self.optimizer.param_groups:
-                group["lr"] = (cfg.optim.lr * lr_factor(self.schedule_offset + it, self.schedule_total, cfg.optim)
-                               * self.method.lr_scale(it))
+                group["lr"] = lr
             if self.dist.distributed:  # per rank and step: differs between ranks, reproducible on resume
                 torch.manual_seed(step_seed(cfg.seed, it, self.dist.rank))
             with self.precision.autocast(), sharded_batch(self.dist.distributed):
