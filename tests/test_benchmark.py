@@ -140,6 +140,33 @@ def test_changed_budget_is_not_mixed_with_old_runs(grid, tmp_path):
     write_results(grid["rows"], grid["out"], labeled_fraction=0.3)  # restore the module's tables
 
 
+def test_an_interrupted_run_started_before_a_setting_existed_resumes_but_a_real_change_does_not(grid, tmp_path):
+    """A run killed mid-training (checkpoint, no result) whose config.yaml predates a setting
+    resumes when the grid asks for what the run did then; a real change is still refused."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(grid["out"], out)
+    run = out / "runs" / "semicml" / "seed0"
+    (run / "result.json").unlink()  # as if killed after its last checkpoint
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["prel"]["from_best"] is False and saved["compile"] is False
+    del saved["prel"]["from_best"], saved["compile"]  # recorded before these settings existed
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = grid["cfg"].model_copy(update={"out": str(out)})
+    rows = run_benchmark(cfg, progress=False, echo=lambda line: None, only=["semicml"])
+    mine = [r for r in rows if r["method"] == "semicml"]
+    assert [r["action"] for r in mine] == ["resumed", "resumed"] and all(r["status"] == "ok" for r in mine)
+    assert (run / "result.json").is_file()
+
+    (run / "result.json").unlink()
+    (run / "config.yaml").write_text(yaml.safe_dump(dict(saved, iterations=saved["iterations"] + 1)))
+    rows = run_benchmark(cfg, progress=False, echo=lambda line: None, only=["semicml"])
+    mine = [r for r in rows if r["method"] == "semicml"]
+    assert mine and all(r["status"].startswith("failed: ") and "different configuration" in r["status"]
+                        and "iterations" in r["status"] for r in mine)
+
+
 def test_markdown_table_marks_best_and_paired_deltas(tmp_path):
     def row(method, seed, dice, hd95, fraction=0.1, method_id=None):
         return {"method": method, "method_id": method_id or method, "modality": "T2", "seed": seed,

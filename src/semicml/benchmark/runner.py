@@ -198,14 +198,15 @@ def _train_and_evaluate(tcfg, store, dataset: Path, run_dir: Path, progress: boo
     from semicml.engine.trainer import Trainer
     from semicml.pipeline import evaluate_run
 
-    current = tcfg.model_dump(mode="json")
     resume = (run_dir / "checkpoint.pt").is_file()
     if resume:
         saved = run_dir / "config.yaml"
         old = _grid_folds_moved(yaml.safe_load(saved.read_text()) if saved.is_file() else None, fold,
                                 tcfg.splits, run_dir)
-        if old != current:
-            why = first_difference(old, current) if isinstance(old, dict) else "no config.yaml"
+        # read like a finished run's record: a setting added since the run started does not stop it
+        # when the grid asks for what the run did before the setting existed
+        why = config_difference(old, tcfg) if isinstance(old, dict) else "no config.yaml"
+        if why:
             raise ConfigError(f"holds a run with a different configuration ({why}); delete it or use another out",
                               run_dir)
     elif run_dir.exists():
