@@ -97,3 +97,28 @@ def test_evaluation_needs_only_the_label_not_an_image_on_its_grid(perfect, phant
     assert rc == 0, err
     report = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert report["mean"]["dice"] == pytest.approx(1.0)
+
+
+def test_a_nan_mask_or_two_files_for_one_case_are_one_line_errors(perfect, phantom_root, tmp_path, monkeypatch,
+                                                                    capsys):
+    """NaN > 0 is False: a NaN mask would score as background, silently; case.nii beside
+    case.nii.gz: which one is the prediction is unknown."""
+    import shutil
+
+    case = phantom_case_ids(phantom_root)[0]
+    pred = tmp_path / "pred"
+    shutil.copytree(perfect, pred)
+    ref = nib.load(str(perfect / f"{case}.nii.gz"))
+    nib.save(nib.Nifti1Image(np.asarray(ref.dataobj).astype(np.float32), ref.affine), str(pred / f"{case}.nii"))
+    args = ["evaluate", "--pred", pred, "--ref", phantom_root, "--out", tmp_path / "ev", "--missing", "worst"]
+    rc, _, err = run_cli(args, monkeypatch, capsys)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and f"two predictions for case '{case}'" in lines[0]
+    (pred / f"{case}.nii.gz").unlink()
+    data = np.asarray(ref.dataobj).astype(np.float32)
+    data[data > 0] = np.nan
+    nib.save(nib.Nifti1Image(data, ref.affine), str(pred / f"{case}.nii"))
+    rc, _, err = run_cli(args, monkeypatch, capsys)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and f"{case}.nii: the mask holds NaN" in lines[0]
+    assert not (tmp_path / "ev").exists()

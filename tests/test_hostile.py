@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import io
 import os
 import tracemalloc
 from pathlib import Path
@@ -191,6 +192,28 @@ def test_reader_never_crashes_nor_overallocates_on_any_header(tmp_path_factory, 
     assert vol.data.shape == tuple(shape) and vol.data.size <= MAX_VOXELS
     assert np.isfinite(vol.affine).all()
     assert all(z > 0 and np.isfinite(z) for z in vol.header.get_zooms()[:3])
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_zero_voxel_size_without_sform_is_refused_not_read_as_1mm(tmp_path, gz):
+    """nibabel's header check turns pixdim 0 into 1 mm (a made-up scale); with an sform the
+    voxels are placed without pixdim, so that file stands."""
+    img = nib.Nifti1Image(np.ones((4, 5, 6), np.float32), np.diag([1.5, 1.5, 3.0, 1.0]))
+    img.header.set_qform(img.affine, code=1)
+    img.header.set_sform(None, code=0)
+    img.header["pixdim"][1:4] = 0
+    path = tmp_path / ("x.nii.gz" if gz else "x.nii")
+    raw = img.header.binaryblock + b"\0" * 4 + np.ones((4, 5, 6), np.float32).tobytes(order="F")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    with pytest.raises(DataError, match=r"voxel sizes \(pixdim\) \[0\.0, 0\.0, 0\.0\] mm and no sform") as err:
+        load_volume(path, "image")
+    assert err.value.path == path
+    hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(raw[:348]), check=False)
+    hdr.set_sform(np.diag([1.5, 1.5, 3.0, 1.0]), code=1)
+    raw = hdr.binaryblock + raw[348:]
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    vol = load_volume(path, "image")
+    np.testing.assert_allclose(np.diag(vol.affine)[:3], [1.5, 1.5, 3.0])
 
 
 def test_property_test_would_see_a_crash(tmp_path):

@@ -282,6 +282,18 @@ def test_load_weights_errors(tmp_path, setup, problem):
     assert str(info.value) == problem.format(run=run)
 
 
+def test_masks_do_not_keep_the_scans_display_window_or_intent(tmp_path):
+    """A scan's cal_max = 1000 on a 0/1 mask makes viewers show it black: cleared, as is the intent."""
+    header = nib.Nifti1Header()
+    header["cal_min"], header["cal_max"] = 0, 1000
+    header.set_intent("t test", (5,))
+    image = nib.Nifti1Image(np.ones((2, 3, 4), np.uint8), AFFINE, header)
+    atomic_save_nifti(image, tmp_path / "m.nii.gz", np.uint8)
+    back = read(tmp_path / "m.nii.gz").header
+    assert float(back["cal_min"]) == 0 and float(back["cal_max"]) == 0
+    assert back.get_intent()[0] == "none"
+
+
 def test_atomic_save_nifti_writes_the_same_bytes_twice(tmp_path):
     image = nib.Nifti1Image(np.arange(24, dtype=np.uint8).reshape(2, 3, 4), AFFINE)
     atomic_save_nifti(image, tmp_path / "x.nii.gz", np.float32)

@@ -178,17 +178,39 @@ def test_brats_accepts_uncompressed_nii(brats_root: Path, tmp_path: Path) -> Non
 
 
 def test_brats2023_naming(brats_root: Path, phantom_root: Path, tmp_path: Path) -> None:
-    # BraTS 2023: "-" separator and t2w/t1c/seg suffixes.
+    # BraTS 2023: "-" separator, t2w/t1c/seg suffixes, and enhancing tumour labelled 3, not 4.
     case_dir = tmp_path / "b23" / "BraTS-GLI-00000-000"
     case_dir.mkdir(parents=True)
     src = brats_root / "phantom_000"
-    for old, new in (("t2", "t2w"), ("t1ce", "t1c"), ("seg", "seg")):
+    for old, new in (("t2", "t2w"), ("t1ce", "t1c")):
         shutil.copyfile(src / f"phantom_000_{old}.nii.gz", case_dir / f"BraTS-GLI-00000-000-{new}.nii.gz")
+    seg = nib.load(str(src / "phantom_000_seg.nii.gz"))
+    label = remap(np.asarray(seg.dataobj), {1: 1, 2: 2, 4: 3})
+    save_nifti(label, seg.affine, case_dir / "BraTS-GLI-00000-000-seg.nii.gz")
     info = open_dataset(tmp_path / "b23")
     assert info.format == "brats" and info.modalities == ["t1c", "t2w"]
     assert info.labeled == {"BraTS-GLI-00000-000": True}
+    assert info.label_names == {"background": 0, "ncr": 1, "ed": 2, "et": 3}
     case = read_case(info, "BraTS-GLI-00000-000", resolve_modalities(info, ["T2", "T1ce"]))
     np.testing.assert_array_equal(case.images["t2w"], phantom_arrays(phantom_root, "phantom_000")["T2"])
+    assert set(np.unique(case.label)) == {0, 1, 2, 3}
+    assert resolve_target(info, "tc").values == [[1, 3]] and resolve_target(info, "et").values == [[3]]
+    regions = resolve_target(info, "regions")
+    assert regions.values == [[1, 2, 3], [1, 3], [3]] and regions.paint == [2, 1, 3]
+    # the 2018-2021 convention's 4 is not a 2023 label: one line naming the file
+    save_nifti(remap(label, {1: 1, 2: 2, 3: 4}), seg.affine, case_dir / "BraTS-GLI-00000-000-seg.nii.gz")
+    with pytest.raises(DataError, match=r"-seg\.nii\.gz.*label values \[4\]"):
+        read_case(open_dataset(tmp_path / "b23"), "BraTS-GLI-00000-000", ["t2w"])
+
+
+def test_brats_mixing_2018_and_2023_names_is_refused(brats_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "mix"
+    shutil.copytree(brats_root / "phantom_000", root / "phantom_000")
+    case_dir = root / "BraTS-GLI-00001-000"
+    case_dir.mkdir()
+    shutil.copyfile(brats_root / "phantom_001" / "phantom_001_t2.nii.gz", case_dir / "BraTS-GLI-00001-000-t2w.nii.gz")
+    with pytest.raises(DataError, match=r"mixes BraTS 2018-2021 file names \(t1ce, t2\) and BraTS 2023 names \(t2w\)"):
+        open_dataset(root)
 
 
 def test_msd_layout_4d_channels_by_name(msd_root: Path, phantom_root: Path) -> None:
@@ -274,7 +296,7 @@ def _flat_suffixed(phantom_root: Path, tmp: Path) -> Path:
         ("msd", [f"phantom_{PHANTOM_CASES - 1:03d}"]),
         ("plain", ["pat0", "pat1"]),
         ("flat", ["pat0", "pat1"]),
-        ("file", ["phantom_004_0000"]),
+        ("file", ["phantom_004"]),  # nnU-Net's only channel _0000: named as its case
     ],
 )
 def test_read_single_modality_layouts(layout: str, expected_ids: list[str], phantom_root: Path,
@@ -291,9 +313,54 @@ def test_read_single_modality_layouts(layout: str, expected_ids: list[str], phan
     cid, load = pairs[-1]
     case = load()
     assert case.case_id == cid and case.label is None and list(case.images) == ["T2"]
-    source_case = {"pat1": "phantom_001", "phantom_004_0000": "phantom_004"}.get(cid, cid)
+    source_case = {"pat1": "phantom_001"}.get(cid, cid)
     np.testing.assert_array_equal(case.images["T2"], phantom_arrays(phantom_root, source_case)["T2"])
     assert len(case.header.get_data_shape()) == 3
+
+
+def test_flat_folder_takes_every_spelling_of_the_modality(phantom_root: Path, tmp_path: Path) -> None:
+    """t2 / T2 / t2w files are all T2 cases (none dropped); another modality of a named case is
+    skipped; a file with no modality suffix beside named ones is refused, not guessed."""
+    root = tmp_path / "flat"
+    root.mkdir()
+    img = phantom_root / "imagesTr"
+    for case, name in (("a", "a_t2"), ("b", "b_T2"), ("c", "c-t2w")):
+        shutil.copyfile(img / "phantom_000_0000.nii.gz", root / f"{name}.nii.gz")
+    shutil.copyfile(img / "phantom_000_0001.nii.gz", root / "a_t1ce.nii.gz")
+    shutil.copyfile(img / "phantom_000_0001.nii.gz", root / "a_pet.nii.gz")  # an unknown modality of case a
+    assert [c for c, _ in read_single_modality(root, "T2")] == ["a", "b", "c"]
+    assert [c for c, _ in read_single_modality(root, "t1ce")] == ["a"]
+    shutil.copyfile(img / "phantom_000_0000.nii.gz", root / "d.nii.gz")
+    with pytest.raises(DataError, match=r"flat: mixes files named <case>_<modality> .* without a modality suffix "
+                                        r"\(d\.nii\.gz\)"):
+        read_single_modality(root, "T2")
+    (root / "d.nii.gz").unlink()
+    shutil.copyfile(img / "phantom_000_0000.nii.gz", root / "a_T2W.nii.gz")
+    with pytest.raises(DataError, match=r"two T2 files for case 'a'"):
+        read_single_modality(root, "T2")
+
+
+def test_nnunet_image_folder_given_directly_takes_its_channel(phantom_root: Path, tmp_path: Path) -> None:
+    """imagesTr of an nnU-Net dataset: the requested channel only (dataset.json one level up says
+    which), named by case; the same files without dataset.json are refused, not all read as T2."""
+    root = copy_phantom(phantom_root, tmp_path, cases=2)
+    pairs = read_single_modality(root / "imagesTr", "T1ce")
+    assert [c for c, _ in pairs] == ["phantom_000", "phantom_001"]
+    np.testing.assert_array_equal(pairs[1][1]().images["T1ce"], phantom_arrays(phantom_root, "phantom_001")["T1ce"])
+    loose = tmp_path / "loose"
+    shutil.copytree(root / "imagesTr", loose)
+    with pytest.raises(DataError, match=r"loose: holds nnU-Net channel files \(_0000, _0001 for every case\)"):
+        read_single_modality(loose, "T2")
+    for f in loose.glob("*_0001.nii.gz"):
+        f.unlink()
+    assert [c for c, _ in read_single_modality(loose, "T2")] == ["phantom_000", "phantom_001"]  # one channel
+
+
+def test_msd_image_folder_given_directly_takes_its_channel(msd_root: Path, phantom_root: Path) -> None:
+    pairs = read_single_modality(msd_root / "imagesTr", "T1ce")
+    assert pairs and all((msd_root / "imagesTr" / f"{c}.nii.gz").is_file() for c, _ in pairs)
+    cid, load = pairs[0]
+    np.testing.assert_array_equal(load().images["T1ce"], phantom_arrays(phantom_root, cid)["T1ce"])
 
 
 def test_read_single_modality_missing_modality(brats_root: Path, phantom_root: Path, tmp_path: Path) -> None:

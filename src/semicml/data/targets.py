@@ -3,7 +3,8 @@
 Spec grammar (case-insensitive):
 
 * ``wt``   whole tumour = every non-background label (works for any dataset as "foreground").
-* ``tc``   tumour core, ``et`` enhancing tumour. BraTS layout: tc = {1, 4}, et = {4}. nnU-Net / MSD:
+* ``tc``   tumour core, ``et`` enhancing tumour. BraTS layout: tc = {1, 4}, et = {4} (BraTS 2023
+  names: {1, 3}, {3}). nnU-Net / MSD:
   resolved from label names: enhancing = names containing "enhanc" (but not "non-enhanc");
   core = enhancing + names containing "necro", "ncr", "non-enhanc" or "core".
 * ``raw``  multi-class: every non-background label its own class, in value order.
@@ -103,8 +104,9 @@ def _named_values(info: DatasetInfo) -> dict[str, list[int]]:
 
 
 def _brats_region(info: DatasetInfo, key: str) -> list[int]:
-    if info.format == "brats":
-        return {"tc": [1, 4], "et": [4]}[key]
+    if info.format == "brats":  # enhancing tumour is 4 (BraTS 2018-2021) or 3 (2023 and later)
+        et, ncr = info.label_names["et"], info.label_names["ncr"]
+        return {"tc": sorted([ncr, et]), "et": [et]}[key]
     names = _foreground(info)
     regions = info.label_regions  # nnU-Net region entries such as "tumor core": [2, 3]
     enhancing = {v for n, v in names.items() if _is_enhancing(n)}

@@ -36,7 +36,10 @@ def _prediction_files(pred_dir: Path) -> dict[str, Path]:
         # probabilities and uncertainty maps are written beside the masks by predict
         if name.endswith(("_prob.nii.gz", "_uncertainty.nii.gz")) or not name.endswith((".nii.gz", ".nii")):
             continue
-        files[name.removesuffix(".gz").removesuffix(".nii")] = p
+        case = name.removesuffix(".gz").removesuffix(".nii")
+        if case in files:  # case.nii beside case.nii.gz: which one is the prediction is unknown
+            raise DataError(f"two predictions for case {case!r}: {files[case].name} and {name}", pred_dir)
+        files[case] = p
     return files
 
 
@@ -49,6 +52,8 @@ def _load_mask(path: Path, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"unreadable NIfTI ({type(err).__name__})", path) from None
     if data.ndim != 3:
         raise DataError(f"expected a 3D mask, got shape {data.shape}", path)
+    if data.dtype.kind == "f" and not np.isfinite(data).all():  # NaN > 0 is False: it would score as background
+        raise DataError("the mask holds NaN or infinite values", path)
     if raw:
         if not np.issubdtype(data.dtype, np.integer) and not np.array_equal(data, np.round(data)):
             raise DataError("a label map must hold integer values", path)

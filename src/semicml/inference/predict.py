@@ -47,8 +47,15 @@ __all__ = ["atomic_save_nifti", "load_model", "load_models", "load_weights", "pr
 
 
 def atomic_save_nifti(image: nib.Nifti1Image, path: Path, dtype) -> None:
-    """Write a .nii.gz without ever leaving a half-written file at ``path``."""
+    """Write a .nii.gz without ever leaving a half-written file at ``path``.
+
+    The header comes from the input scan; its display window (cal_min/cal_max) and intent are the
+    scan's, not the mask's (a viewer honouring cal_max = 1000 shows a 0/1 mask black): cleared."""
     image.set_data_dtype(dtype)
+    header = image.header
+    if isinstance(header, nib.Nifti1Header):  # NIfTI-2 headers derive from it
+        header["cal_min"], header["cal_max"] = 0, 0
+        header.set_intent("none")
     atomic_write_bytes(path, gzip.compress(image.to_bytes(), compresslevel=6, mtime=0))  # mtime 0: same bytes twice
 
 

@@ -51,6 +51,7 @@ from semicml.data.readers.nifti import (
     image_channel,
     label_3d,
     load_volume,
+    single_loader,
     spacing,
 )
 from semicml.errors import DataError
@@ -258,4 +259,26 @@ def read_single_modality(path: str | Path, modality: str) -> list[tuple[str, Cas
         name = pick_modality(info.modalities, modality, root / "dataset.json")
         layout = nnunet if fmt == "nnunet" else msd
         return layout.single_modality_cases(info, name, modality)
+    parent = root.parent
+    if root.is_dir() and root.name in ("imagesTr", "imagesTs") and (parent / "dataset.json").is_file():
+        # one image folder of an nnU-Net / MSD dataset: its dataset.json says which channel is which
+        info = open_dataset(parent)
+        name = pick_modality(info.modalities, modality, parent / "dataset.json")
+        return _cases_in_folder(info, name, modality, root)
     return read_loose(root, modality)
+
+
+def _cases_in_folder(info: DatasetInfo, name: str, modality: str, folder: Path) -> list[tuple[str, CaseLoader]]:
+    """Channel ``name`` of every case of ``info`` whose image files lie in ``folder``."""
+    real = folder.resolve()
+    ids = sorted(c for c in info.case_ids if any(f.parent.resolve() == real for f in info.image_files[c].values()))
+    if not ids:
+        raise DataError(f"no cases of {info.root / 'dataset.json'} in this folder", folder)
+    out = []
+    for c in ids:
+        f = info.image_files[c].get(name)
+        if f is None:
+            raise DataError(f"missing {name} image file", _expected_path(info, c, name))
+        channel = info.channels.get(name) if info.format == "msd" else None  # MSD: one 4D file per case
+        out.append((c, single_loader(c, f, modality, channel)))
+    return out

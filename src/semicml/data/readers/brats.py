@@ -1,7 +1,8 @@
 """BraTS layout: ``root/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``.
 
 ``.nii`` is also accepted, and ``-`` as separator as in BraTS 2023. A case folder without
-``_seg`` is unlabelled.
+``_seg`` is unlabelled. Labels: 0 background, 1 necrotic core, 2 oedema, and enhancing tumour 4
+(BraTS 2018-2021 names t1, t1ce, t2, flair) or 3 (BraTS 2023 names t1n, t1c, t2w, t2f).
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from pathlib import Path
 from semicml.data.readers.common import DatasetInfo, finish_info, strip_nifti, visible
 from semicml.errors import DataError
 
-__all__ = ["BRATS_LABELS", "BRATS_LABEL_SUFFIX", "brats_case_folders", "brats_files", "open_brats"]
+__all__ = ["BRATS_2023_LABELS", "BRATS_LABELS", "BRATS_LABEL_SUFFIX", "brats_case_folders", "brats_files", "open_brats"]
 
 BRATS_LABELS: dict[str, int] = {"background": 0, "ncr": 1, "ed": 2, "et": 4}
+#: BraTS 2023 and later (``<case>-t1n / -t1c / -t2w / -t2f / -seg``) label enhancing tumour 3.
+BRATS_2023_LABELS: dict[str, int] = {"background": 0, "ncr": 1, "ed": 2, "et": 3}
+BRATS_2023_NAMES = frozenset({"t1n", "t1c", "t2w", "t2f"})
+BRATS_2018_NAMES = frozenset({"t1", "t1ce", "t2", "flair"})
 
 # Canonical order of BraTS modalities in DatasetInfo.modalities (others follow, sorted).
-BRATS_ORDER = ("t1", "t1ce", "t2", "flair")
+BRATS_ORDER = ("t1", "t1ce", "t2", "flair", "t1n", "t1c", "t2w", "t2f")
 BRATS_LABEL_SUFFIX = "seg"
 
 
@@ -58,4 +63,15 @@ def open_brats(root: Path) -> DatasetInfo:
     modalities = [m for m in BRATS_ORDER if m in seen] + sorted(seen - set(BRATS_ORDER))
     if not modalities:
         raise DataError("no modality files found in the case folders", root)
-    return finish_info(root, "brats", modalities, dict(BRATS_LABELS), image_files, label_files, {}, {})
+    return finish_info(root, "brats", modalities, _labels_of(seen, root), image_files, label_files, {}, {})
+
+
+def _labels_of(names: set[str], root: Path) -> dict[str, int]:
+    """The label convention the file names tell: BraTS 2018-2021 (enhancing tumour 4) or 2023 and
+    later (3). One dataset holds one convention: a mix would give one value two meanings."""
+    old, new = sorted(names & BRATS_2018_NAMES), sorted(names & BRATS_2023_NAMES)
+    if old and new:
+        raise DataError(f"mixes BraTS 2018-2021 file names ({', '.join(old)}) and BraTS 2023 names "
+                        f"({', '.join(new)}), which label enhancing tumour differently (4 and 3): one "
+                        "convention per dataset", root)
+    return dict(BRATS_2023_LABELS if new else BRATS_LABELS)

@@ -4,10 +4,11 @@ folder, a BraTS folder of case folders, or a flat folder of NIfTI files.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from semicml.data.readers.brats import BRATS_LABEL_SUFFIX, brats_case_folders, brats_files
-from semicml.data.readers.common import MODALITY_ALIASES, pick_modality, strip_nifti, visible
+from semicml.data.readers.common import MODALITY_ALIASES, match_modality, pick_modality, strip_nifti, visible
 from semicml.data.readers.nifti import CaseLoader, single_loader
 from semicml.errors import DataError
 
@@ -20,6 +21,8 @@ def read_loose(root: Path, modality: str) -> list[tuple[str, CaseLoader]]:
         stem = strip_nifti(root.name)
         if stem is None:
             raise DataError("not a NIfTI file (.nii or .nii.gz)", root)
+        if _CHANNEL.match(stem) and stem.endswith("_0000"):  # nnU-Net's only channel: named as its case
+            stem = stem[:-5]
         return [(stem, single_loader(stem, root, modality))]
 
     # A single BraTS case folder: <root>/<root.name>_<modality>.nii.gz
@@ -42,22 +45,72 @@ def read_loose(root: Path, modality: str) -> list[tuple[str, CaseLoader]]:
     files = [f for f in visible(list(root.iterdir())) if f.is_file() and strip_nifti(f.name)]
     if not files:
         raise DataError("empty folder: no NIfTI files or cases found", root)
-    # Flat folder. If the files carry modality suffixes (case1_t2.nii.gz, case1_t1ce.nii.gz),
-    # take only the requested one; otherwise every file is one case of that modality.
+    return _flat_folder(root, files, modality)
+
+
+def _flat_folder(root: Path, files: list[Path], modality: str) -> list[tuple[str, CaseLoader]]:
+    """A flat folder. Files named ``<case>_<modality>`` (any known spelling: t2, T2, t2w, ...): the
+    requested modality's, one per case; files without a modality suffix: one case each. A mix is
+    refused rather than guessed, except for a file that is another modality of a named case."""
     tokens = sorted({t for g in MODALITY_ALIASES for t in g} | {modality.lower()}, key=len, reverse=True)
-    suffixed: dict[str, dict[str, Path]] = {}
+    named: list[tuple[str, str, Path]] = []  # (case, suffix as written, file)
+    plain: list[Path] = []
     for f in files:
         stem = strip_nifti(f.name) or ""
         low = stem.lower()
-        for tok in tokens:  # longest first, so "_t1ce" is not read as "_t1" + "ce"
-            if len(low) > len(tok) + 1 and low.endswith(tok) and low[-len(tok) - 1] in "_-":
-                suffixed.setdefault(stem[-len(tok):], {})[stem[: -len(tok) - 1]] = f
-                break
-    if suffixed:
-        hit = pick_modality(sorted(suffixed), modality, root)
-        return [(c, single_loader(c, f, modality)) for c, f in sorted(suffixed[hit].items())]
-    out = []
-    for f in files:
-        stem = strip_nifti(f.name) or f.name
-        out.append((stem, single_loader(stem, f, modality)))
-    return out
+        # longest first, so "_t1ce" is not read as "_t1" + "ce"
+        tok = next((t for t in tokens if len(low) > len(t) + 1 and low.endswith(t) and low[-len(t) - 1] in "_-"), None)
+        if tok is None:
+            plain.append(f)
+        else:
+            named.append((stem[: -len(tok) - 1], stem[-len(tok):], f))
+    if not named:
+        return _plain_files(root, files, modality)
+    cases = {case for case, _, _ in named}
+    # "<case>_pet" beside "<case>_ct": another modality of a named case, not a case of its own
+    unknown = [f for f in plain if not any((strip_nifti(f.name) or "").startswith(c + sep)
+                                           for c in cases for sep in "_-")]
+    if unknown:
+        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+        raise DataError(f"mixes files named <case>_<modality> ({named[0][2].name}) with files without a modality "
+                        f"suffix ({unknown[0].name}{more}): which modality those are is unknown; rename them "
+                        "<case>_<modality>.nii.gz or give them in a folder of their own", root)
+    try:
+        wanted = [(case, suffix, f) for case, suffix, f in named if match_modality(modality, [suffix]) == suffix]
+    except DataError as err:
+        raise DataError(err.problem, root) from None
+    if not wanted:
+        raise DataError(f"modality '{modality}' not found; available: "
+                        f"{', '.join(sorted({s for _, s, _ in named}))}", root)
+    out: dict[str, Path] = {}
+    for case, _, f in wanted:
+        if case in out:  # case_t2 and case_T2w: which one is meant is unknown
+            raise DataError(f"two {modality} files for case {case!r}: {out[case].name} and {f.name}", root)
+        out[case] = f
+    return [(c, single_loader(c, f, modality)) for c, f in sorted(out.items())]
+
+
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+
+
+def _plain_files(root: Path, files: list[Path], modality: str) -> list[tuple[str, CaseLoader]]:
+    """Every file one case of ``modality``, named by its stem; nnU-Net's single-channel files
+    (all ``<case>_0000``) by the case (so masks match labelsTr's names); several nnU-Net channels
+    per case without a dataset.json to say which one is ``modality``: refused, since reading every
+    file as a case would run one modality's network on every channel."""
+    stems = [strip_nifti(f.name) or f.name for f in files]
+    channels: dict[str, set[str]] = {}
+    for stem in stems:
+        hit = _CHANNEL.match(stem)
+        if hit is None:
+            return [(stem, single_loader(stem, f, modality)) for stem, f in zip(stems, files)]
+        channels.setdefault(hit["case"], set()).add(hit["ch"])
+    if all(v == {"0000"} for v in channels.values()):
+        return [(stem[:-5], single_loader(stem[:-5], f, modality)) for stem, f in zip(stems, files)]
+    sets = {frozenset(v) for v in channels.values()}
+    if len(sets) == 1 and "0000" in next(iter(sets)):  # the same channels _0000, _0001, ... for every case
+        found = ", ".join("_" + c for c in sorted(next(iter(sets))))
+        raise DataError(f"holds nnU-Net channel files ({found} for every case) but no dataset.json says which "
+                        f"channel is {modality}: give the dataset folder that holds dataset.json (or its "
+                        "imagesTr / imagesTs folder)", root)
+    return [(stem, single_loader(stem, f, modality)) for stem, f in zip(stems, files)]

@@ -132,10 +132,26 @@ def _parse_header(head: bytes):
         raise DataError(f"corrupt or truncated NIfTI file ({len(head)} bytes, shorter than a header)")
     sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")}
     if 348 in sizes:
-        return nib.Nifti1Header.from_fileobj(io.BytesIO(head[:348]), check=True)
-    if 540 in sizes and len(head) >= 540:
-        return nib.Nifti2Header.from_fileobj(io.BytesIO(head[:540]), check=True)
-    raise DataError("not a NIfTI file (bad header size; corrupt?)")
+        kind, size = nib.Nifti1Header, 348
+    elif 540 in sizes and len(head) >= 540:
+        kind, size = nib.Nifti2Header, 540
+    else:
+        raise DataError("not a NIfTI file (bad header size; corrupt?)")
+    _check_raw_voxel_sizes(kind.from_fileobj(io.BytesIO(head[:size]), check=False))
+    return kind.from_fileobj(io.BytesIO(head[:size]), check=True)
+
+
+def _check_raw_voxel_sizes(header) -> None:
+    """Refuse a zero (or non-finite) voxel size that places the voxels: nibabel's header check
+    silently turns it into 1 mm, which would segment and resample the scan at a made-up scale.
+    An sform (sform_code > 0) places voxels without pixdim, so it stands."""
+    if int(header["sform_code"]) > 0:
+        return
+    ndim = min(max(int(header["dim"][0]), 0), 3)
+    sizes = [float(v) for v in header["pixdim"][1 : 1 + ndim]]
+    if not all(np.isfinite(v) and v != 0 for v in sizes):
+        raise DataError(f"header holds voxel sizes (pixdim) {sizes} mm and no sform: a zero or non-finite voxel "
+                        "size cannot place the image in space (fix the header)")
 
 
 def _checked_size(header, available: int | None) -> int:
