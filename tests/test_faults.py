@@ -99,6 +99,39 @@ def test_predict_fails_earlier_masks_intact(code, run, phantom_root, tmp_path, m
     assert temporaries(pred) == [] and temporaries(tmp_path) == []
 
 
+@pytest.mark.parametrize("bad", ["truncated.nii.gz", "truncated.nii", "zero-voxels.nii.gz"])
+def test_a_bad_file_among_good_ones_stops_predict_before_any_mask(bad, run, phantom_root, tmp_path, monkeypatch,
+                                                                  capsys):
+    """The good files sort before the bad one; each input is checked first (header, geometry,
+    whether its data is all there), so nothing is written, rather than the masks of half a folder."""
+    import gzip
+    import io
+    import shutil
+
+    import nibabel as nib
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = sorted((phantom_root / "imagesTr").glob("*_0000.nii.gz"))[:2]
+    for k, f in enumerate(good):
+        shutil.copyfile(f, folder / f"a{k}.nii.gz")
+    raw = gzip.decompress(good[0].read_bytes())
+    if bad == "zero-voxels.nii.gz":  # no sform, pixdim 0: nothing places the voxels
+        hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(raw[:348]), check=False)
+        hdr["sform_code"] = 0
+        hdr["pixdim"][1:4] = 0
+        (folder / bad).write_bytes(gzip.compress(hdr.binaryblock + raw[348:]))
+    elif bad.endswith(".gz"):
+        (folder / bad).write_bytes(gzip.compress(raw)[: len(gzip.compress(raw)) * 2 // 3])
+    else:
+        (folder / bad).write_bytes(raw[: len(raw) * 2 // 3])
+    pred = tmp_path / "pred"
+    rc, _, err = run_cli(["predict", "--run", run, "--modality", "T2", "--input", folder, "--out", pred,
+                          "--device", "cpu"], monkeypatch, capsys)
+    assert rc == 2 and bad in one_line(err)
+    assert not pred.exists() or not list(pred.glob("*.nii.gz"))
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_benchmark_tables_fail_previous_tables_intact(code, tmp_path, monkeypatch):
     rows = [{"method": "supervised", "modality": "T2", "seed": 0, "dice": 0.5, "status": "ok"}]

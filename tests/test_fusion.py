@@ -324,6 +324,15 @@ def test_modality_sets_of_every_layout_and_the_files_they_lack(phantom_root, tmp
     found, missing = read_modality_sets(flat, ["T2", "T1ce"])
     assert [(c, list(m)) for c, m in found] == [("x_1", ["T2", "T1ce"]), ("y", ["T2"])]
     assert [(m.case_id, m.expected) for m in missing] == [("y", flat / "y_t1ce.nii.gz")]
+    for name in ("z_T2", "z_T1c", "w-t2w", "w_t1gd"):  # other spellings of the same two modalities
+        nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(flat / f"{name}.nii.gz"))
+    found, missing = read_modality_sets(flat, ["T2", "T1ce"])
+    assert [(c, list(m)) for c, m in found] == [("w", ["T2", "T1ce"]), ("x_1", ["T2", "T1ce"]), ("y", ["T2"]),
+                                                 ("z", ["T2", "T1ce"])]
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(flat / "z_t2w.nii.gz"))
+    with pytest.raises(DataError, match=r"two T2 files for case 'z': z_T2\.nii\.gz and z_t2w\.nii\.gz"):
+        read_modality_sets(flat, ["T2", "T1ce"])
+    (flat / "z_t2w.nii.gz").unlink()
 
     with pytest.raises(DataError, match="one modality"):
         read_modality_sets(flat / "y_t2.nii.gz", ["T2", "T1ce"])

@@ -29,6 +29,7 @@ from ..data.case import Case
 from ..data.context import context_of_channels, context_of_network
 from ..data.preprocess import coarse_input_note, network_frame
 from ..data.readers import read_single_modality
+from ..data.readers.nifti import check_input_file
 from ..data.targets import Target, label_map_from_regions
 from ..errors import ConfigError, DataError
 from ..hardware import Precision, resolve_device, resolve_precision
@@ -131,6 +132,13 @@ def select_cases(found: list, cases: list[str] | None, what: str, input_path: st
         found = [(cid, load) for cid, load in found if cid in wanted]
     if not found:
         raise DataError(f"no case with {what} found", input_path)
+    # Every input's header first (cheap: a .nii.gz is decompressed no further): a bad file among
+    # many stops the run before any mask is written, not after half of them.
+    for _, load in found:
+        for one in (load.values() if isinstance(load, dict) else [load]):
+            source = getattr(one, "source", None)
+            if source is not None:
+                check_input_file(Path(source), "input image")
     return found
 
 

@@ -125,13 +125,23 @@ def _from_flat_folder(root: Path, modalities: list[str]) -> tuple[CaseInputs, li
         cut = max(stem.rfind("_"), stem.rfind("-")) if stem else -1
         if stem and cut > 0:
             groups.setdefault(stem[cut + 1 :], {})[stem[:cut]] = f
-    hits = {m: _match(m, sorted(groups), root) for m in modalities}
-    if not any(hits.values()):
+    # every spelling of a modality counts (case1_t2, case2_T2, case3_t2w are all T2 files)
+    files: dict[str, dict[str, Path]] = {}
+    for m in modalities:
+        files[m] = {}
+        for suffix in sorted(groups):
+            if _match(m, [suffix], root) != suffix:
+                continue
+            for c, f in groups[suffix].items():
+                if c in files[m]:
+                    raise DataError(f"two {m} files for case {c!r}: {files[m][c].name} and {f.name}", root)
+                files[m][c] = f
+    if not any(files.values()):
         raise DataError(f"no files named <case>_<modality>.nii.gz for {', '.join(modalities)}", root)
-    case_ids = sorted({c for m, h in hits.items() if h for c in groups[h]})
+    case_ids = sorted({c for per_case in files.values() for c in per_case})
 
     def lookup(c: str, m: str):
-        f = groups[hits[m]].get(c) if hits[m] else None
+        f = files[m].get(c)
         return (single_loader(c, f, m) if f is not None else None), root / f"{c}_{m.lower()}.nii.gz"
 
     return _collect(case_ids, modalities, lookup)

@@ -126,6 +126,30 @@ def header_affine(path: Path, what: str) -> np.ndarray:
     return affine
 
 
+def check_input_file(path: Path, what: str) -> None:
+    """Cheap checks of a file that will be read later: header, geometry, and whether its data is
+    all there (uncompressed: the file size; ``.nii.gz``: the length in the gzip trailer, confirmed
+    by a full read only when it disagrees, since a multi-member gzip may carry another). Raises
+    the DataError :func:`load_volume` would."""
+    header_affine(path, what)
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                need = _checked_size(_parse_header(fh.read(_HEADER_BYTES)), None)
+            with open(path, "rb") as raw:
+                raw.seek(-4, 2)
+                length = int.from_bytes(raw.read(4), "little")  # ISIZE: uncompressed length mod 2^32
+            if not 0 <= (length - need) % 2**32 <= _TRAILING_SLACK:  # a cut stream ends in arbitrary bytes
+                load_volume(path, what)  # the precise error (or a valid file after all)
+        else:
+            with open(path, "rb") as fh:
+                _checked_size(_parse_header(fh.read(_HEADER_BYTES)), path.stat().st_size)
+    except DataError as err:
+        raise DataError(err.problem, err.path or path) from None
+    except _READ_ERRORS as err:
+        raise _corrupt(err, path) from None
+
+
 def _parse_header(head: bytes):
     """The NIfTI-1 or NIfTI-2 header at the start of ``head`` (raises DataError when it is none)."""
     if len(head) < 348:
@@ -357,4 +381,5 @@ def single_loader(case_id: str, path: Path, modality: str, channel: int | None =
             spacing=spacing(header), sources={modality: path},
         )
 
+    load.source = path  # type: ignore[attr-defined]  # lets a caller check every header before any work
     return load
