@@ -85,12 +85,13 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return state["networks"]
 
 
-def _full_crashed_resumed(store: Path, tmp_path: Path, extra: list[str] = ()) -> tuple[Path, Path, dict]:
-    """A 12-iteration tiny semicml-prel run trained uninterrupted (``full``) and one killed hard
+def _full_crashed_resumed(store: Path, tmp_path: Path, extra: list[str] = (),
+                          method: str = "semicml-prel") -> tuple[Path, Path, dict]:
+    """A 12-iteration tiny ``method`` run trained uninterrupted (``full``) and one killed hard
     after iteration 7 (os._exit; last checkpoint at 6) then resumed with the CLI (``crashed``);
     also the checkpoint the crash left."""
     args = [sys.executable, "-m", "semicml.cli", "train", str(store), "--profile", "tiny", "--iterations", "12",
-            "--val-every", "3", "--method", "semicml-prel", "--device", "cpu", *extra]
+            "--val-every", "3", "--method", method, "--device", "cpu", *extra]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     full, crashed = tmp_path / "full", tmp_path / "crashed"
     subprocess.run(args + ["--out", str(full)], check=True, env=env, capture_output=True)
@@ -117,6 +118,46 @@ def test_resume_after_crash_gives_identical_weights(e2e_store, tmp_path):
     # the log has no duplicated iterations after the resume
     its = [json.loads(line)["iteration"] for line in (crashed / "log.jsonl").read_text().splitlines()]
     assert its == sorted(set(its))
+
+
+def test_ema_predicts_with_the_average_trains_the_same_and_resumes_bit_exact(e2e_store, tmp_path):
+    """``ema`` with Semi-CML: the training losses are those of the run without it (the average never
+    feeds back into a loss); the saved weights are the averaged networks of the selected
+    iteration; a killed run resumes to the same average."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text("ema: 0.9\npostprocess: none\n")
+    full, crashed, checkpoint = _full_crashed_resumed(e2e_store, tmp_path, ["--config", str(config)], "semicml")
+    assert checkpoint["averaged"]["updates"] == 6
+    averaged = [torch.load(r / "checkpoint.pt", weights_only=True)["averaged"] for r in (full, crashed)]
+    assert averaged[0]["updates"] == averaged[1]["updates"] == 12
+    for m, weights in averaged[0]["networks"].items():
+        for k, v in weights.items():
+            assert torch.equal(v, averaged[1]["networks"][m][k]), (m, k)
+    plain = tmp_path / "plain"
+    args = [sys.executable, "-m", "semicml.cli", "train", str(e2e_store), "--profile", "tiny", "--iterations", "12",
+            "--val-every", "3", "--method", "semicml", "--device", "cpu"]
+    subprocess.run(args + ["--out", str(plain)], check=True, capture_output=True)
+
+    def losses(run: Path) -> list[dict]:
+        rows = map(json.loads, (run / "log.jsonl").read_text().splitlines())
+        return [{k: v for k, v in r.items() if not k.startswith("val_dice")} for r in rows]
+
+    assert losses(full) == losses(plain)  # same training, step for step
+    students = [k for k in _final_weights(plain) if k.startswith("students.")]
+    assert students  # (the best-model teachers follow validation scores, so they may differ)
+    for k in students:
+        assert torch.equal(_final_weights(full)[k], _final_weights(plain)[k]), k
+    # validated only at the end: the saved networks are the last averages, not the students
+    last = tmp_path / "last"
+    subprocess.run([*args[:-4], "--val-every", "12", "--method", "semicml", "--device", "cpu", "--config",
+                    str(config), "--out", str(last)], check=True, capture_output=True)
+    state = torch.load(last / "checkpoint.pt", weights_only=True)
+    for i, m in enumerate(("T2", "T1ce")):
+        saved = torch.load(last / "weights" / f"{m}.pt", weights_only=True)["state_dict"]
+        assert saved.keys() == state["averaged"]["networks"][m].keys()
+        assert all(torch.equal(v, state["averaged"]["networks"][m][k]) for k, v in saved.items())
+        k = next(iter(saved))
+        assert not torch.equal(saved[k], state["networks"][f"students.{i}.{k}"])
 
 
 def test_prel_from_best_with_lr_scale_resumes_bit_exact_and_logs_the_scaled_lr(e2e_store, tmp_path):

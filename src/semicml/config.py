@@ -166,6 +166,9 @@ class TrainConfig(_TrainModel):
     # hosts with AMX or a GPU may differ, so it stays a switch.
     compile: bool = Field(False, description="torch.compile the trained networks (first steps compile: minutes)")
     num_workers: int = Field(0, ge=0)
+    # Off by default until measured on the BraTS cross-validation (engine/averaging.py says why).
+    ema: float = Field(0.0, ge=0, lt=1, description="decay of a moving average of the predicting networks' weights, "
+                       "used for validation, model selection and the saved weights (0: off; e.g. 0.99)")
     augment: bool = False
     # A list: T1ce gained from the intensity changes where T2 lost (benchmarks/results/brats18-cv-2mm/),
     # so they can be given to some modalities only. Every modality's draws are made either way: the

@@ -52,7 +52,9 @@ from ..models.syncbn import convert_sync_batchnorm
 from ..parallel import all_gather_objects, barrier, mean_over_ranks, sharded_batch
 from .distributed import (active_backend, check_shardable, launched_world_size, setup_distributed, shutdown,
                           step_seed, wrap_ddp)
+from .averaging import WeightAverage
 from .provenance import check_provenance, provenance
+from .run_log import append_record, log_until, open_tensorboard
 from .validation import case_channel_dice, choose_postprocessing, region_means
 from .schedule import lr_factor
 
@@ -171,6 +173,9 @@ class Trainer:
             self._load_resume()
         elif self.init_state is not None:
             self._load_init(self.init_state, Path(cfg.init))
+        self.averaged = WeightAverage(self.method.predictors(), cfg.ema) if cfg.ema else None
+        if self.averaged is not None and self.resume_state is not None:
+            self.averaged.load_state_dict(self.resume_state["averaged"])
         self.ctx.info["distributed"] = {"world_size": self.dist.world_size, "sync_batchnorm": bool(
             sync_bn and self.dist.distributed), "backend": active_backend() if self.dist.distributed else None}
         # The step runs through DDP when distributed (``Method.forward`` is ``train_step``).
@@ -210,6 +215,7 @@ class Trainer:
             "schedule_offset": self.schedule_offset,
             "seconds_trained": self.seconds_before + (time.time() - self.session_start if self.session_start else 0.0),
             "provenance": self.provenance,
+            "averaged": None if self.averaged is None else self.averaged.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -227,14 +233,7 @@ class Trainer:
         restore_rng_states(state)
         log = self.run_dir / "log.jsonl"
         if log.is_file() and self.dist.is_main:  # drop records written after the checkpoint we resume from
-            rows = []
-            for line in log.read_text().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line torn by a crash or a full disk mid-write
-            self.history = [r for r in rows if isinstance(r, dict) and r.get("iteration", 1e18) <= self.iteration]
-            atomic_write_text(log, "".join(json.dumps(r) + "\n" for r in self.history))
+            self.history = log_until(log, self.iteration)
 
     def _read_init(self, init: str) -> dict[str, Any]:
         path = Path(init)
@@ -269,7 +268,7 @@ class Trainer:
             return {}
         mine: dict[str, dict[str, list[float]]] = {}  # distributed: rank r scores cases r, r + W, ...
         for case in self.splits.val[self.dist.rank :: self.dist.world_size]:
-            mine[case] = case_channel_dice(self.store, case, self.method.predictors(), self.device, self.precision,
+            mine[case] = case_channel_dice(self.store, case, self._predictors(), self.device, self.precision,
                                            self.cfg.channels_last)
         per_case = {c: d for part in all_gather_objects(mine) for c, d in part.items()}
         mean, self.last_region_val = region_means(per_case, self.splits.val, self.modalities, self.regions)
@@ -303,7 +302,7 @@ class Trainer:
                                         foreground_fraction=cfg.foreground_fraction, rank=self.dist.rank,
                                         world_size=self.dist.world_size)
         loader = make_loader(dataset, sampler, cfg.num_workers, pin_memory=self.device.type == "cuda")
-        writer = self._tensorboard() if self.dist.is_main else None
+        writer = open_tensorboard(self.run_dir, self.iteration) if self.dist.is_main else None
         fault_at = int(os.environ.get(FAULT_ENV, "-1"))
         bar = tqdm(total=self.total, initial=self.iteration, desc=cfg.method, unit="it",
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
@@ -341,6 +340,8 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.method.after_step(it)
+            if self.averaged is not None:
+                self.averaged.update(self.method.predictors())
             self.iteration = it + 1
             record: dict[str, Any] | None = None
             if self.iteration % cfg.log_every == 0 or self.iteration == self.total:
@@ -384,8 +385,12 @@ class Trainer:
             v = v.contiguous(memory_format=torch.channels_last)
         return v
 
+    def _predictors(self) -> dict[str, torch.nn.Module]:
+        """The networks that are validated, selected and saved: the averaged ones when ``ema`` is on."""
+        return self.averaged.nets if self.averaged is not None else self.method.predictors()
+
     def _update_best(self, val: dict[str, float]) -> None:
-        nets = self.method.predictors()
+        nets = self._predictors()
         for m, d in val.items():
             if m not in self.best or d > self.best[m]["dice"]:
                 self.best[m] = {"dice": d, "iteration": self.iteration}
@@ -414,20 +419,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.history.append(record)
-        with open(self.run_dir / "log.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if writer is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "iteration":
-                    writer.add_scalar(k, v, record["iteration"])
-
-    def _tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional at run time
-            return None
-        # Drop events written after the checkpoint we resume from (its own step is kept: it is in log.jsonl).
-        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=(self.iteration + 1) if self.iteration else None)
+        append_record(self.run_dir / "log.jsonl", record, writer)
 
     def _write_static_files(self) -> None:
         atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
@@ -455,7 +447,7 @@ class Trainer:
         return choices
 
     def _finish(self, seconds: float) -> dict[str, Any]:
-        nets = self.method.predictors()
+        nets = self._predictors()
         for m in self.modalities:  # no val split: keep the last weights
             if m not in self.best:
                 self._save_weights(m, nets[m])
