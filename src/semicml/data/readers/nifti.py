@@ -110,6 +110,11 @@ def _check_geometry(affine: np.ndarray, zooms, path: Path) -> None:
 def header_affine(path: Path, what: str) -> np.ndarray:
     """The voxel-to-world matrix of a NIfTI file from its header alone (a .nii.gz is decompressed
     no further than the header), checked like :func:`load_volume` checks it."""
+    return _checked_header(path, what)[1]
+
+
+def _checked_header(path: Path, what: str):
+    """(header, affine) of a NIfTI file, read no further than the header and checked."""
     if not path.is_file():
         raise DataError(f"missing {what} file", path)
     try:
@@ -123,7 +128,7 @@ def header_affine(path: Path, what: str) -> np.ndarray:
     except _READ_ERRORS as err:
         raise _corrupt(err, path) from None
     _check_geometry(affine, zooms, path)
-    return affine
+    return header, affine
 
 
 def check_input_file(path: Path, what: str) -> None:
@@ -131,19 +136,17 @@ def check_input_file(path: Path, what: str) -> None:
     all there (uncompressed: the file size; ``.nii.gz``: the length in the gzip trailer, confirmed
     by a full read only when it disagrees, since a multi-member gzip may carry another). Raises
     the DataError :func:`load_volume` would."""
-    header_affine(path, what)
+    header = _checked_header(path, what)[0]
     try:
         if path.name.lower().endswith(".gz"):
-            with gzip.open(path, "rb") as fh:
-                need = _checked_size(_parse_header(fh.read(_HEADER_BYTES)), None)
+            need = _checked_size(header, None)
             with open(path, "rb") as raw:
                 raw.seek(-4, 2)
                 length = int.from_bytes(raw.read(4), "little")  # ISIZE: uncompressed length mod 2^32
             if not 0 <= (length - need) % 2**32 <= _TRAILING_SLACK:  # a cut stream ends in arbitrary bytes
                 load_volume(path, what)  # the precise error (or a valid file after all)
         else:
-            with open(path, "rb") as fh:
-                _checked_size(_parse_header(fh.read(_HEADER_BYTES)), path.stat().st_size)
+            _checked_size(header, path.stat().st_size)
     except DataError as err:
         raise DataError(err.problem, err.path or path) from None
     except _READ_ERRORS as err:
@@ -161,8 +164,10 @@ def _parse_header(head: bytes):
         kind, size = nib.Nifti2Header, 540
     else:
         raise DataError("not a NIfTI file (bad header size; corrupt?)")
-    _check_raw_voxel_sizes(kind.from_fileobj(io.BytesIO(head[:size]), check=False))
-    return kind.from_fileobj(io.BytesIO(head[:size]), check=True)
+    header = kind.from_fileobj(io.BytesIO(head[:size]), check=False)
+    _check_raw_voxel_sizes(header)  # before check_fix, which would turn a zero into 1 mm
+    header.check_fix()
+    return header
 
 
 def _check_raw_voxel_sizes(header) -> None:
