@@ -340,6 +340,30 @@ def test_modality_sets_of_every_layout_and_the_files_they_lack(phantom_root, tmp
         read_modality_sets(flat, ["T2", "t2"])
 
 
+@pytest.mark.parametrize("names, modality, expected", [
+    # a modality spelled with a separator: the longest known spelling is the suffix
+    (("p_1_t2", "p_1_t1_ce", "p_2-T2w", "p_2-t1-gd"), "T1ce", {"p_1": "p_1_t1_ce", "p_2": "p_2-t1-gd"}),
+    # "_t2_flair" is FLAIR of case "q", not a T2-named case "q_t2"; "q_t2" is T2 of case "q"
+    (("q_t2", "q_t2_flair", "r_T2"), "T2", {"q": "q_t2", "r": "r_T2"}),
+    (("q_t2", "q_t2_flair", "r_T2"), "flair", {"q": "q_t2_flair"}),
+    # a modality no alias knows (PET) is found by its requested name, in any case
+    (("h1_CT", "h1_PET", "h2_ct", "h2_pet"), "pet", {"h1": "h1_PET", "h2": "h2_pet"}),
+])
+def test_single_and_fused_prediction_read_a_flat_folder_alike(tmp_path, names, modality, expected):
+    """One rule for flat folders: single-modality and fused prediction name the same cases with
+    the same files (they parsed names differently before: last separator against known spellings)."""
+    from semicml.data.readers import read_single_modality
+    from semicml.data.readers.multi import read_modality_sets
+
+    for name in names:
+        nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    single = {c: load.source.name for c, load in read_single_modality(tmp_path, modality)}
+    found, _ = read_modality_sets(tmp_path, [modality])
+    fused = {c: loaders[modality].source.name for c, loaders in found}
+    want = {c: f"{n}.nii.gz" for c, n in expected.items()}
+    assert single == want and fused == want
+
+
 def test_threshold_masks_per_region_channel():
     from semicml.inference.fusion import threshold_masks
 

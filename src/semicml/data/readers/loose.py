@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 from semicml.data.readers.brats import BRATS_LABEL_SUFFIX, brats_case_folders, brats_files
-from semicml.data.readers.common import MODALITY_ALIASES, match_modality, pick_modality, strip_nifti, visible
+from semicml.data.readers.common import pick_modality, strip_nifti, visible
+from semicml.data.readers.flat import read_flat_folder
 from semicml.data.readers.nifti import CaseLoader, single_loader
 from semicml.errors import DataError
 
@@ -49,45 +50,26 @@ def read_loose(root: Path, modality: str) -> list[tuple[str, CaseLoader]]:
 
 
 def _flat_folder(root: Path, files: list[Path], modality: str) -> list[tuple[str, CaseLoader]]:
-    """A flat folder. Files named ``<case>_<modality>`` (any known spelling: t2, T2, t2w, ...): the
-    requested modality's, one per case; files without a modality suffix: one case each. A mix is
-    refused rather than guessed, except for a file that is another modality of a named case."""
-    tokens = sorted({t for g in MODALITY_ALIASES for t in g} | {modality.lower()}, key=len, reverse=True)
-    named: list[tuple[str, str, Path]] = []  # (case, suffix as written, file)
-    plain: list[Path] = []
-    for f in files:
-        stem = strip_nifti(f.name) or ""
-        low = stem.lower()
-        # longest first, so "_t1ce" is not read as "_t1" + "ce"
-        tok = next((t for t in tokens if len(low) > len(t) + 1 and low.endswith(t) and low[-len(t) - 1] in "_-"), None)
-        if tok is None:
-            plain.append(f)
-        else:
-            named.append((stem[: -len(tok) - 1], stem[-len(tok):], f))
-    if not named:
+    """A flat folder. Files named ``<case>_<modality>`` (any known spelling: t2, T2, t2w, ...;
+    names read by :mod:`.flat`, as fused prediction reads them): the requested modality's, one per
+    case; files without a modality suffix: one case each. A mix is refused rather than guessed,
+    except for a file that is another modality of a named case."""
+    folder = read_flat_folder(root, files, [modality])
+    if not folder.named:
         return _plain_files(root, files, modality)
-    cases = {case for case, _, _ in named}
+    cases = {case for case, _, _ in folder.named}
     # "<case>_pet" beside "<case>_ct": another modality of a named case, not a case of its own
-    unknown = [f for f in plain if not any((strip_nifti(f.name) or "").startswith(c + sep)
-                                           for c in cases for sep in "_-")]
+    unknown = [f for f in folder.plain if not any((strip_nifti(f.name) or "").startswith(c + sep)
+                                                  for c in cases for sep in "_-")]
     if unknown:
         more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
-        raise DataError(f"mixes files named <case>_<modality> ({named[0][2].name}) with files without a modality "
-                        f"suffix ({unknown[0].name}{more}): which modality those are is unknown; rename them "
-                        "<case>_<modality>.nii.gz or give them in a folder of their own", root)
-    try:
-        wanted = [(case, suffix, f) for case, suffix, f in named if match_modality(modality, [suffix]) == suffix]
-    except DataError as err:
-        raise DataError(err.problem, root) from None
+        raise DataError(f"mixes files named <case>_<modality> ({folder.named[0][2].name}) with files without a "
+                        f"modality suffix ({unknown[0].name}{more}): which modality those are is unknown; rename "
+                        "them <case>_<modality>.nii.gz or give them in a folder of their own", root)
+    wanted = folder.files_of(modality)
     if not wanted:
-        raise DataError(f"modality '{modality}' not found; available: "
-                        f"{', '.join(sorted({s for _, s, _ in named}))}", root)
-    out: dict[str, Path] = {}
-    for case, _, f in wanted:
-        if case in out:  # case_t2 and case_T2w: which one is meant is unknown
-            raise DataError(f"two {modality} files for case {case!r}: {out[case].name} and {f.name}", root)
-        out[case] = f
-    return [(c, single_loader(c, f, modality)) for c, f in sorted(out.items())]
+        raise DataError(f"modality '{modality}' not found; available: {', '.join(folder.suffixes())}", root)
+    return [(c, single_loader(c, f, modality)) for c, f in wanted.items()]
 
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")

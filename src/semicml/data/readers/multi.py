@@ -18,6 +18,7 @@ from pathlib import Path
 
 from semicml.data.readers.brats import BRATS_LABEL_SUFFIX, brats_case_folders, brats_files
 from semicml.data.readers.common import match_modality, pick_modality, strip_nifti, visible
+from semicml.data.readers.flat import read_flat_folder
 from semicml.data.readers.nifti import CaseLoader, single_loader
 from semicml.errors import DataError
 
@@ -118,24 +119,11 @@ def _from_case_folders(folders: list[Path], modalities: list[str]) -> tuple[Case
 
 
 def _from_flat_folder(root: Path, modalities: list[str]) -> tuple[CaseInputs, list[MissingInput]]:
-    # <case>_<modality>.nii.gz: split at the last separator ("case_1_t1ce" -> "case_1", "t1ce").
-    groups: dict[str, dict[str, Path]] = {}
-    for f in visible(list(root.iterdir())):
-        stem = strip_nifti(f.name) if f.is_file() else None
-        cut = max(stem.rfind("_"), stem.rfind("-")) if stem else -1
-        if stem and cut > 0:
-            groups.setdefault(stem[cut + 1 :], {})[stem[:cut]] = f
-    # every spelling of a modality counts (case1_t2, case2_T2, case3_t2w are all T2 files)
-    files: dict[str, dict[str, Path]] = {}
-    for m in modalities:
-        files[m] = {}
-        for suffix in sorted(groups):
-            if _match(m, [suffix], root) != suffix:
-                continue
-            for c, f in groups[suffix].items():
-                if c in files[m]:
-                    raise DataError(f"two {m} files for case {c!r}: {files[m][c].name} and {f.name}", root)
-                files[m][c] = f
+    # <case>_<modality>.nii.gz, every spelling of a modality (case1_t2, case2_T2, case3_t2w), read
+    # by the same rule as single-modality prediction
+    nifti = [f for f in visible(list(root.iterdir())) if f.is_file() and strip_nifti(f.name)]
+    folder = read_flat_folder(root, nifti, modalities)
+    files = {m: folder.files_of(m) for m in modalities}
     if not any(files.values()):
         raise DataError(f"no files named <case>_<modality>.nii.gz for {', '.join(modalities)}", root)
     case_ids = sorted({c for per_case in files.values() for c in per_case})

@@ -1,0 +1,72 @@
+"""Flat folders of ``<case>_<modality>.nii.gz`` files: ONE reading of the names, shared by
+single-modality prediction (:mod:`.loose`) and fused prediction (:mod:`.multi`), so a folder
+names the same cases whichever of the two reads it.
+
+A name ends in a modality when its stem ends in ``_<token>`` or ``-<token>``, where the token is
+a known spelling of a contrast (``t2``, ``T2w``, ``t1_ce``, ``t2-flair``, ...) or a requested
+modality (``pet``); the longest token wins, so ``case_t2_flair`` is case ``case``, FLAIR (not
+case ``case_t2``), and ``case_1_t1_ce`` is case ``case_1``, T1ce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from semicml.data.readers.common import MODALITY_ALIASES, match_modality, strip_nifti
+from semicml.errors import DataError
+
+__all__ = ["FlatFolder", "read_flat_folder"]
+
+
+@dataclass(frozen=True)
+class FlatFolder:
+    """The NIfTI files of a flat folder: ``named`` as ``(case, modality as written, file)``,
+    ``plain`` the files without a modality suffix."""
+
+    root: Path
+    named: list[tuple[str, str, Path]]
+    plain: list[Path]
+
+    def files_of(self, modality: str) -> dict[str, Path]:
+        """``{case: file}`` of every spelling of ``modality`` (t2, T2, t2w); a case with two
+        such files is refused, since which one is meant is unknown."""
+        out: dict[str, Path] = {}
+        for case, suffix, f in self.named:
+            try:
+                hit = match_modality(modality, [suffix])
+            except DataError as err:
+                raise DataError(err.problem, self.root) from None
+            if hit != suffix:
+                continue
+            if case in out:
+                raise DataError(f"two {modality} files for case {case!r}: {out[case].name} and {f.name}", self.root)
+            out[case] = f
+        return dict(sorted(out.items()))
+
+    def suffixes(self) -> list[str]:
+        return sorted({s for _, s, _ in self.named})
+
+
+def read_flat_folder(root: Path, files: list[Path], modalities: list[str]) -> FlatFolder:
+    """Split each file name of ``files`` (NIfTI files of ``root``) into case and modality."""
+    tokens = sorted({t for g in MODALITY_ALIASES for t in g} | {m.lower() for m in modalities}, key=len,
+                    reverse=True)
+    named: list[tuple[str, str, Path]] = []
+    plain: list[Path] = []
+    for f in files:
+        stem = strip_nifti(f.name) or ""
+        cut = _suffix_length(stem.lower(), tokens)
+        if cut is None:
+            plain.append(f)
+        else:
+            named.append((stem[: -cut - 1], stem[-cut:], f))
+    return FlatFolder(root, named, plain)
+
+
+def _suffix_length(low: str, tokens: list[str]) -> int | None:
+    # longest first, so "_t1ce" is not read as "_t1" + "ce", nor "_t2_flair" as "_flair"
+    for t in tokens:
+        if len(low) > len(t) + 1 and low.endswith(t) and low[-len(t) - 1] in "_-":
+            return len(t)
+    return None
