@@ -78,6 +78,34 @@ def test_predict_paints_the_regions_into_one_label_map_or_writes_one_mask_each(r
     assert about["regions"]["classes"] == ["wt", "tc", "et"] and about["regions"]["written_as"] == "one mask per region"
 
 
+def test_label_maps_follow_the_inputs_labelling_and_evaluate_refuses_a_foreign_one(region_run, phantom_root,
+                                                                                   tmp_path):
+    """The network learnt enhancing tumour as 3 (the phantom's labelling); on BraTS 2018-named
+    scans (enhancing tumour 4) its label map paints 4, as those scans' own labels do; a label map
+    in one labelling evaluated against the other is refused, not scored as background."""
+    from conftest import make_brats_fixture
+
+    from semicml.errors import DataError
+
+    case = phantom_case_ids(phantom_root)[0]
+    brats = make_brats_fixture(phantom_root, tmp_path, cases=1)
+    own = predict_cases(region_run, "T2", phantom_root, tmp_path / "own", cases=[case], progress=False, threshold=0.5)
+    old = predict_cases(region_run, "T2", brats, tmp_path / "old", cases=[case], progress=False, threshold=0.5)
+    label_own = np.asarray(nib.load(str(own[0])).dataobj)
+    label_old = np.asarray(nib.load(str(old[0])).dataobj)
+    assert set(np.unique(label_own)) == {0, 1, 2, 3} and set(np.unique(label_old)) == {0, 1, 2, 4}
+    np.testing.assert_array_equal(label_old, np.where(label_own == 3, 4, label_own))
+    about = json.loads((tmp_path / "old" / "predict.json").read_text())
+    assert about["regions"]["values"] == [[1, 2, 4], [1, 4], [4]] and "[2, 1, 4]" in about["regions"]["written_as"]
+    # each map scored against its own labelling: the same numbers; against the other: one-line refusal
+    good = evaluate_predictions(tmp_path / "old", brats, "regions", tmp_path / "e1", cases=[case], progress=False)
+    same = evaluate_predictions(tmp_path / "own", phantom_root, "regions", tmp_path / "e0", cases=[case],
+                                progress=False)
+    assert good["regions"] == same["regions"] and good["regions"]["et"]["mean"]["dice"] > 0
+    with pytest.raises(DataError, match=r"label map holds value\(s\) 4, which the reference's regions do not use"):
+        evaluate_predictions(tmp_path / "old", phantom_root, "regions", tmp_path / "e2", cases=[case], progress=False)
+
+
 def test_regions_as_files_needs_a_region_network(region_run, phantom_root, tmp_path):
     import torch
 

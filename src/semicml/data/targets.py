@@ -25,15 +25,15 @@ written back as one label map by painting the regions in order, later overwritin
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from semicml.data.readers import DatasetInfo
 from semicml.errors import DataError
 
-__all__ = ["KEYWORDS", "MAX_REGIONS", "Target", "apply_target", "label_map_from_regions", "region_masks",
-           "resolve_target"]
+__all__ = ["KEYWORDS", "MAX_REGIONS", "Target", "apply_target", "in_labelling", "label_map_from_regions",
+           "region_masks", "resolve_target"]
 
 KEYWORDS = ("wt", "tc", "et", "raw", "regions")
 MAX_REGIONS = 8  # bits of the uint8 store
@@ -270,3 +270,18 @@ def label_map_from_regions(masks: np.ndarray, target: Target) -> np.ndarray:
     for k, value in enumerate(target.paint):
         out[masks[k]] = value
     return out
+
+
+def in_labelling(target: Target, info: DatasetInfo | None) -> Target:
+    """``target`` (a network's regions) with the label values of the dataset ``info``, when the
+    same region names resolve there to other values (BraTS 2018 paints enhancing tumour 4, BraTS
+    2023 paints 3); unchanged when ``info`` is None, the names do not resolve, or nothing differs."""
+    if info is None or not target.regions:
+        return target
+    try:
+        theirs = resolve_target(info, target.name)
+    except DataError:
+        return target
+    if theirs.classes != target.classes or theirs.paint is None or theirs.values == target.values:
+        return target
+    return replace(target, values=theirs.values, paint=theirs.paint)

@@ -76,6 +76,7 @@ def _region_prediction(case: str, label_maps: dict[str, Path], masks: dict[str, 
     """(R, *shape) predicted region masks of ``case`` on the reference grid."""
     if case in label_maps:
         values, affine = _load_mask(label_maps[case], raw=True)
+        _check_label_values(values, target, label_maps[case])
         pred = region_masks(apply_target(values, target), len(target.classes))
         path = label_maps[case]
     else:
@@ -87,6 +88,17 @@ def _region_prediction(case: str, label_maps: dict[str, Path], masks: dict[str, 
     if pred.shape[1:] != tuple(shape) or not np.allclose(affine, ref_affine, atol=1e-3):
         pred = np.stack([on_reference_grid(p, affine, shape, ref_affine, path) for p in pred])
     return pred
+
+
+def _check_label_values(values: np.ndarray, target: Target, path: Path) -> None:
+    """A label map must use the reference's label values: a value the regions do not know would
+    silently count as background (BraTS 2018 paints enhancing tumour 4, BraTS 2023 paints 3)."""
+    known = {0, *(v for vals in target.values for v in vals)}
+    foreign = sorted(set(np.unique(values).tolist()) - known)
+    if foreign:
+        raise DataError(f"label map holds value(s) {', '.join(map(str, foreign))}, which the reference's regions "
+                        f"do not use ({', '.join(f'{c}: {v}' for c, v in zip(target.classes, target.values))}); "
+                        "was it written in another labelling (e.g. BraTS 2018 against 2023)?", path)
 
 
 def on_reference_grid(pred: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], ref_affine: np.ndarray,

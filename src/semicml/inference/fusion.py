@@ -40,7 +40,9 @@ from tqdm.auto import tqdm
 
 from ..data.geometry import resample_to_grid
 from ..data.preprocess import coarse_input_note
+from ..data.readers import input_labelling
 from ..data.readers.multi import read_modality_sets
+from ..data.targets import in_labelling
 from ..errors import ConfigError, DataError
 from ..hardware import resolve_device
 from ..io_utils import atomic_write_text
@@ -278,6 +280,8 @@ def predict_fused(run: str | Path | Sequence[str | Path], modalities: Sequence[s
         if region_target(nets[m][1]) != regions:
             raise DataError(f"the {spelling[m]} network has another target than the {spelling[modalities[0]]} "
                             "network; fuse the networks of one run", runs[0])
+    if regions is not None:  # painted in the input dataset's labelling (BraTS 2023: enhancing tumour 3)
+        regions = in_labelling(regions, input_labelling(input_path))
     check_region_output(regions, regions_as_files)
     if postprocess is not None:  # a bad --postprocess fails before the output folder is made
         try:

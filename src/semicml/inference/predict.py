@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from ..data.case import Case
 from ..data.context import context_of_channels, context_of_network
 from ..data.preprocess import coarse_input_note, network_frame
-from ..data.readers import read_single_modality
+from ..data.readers import input_labelling, read_single_modality
 from ..data.readers.nifti import check_input_file
-from ..data.targets import Target, label_map_from_regions
+from ..data.targets import Target, in_labelling, label_map_from_regions
 from ..errors import ConfigError, DataError
 from ..hardware import Precision, resolve_device, resolve_precision
 from ..io_utils import atomic_write_bytes, atomic_write_text
@@ -84,10 +84,14 @@ def probabilities_on_grid(net: torch.nn.Module | None, image: np.ndarray, affine
     return frame.restore(probs)
 
 
-def region_target(info: dict) -> Target | None:
-    """The region target recorded with a network (weights file or export), or None (binary)."""
+def region_target(info: dict, input_path: str | Path | None = None) -> Target | None:
+    """The region target recorded with a network (weights file or export), or None (binary);
+    with ``input_path``, in the labelling of the input's dataset when it has one (a network trained
+    on BraTS 2018 writes enhancing tumour as 3 on BraTS 2023 scans, as their own labels do)."""
     target = info.get("target") or {}
-    return Target(**target) if target.get("regions") else None
+    if not target.get("regions"):
+        return None
+    return in_labelling(Target(**target), input_labelling(input_path) if input_path is not None else None)
 
 
 def region_postprocess(post: str | dict, target: Target) -> dict[str, str]:
@@ -249,7 +253,7 @@ def predict_cases(run: str | Path | Sequence[str | Path], modality: str, input_p
               f"({', '.join(map(str, ensemble['postprocessing_of_members']))}); using "
               f"{info['postprocessing']} (most chosen, ties to the first run; --postprocess overrides)",
               file=sys.stderr)
-    regions = region_target(info)
+    regions = region_target(info, input_path)
     try:
         stored = postprocess if postprocess is not None else info.get("postprocessing", NONE)
         post = region_postprocess(stored, regions) if regions else check_spec(stored)

@@ -30,11 +30,19 @@ import numpy as np
 from semicml.data.case import Case
 from semicml.data.geometry import MIN_OVERLAP, axis_spacing, overlap_fraction, resample_to_grid
 from semicml.data.readers import msd, nnunet
-from semicml.data.readers.brats import BRATS_LABELS, brats_case_folders, open_brats
+from semicml.data.readers.brats import (
+    BRATS_LABEL_SUFFIX,
+    BRATS_LABELS,
+    brats_case_folders,
+    brats_files,
+    brats_labelling,
+    open_brats,
+)
 from semicml.data.readers.common import (
     MODALITY_ALIASES,
     DatasetInfo,
     check_root,
+    finish_info,
     load_json,
     match_modality,
     pick_modality,
@@ -64,6 +72,7 @@ __all__ = [
     "FORMATS",
     "MODALITY_ALIASES",
     "detect_format",
+    "input_labelling",
     "open_dataset",
     "read_case",
     "read_label",
@@ -282,3 +291,22 @@ def _cases_in_folder(info: DatasetInfo, name: str, modality: str, folder: Path) 
         channel = info.channels.get(name) if info.format == "msd" else None  # MSD: one 4D file per case
         out.append((c, single_loader(c, f, modality, channel)))
     return out
+
+
+def input_labelling(path: str | Path) -> DatasetInfo | None:
+    """The dataset whose labelling a prediction input follows, or None when the input does not
+    say (plain files): a ``dataset.json`` (at the folder or one level up for ``imagesTr`` /
+    ``imagesTs``), or BraTS file names (2018-2021: enhancing tumour 4; 2023 and later: 3).
+    ``predict`` paints region label maps in it, so masks of BraTS 2023 scans use 3 for ET even
+    from a network trained on BraTS 2018."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        return None
+    for folder in (root, root.parent if root.name in ("imagesTr", "imagesTs") else None):
+        if folder is not None and (folder / "dataset.json").is_file():
+            return open_dataset(folder)
+    own = brats_files(root, root.name)
+    own.pop(BRATS_LABEL_SUFFIX, None)
+    if own:  # one case folder
+        return finish_info(root, "brats", sorted(own), brats_labelling(set(own), root), {root.name: own}, {}, {}, {})
+    return open_brats(root) if brats_case_folders(root) else None
