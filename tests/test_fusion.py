@@ -348,6 +348,9 @@ def test_modality_sets_of_every_layout_and_the_files_they_lack(phantom_root, tmp
     (("q_t2", "q_t2_flair", "r_T2"), "flair", {"q": "q_t2_flair"}),
     # a modality no alias knows (PET) is found by its requested name, in any case
     (("h1_CT", "h1_PET", "h2_ct", "h2_pet"), "pet", {"h1": "h1_PET", "h2": "h2_pet"}),
+    # a case id ending in a contrast name: the split its other files agree on ("pat_t2")
+    (("pat_t2_t1", "pat_t2_t2", "pat_t2_flair", "pat_t2_t1_gd"), "flair", {"pat_t2": "pat_t2_flair"}),
+    (("pat_t2_t1", "pat_t2_t2", "pat_t2_flair", "pat_t2_t1_gd"), "t1ce", {"pat_t2": "pat_t2_t1_gd"}),
 ])
 def test_single_and_fused_prediction_read_a_flat_folder_alike(tmp_path, names, modality, expected):
     """One rule for flat folders: single-modality and fused prediction name the same cases with

@@ -203,6 +203,33 @@ def test_brats2023_naming(brats_root: Path, phantom_root: Path, tmp_path: Path) 
         read_case(open_dataset(tmp_path / "b23"), "BraTS-GLI-00000-000", ["t2w"])
 
 
+@pytest.mark.parametrize(("layout", "et"), [
+    ({"p1/p1_t1.nii.gz", "p1/p1_t1ce.nii.gz", "p1/p1_t2.nii.gz", "p1/p1_flair.nii.gz"}, 4),  # BraTS 2018
+    ({"a/a-t1n.nii.gz", "a/a-t1c.nii.gz", "a/a-t2w.nii.gz", "a/a-t2f.nii.gz", "a/a-seg.nii.gz"}, 3),
+    ({"a/a-t1c.nii.gz", "a/a-t2w.nii.gz"}, 3),
+    ({"a-t1c.nii.gz", "a-t2w.nii.gz", "b-t1c.nii.gz", "b-t2w.nii.gz"}, 3),  # a flat folder says the same
+    ({"a-t2w.nii.gz", "b-t2w.nii.gz"}, None),  # T2w alone is BIDS too
+    ({"p1/p1_t2.nii.gz", "p1/p1_flair.nii.gz"}, None),  # everyone's names
+    ({"a/a_t2.nii.gz", "a/a_t1ce.nii.gz", "b/b-t2w.nii.gz", "b/b-t1c.nii.gz"}, None),  # mixed: no refusal
+    ({"sub-01/sub-01_T1w.nii.gz", "sub-01/sub-01_T2w.nii.gz", "sub-01/sub-01_FLAIR.nii.gz"}, None),  # BIDS
+])
+def test_input_labelling_only_from_names_that_leave_no_doubt(tmp_path: Path, layout: set[str], et) -> None:
+    """Which labelling a prediction input follows (predict paints region maps in it): said by BraTS
+    names that only one convention uses, whatever the layout; otherwise nothing, and nothing refused."""
+    from semicml.data.readers import input_labelling
+
+    root = tmp_path / "in"
+    for name in layout:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(root / name))
+    tops = {n.split("/")[0] for n in layout}
+    one_case = len(tops) == 1 and all("/" in n for n in layout)
+    given = root / tops.pop() if one_case else root  # one case folder is given as itself
+    info = input_labelling(given)
+    assert (info.label_names["et"] if info is not None else None) == et
+    assert input_labelling(next(root.rglob("*.nii.gz"))) is None  # a single file does not say
+
+
 def test_brats_mixing_2018_and_2023_names_is_refused(brats_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "mix"
     shutil.copytree(brats_root / "phantom_000", root / "phantom_000")

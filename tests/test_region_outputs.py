@@ -102,8 +102,14 @@ def test_label_maps_follow_the_inputs_labelling_and_evaluate_refuses_a_foreign_o
     same = evaluate_predictions(tmp_path / "own", phantom_root, "regions", tmp_path / "e0", cases=[case],
                                 progress=False)
     assert good["regions"] == same["regions"] and good["regions"]["et"]["mean"]["dice"] > 0
-    with pytest.raises(DataError, match=r"label map holds value\(s\) 4, which the reference's regions do not use"):
+    with pytest.raises(DataError, match=r"label map holds value\(s\) 4, which the reference's labels \(0, 1, 2, 3\) do not use"):
         evaluate_predictions(tmp_path / "old", phantom_root, "regions", tmp_path / "e2", cases=[case], progress=False)
+    # a label value of the reference that the asked regions do not use (edema, 2, for tc,et) is no foreign value
+    ref = nib.load(str(phantom_root / "labelsTr" / f"{case}.nii.gz"))
+    _write(tmp_path / "exact" / f"{case}.nii.gz", np.asarray(ref.dataobj), ref.affine)
+    exact = evaluate_predictions(tmp_path / "exact", phantom_root, "tc,et", tmp_path / "e3", cases=[case],
+                                 progress=False)
+    assert exact["mean"]["dice"] == 1.0
 
 
 def test_regions_as_files_needs_a_region_network(region_run, phantom_root, tmp_path):

@@ -72,11 +72,11 @@ def _region_files(pred_dir: Path, target: Target) -> dict[str, dict[str, Path]]:
 
 
 def _region_prediction(case: str, label_maps: dict[str, Path], masks: dict[str, dict[str, Path]], target: Target,
-                       shape: tuple[int, ...], ref_affine: np.ndarray) -> np.ndarray:
+                       shape: tuple[int, ...], ref_affine: np.ndarray, labels: set[int]) -> np.ndarray:
     """(R, *shape) predicted region masks of ``case`` on the reference grid."""
     if case in label_maps:
         values, affine = _load_mask(label_maps[case], raw=True)
-        _check_label_values(values, target, label_maps[case])
+        _check_label_values(values, labels, label_maps[case])
         pred = region_masks(apply_target(values, target), len(target.classes))
         path = label_maps[case]
     else:
@@ -90,15 +90,14 @@ def _region_prediction(case: str, label_maps: dict[str, Path], masks: dict[str, 
     return pred
 
 
-def _check_label_values(values: np.ndarray, target: Target, path: Path) -> None:
-    """A label map must use the reference's label values: a value the regions do not know would
+def _check_label_values(values: np.ndarray, labels: set[int], path: Path) -> None:
+    """A label map must use the reference dataset's label values: a value it does not know would
     silently count as background (BraTS 2018 paints enhancing tumour 4, BraTS 2023 paints 3)."""
-    known = {0, *(v for vals in target.values for v in vals)}
-    foreign = sorted(set(np.unique(values).tolist()) - known)
+    foreign = sorted(set(np.unique(values).tolist()) - labels - {0})
     if foreign:
-        raise DataError(f"label map holds value(s) {', '.join(map(str, foreign))}, which the reference's regions "
-                        f"do not use ({', '.join(f'{c}: {v}' for c, v in zip(target.classes, target.values))}); "
-                        "was it written in another labelling (e.g. BraTS 2018 against 2023)?", path)
+        shown = ", ".join(map(str, foreign[:8])) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
+        raise DataError(f"label map holds value(s) {shown}, which the reference's labels ({', '.join(map(str, sorted(labels)))}) "
+                        "do not use; was it written in another labelling (e.g. BraTS 2018 against 2023)?", path)
 
 
 def on_reference_grid(pred: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], ref_affine: np.ndarray,
@@ -198,7 +197,8 @@ def _evaluate_regions(info, target: Target, wanted: list[str], label_maps: dict[
         ref_case = read_label(info, case)
         ref = region_masks(apply_target(ref_case.label, target), len(target.classes))
         found = case in label_maps or case in masks
-        pred = _region_prediction(case, label_maps, masks, target, ref.shape[1:], ref_case.affine) if found else None
+        pred = (_region_prediction(case, label_maps, masks, target, ref.shape[1:], ref_case.affine,
+                                   set(info.label_names.values())) if found else None)
         for k, r in enumerate(target.classes):
             if pred is None:
                 rows[r].append({**worst_row(case, ref[k], ref_case.spacing), "prediction": "missing"})

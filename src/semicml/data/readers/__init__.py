@@ -31,11 +31,10 @@ from semicml.data.case import Case
 from semicml.data.geometry import MIN_OVERLAP, axis_spacing, overlap_fraction, resample_to_grid
 from semicml.data.readers import msd, nnunet
 from semicml.data.readers.brats import (
-    BRATS_LABEL_SUFFIX,
     BRATS_LABELS,
     brats_case_folders,
     brats_files,
-    brats_labelling,
+    named_labelling,
     open_brats,
 )
 from semicml.data.readers.common import (
@@ -46,8 +45,10 @@ from semicml.data.readers.common import (
     load_json,
     match_modality,
     pick_modality,
+    strip_nifti,
     visible,
 )
+from semicml.data.readers.flat import read_flat_folder
 from semicml.data.readers.loose import read_loose
 from semicml.data.readers.nifti import (
     AFFINE_TOLERANCE_MM,
@@ -294,19 +295,32 @@ def _cases_in_folder(info: DatasetInfo, name: str, modality: str, folder: Path) 
 
 
 def input_labelling(path: str | Path) -> DatasetInfo | None:
-    """The dataset whose labelling a prediction input follows, or None when the input does not
-    say (plain files): a ``dataset.json`` (at the folder or one level up for ``imagesTr`` /
-    ``imagesTs``), or BraTS file names (2018-2021: enhancing tumour 4; 2023 and later: 3).
-    ``predict`` paints region label maps in it, so masks of BraTS 2023 scans use 3 for ET even
-    from a network trained on BraTS 2018."""
+    """The labelling a prediction input says it follows, or None when it does not say: the
+    ``dataset.json`` of the folder (or of the dataset above ``imagesTr`` / ``imagesTs``), or BraTS
+    contrast names that leave no doubt (:func:`~.brats.named_labelling`; case folders and flat
+    folders alike). ``predict`` paints region label maps in it, so masks of BraTS 2023 scans use 3
+    for enhancing tumour even from a network trained on BraTS 2018."""
     root = Path(path).expanduser()
     if not root.is_dir():
         return None
     for folder in (root, root.parent if root.name in ("imagesTr", "imagesTs") else None):
         if folder is not None and (folder / "dataset.json").is_file():
             return open_dataset(folder)
+    names = _contrast_names(root)
+    labels = named_labelling(names)
+    if labels is None:
+        return None
+    return finish_info(root, "brats", sorted(names), labels, {}, {}, {}, {})
+
+
+def _contrast_names(root: Path) -> set[str]:
+    """The modality names the file names of a folder carry: one case folder, case folders, or a
+    flat folder of ``<case>_<modality>`` files."""
     own = brats_files(root, root.name)
-    own.pop(BRATS_LABEL_SUFFIX, None)
-    if own:  # one case folder
-        return finish_info(root, "brats", sorted(own), brats_labelling(set(own), root), {root.name: own}, {}, {}, {})
-    return open_brats(root) if brats_case_folders(root) else None
+    if own:
+        return set(own)
+    folders = brats_case_folders(root)
+    if folders:
+        return {name for d in folders for name in brats_files(d, d.name)}
+    files = [f for f in visible(list(root.iterdir())) if f.is_file() and strip_nifti(f.name)]
+    return set(read_flat_folder(root, files, []).suffixes())

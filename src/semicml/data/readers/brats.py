@@ -12,7 +12,8 @@ from pathlib import Path
 from semicml.data.readers.common import DatasetInfo, finish_info, strip_nifti, visible
 from semicml.errors import DataError
 
-__all__ = ["BRATS_2023_LABELS", "BRATS_LABELS", "BRATS_LABEL_SUFFIX", "brats_case_folders", "brats_labelling", "brats_files", "open_brats"]
+__all__ = ["BRATS_2023_LABELS", "BRATS_LABELS", "BRATS_LABEL_SUFFIX", "brats_case_folders", "brats_labelling", "brats_files", "named_labelling",
+           "open_brats"]
 
 BRATS_LABELS: dict[str, int] = {"background": 0, "ncr": 1, "ed": 2, "et": 4}
 #: BraTS 2023 and later (``<case>-t1n / -t1c / -t2w / -t2f / -seg``) label enhancing tumour 3.
@@ -75,3 +76,16 @@ def brats_labelling(names: set[str], root: Path) -> dict[str, int]:
                         f"({', '.join(new)}), which label enhancing tumour differently (4 and 3): one "
                         "convention per dataset", root)
     return dict(BRATS_2023_LABELS if new else BRATS_LABELS)
+
+
+def named_labelling(names: set[str]) -> dict[str, int] | None:
+    """The BraTS labelling that contrast names say WITHOUT doubt, or None: 2018-2021 needs ``t1ce``
+    (``t1``, ``t2``, ``flair`` alone are everyone's names) and no other; 2023 needs ``t1n`` or
+    ``t2f``, or ``t1c`` with ``t2w`` (``T2w`` alone is also BIDS), and no other. Prediction inputs
+    are not refused for mixing conventions: they merely say nothing."""
+    low = {n.lower() for n in names} - {BRATS_LABEL_SUFFIX}
+    if low and low <= BRATS_2018_NAMES and "t1ce" in low:
+        return dict(BRATS_LABELS)
+    if low and low <= BRATS_2023_NAMES and (low & {"t1n", "t2f"} or {"t1c", "t2w"} <= low):
+        return dict(BRATS_2023_LABELS)
+    return None

@@ -33,7 +33,7 @@ __all__ = [
 
 #: Groups of names that denote the same MRI contrast (compared lower-case).
 MODALITY_ALIASES: tuple[frozenset[str], ...] = (
-    frozenset({"t1ce", "t1gd", "t1c", "t1-ce", "t1_ce", "t1-gd", "t1post"}),
+    frozenset({"t1ce", "t1gd", "t1c", "t1-ce", "t1_ce", "t1-gd", "t1_gd", "t1post"}),
     frozenset({"t2", "t2w"}),
     frozenset({"t1", "t1w", "t1n"}),
     frozenset({"flair", "t2-flair", "t2_flair", "t2flair", "t2f"}),
