@@ -193,12 +193,13 @@ def _evaluate_regions(info, target: Target, wanted: list[str], label_maps: dict[
                       progress: bool) -> dict:
     """Every metric per region: label maps (or per-region masks) vs the reference's regions."""
     rows: dict[str, list[dict]] = {r: [] for r in target.classes}
+    labels = set(info.label_names.values())
     for case in tqdm(wanted, desc="evaluate", unit="case", disable=not progress):
         ref_case = read_label(info, case)
         ref = region_masks(apply_target(ref_case.label, target), len(target.classes))
         found = case in label_maps or case in masks
-        pred = (_region_prediction(case, label_maps, masks, target, ref.shape[1:], ref_case.affine,
-                                   set(info.label_names.values())) if found else None)
+        pred = (_region_prediction(case, label_maps, masks, target, ref.shape[1:], ref_case.affine, labels)
+                if found else None)
         for k, r in enumerate(target.classes):
             if pred is None:
                 rows[r].append({**worst_row(case, ref[k], ref_case.spacing), "prediction": "missing"})

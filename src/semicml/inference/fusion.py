@@ -40,9 +40,7 @@ from tqdm.auto import tqdm
 
 from ..data.geometry import resample_to_grid
 from ..data.preprocess import coarse_input_note
-from ..data.readers import input_labelling
 from ..data.readers.multi import read_modality_sets
-from ..data.targets import in_labelling
 from ..errors import ConfigError, DataError
 from ..hardware import resolve_device
 from ..io_utils import atomic_write_text
@@ -56,6 +54,7 @@ from .predict import (
     check_run_options,
     constant_value,
     constant_warning,
+    in_input_labelling,
     load_models,
     probabilities_on_grid,
     region_postprocess,
@@ -280,8 +279,7 @@ def predict_fused(run: str | Path | Sequence[str | Path], modalities: Sequence[s
         if region_target(nets[m][1]) != regions:
             raise DataError(f"the {spelling[m]} network has another target than the {spelling[modalities[0]]} "
                             "network; fuse the networks of one run", runs[0])
-    if regions is not None:  # painted in the input dataset's labelling (BraTS 2023: enhancing tumour 3)
-        regions = in_labelling(regions, input_labelling(input_path))
+    regions = in_input_labelling(regions, input_path)  # BraTS 2023 scans: enhancing tumour 3
     check_region_output(regions, regions_as_files)
     if postprocess is not None:  # a bad --postprocess fails before the output folder is made
         try:

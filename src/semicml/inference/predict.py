@@ -84,14 +84,16 @@ def probabilities_on_grid(net: torch.nn.Module | None, image: np.ndarray, affine
     return frame.restore(probs)
 
 
-def region_target(info: dict, input_path: str | Path | None = None) -> Target | None:
-    """The region target recorded with a network (weights file or export), or None (binary);
-    with ``input_path``, in the labelling of the input's dataset when it has one (a network trained
-    on BraTS 2018 writes enhancing tumour as 3 on BraTS 2023 scans, as their own labels do)."""
+def region_target(info: dict) -> Target | None:
+    """The region target recorded with a network (weights file or export), or None (binary)."""
     target = info.get("target") or {}
-    if not target.get("regions"):
-        return None
-    return in_labelling(Target(**target), input_labelling(input_path) if input_path is not None else None)
+    return Target(**target) if target.get("regions") else None
+
+
+def in_input_labelling(regions: Target | None, input_path: str | Path) -> Target | None:
+    """A network's regions in the labelling of the input's dataset when it says one (a network
+    trained on BraTS 2018 writes enhancing tumour as 3 on BraTS 2023 scans, as their labels do)."""
+    return None if regions is None else in_labelling(regions, input_labelling(input_path))
 
 
 def region_postprocess(post: str | dict, target: Target) -> dict[str, str]:
@@ -253,7 +255,7 @@ def predict_cases(run: str | Path | Sequence[str | Path], modality: str, input_p
               f"({', '.join(map(str, ensemble['postprocessing_of_members']))}); using "
               f"{info['postprocessing']} (most chosen, ties to the first run; --postprocess overrides)",
               file=sys.stderr)
-    regions = region_target(info, input_path)
+    regions = in_input_labelling(region_target(info), input_path)
     try:
         stored = postprocess if postprocess is not None else info.get("postprocessing", NONE)
         post = region_postprocess(stored, regions) if regions else check_spec(stored)

@@ -45,10 +45,9 @@ from semicml.data.readers.common import (
     load_json,
     match_modality,
     pick_modality,
-    strip_nifti,
     visible,
 )
-from semicml.data.readers.flat import read_flat_folder
+from semicml.data.readers.flat import nifti_files, read_flat_folder
 from semicml.data.readers.loose import read_loose
 from semicml.data.readers.nifti import (
     AFFINE_TOLERANCE_MM,
@@ -322,5 +321,4 @@ def _contrast_names(root: Path) -> set[str]:
     folders = brats_case_folders(root)
     if folders:
         return {name for d in folders for name in brats_files(d, d.name)}
-    files = [f for f in visible(list(root.iterdir())) if f.is_file() and strip_nifti(f.name)]
-    return set(read_flat_folder(root, files, []).suffixes())
+    return set(read_flat_folder(root, nifti_files(root), []).suffixes())

@@ -12,7 +12,7 @@ from pathlib import Path
 from semicml.data.readers.common import DatasetInfo, finish_info, strip_nifti, visible
 from semicml.errors import DataError
 
-__all__ = ["BRATS_2023_LABELS", "BRATS_LABELS", "BRATS_LABEL_SUFFIX", "brats_case_folders", "brats_labelling", "brats_files", "named_labelling",
+__all__ = ["BRATS_2023_LABELS", "BRATS_LABELS", "BRATS_LABEL_SUFFIX", "brats_case_folders", "brats_files", "named_labelling",
            "open_brats"]
 
 BRATS_LABELS: dict[str, int] = {"background": 0, "ncr": 1, "ed": 2, "et": 4}
@@ -64,10 +64,10 @@ def open_brats(root: Path) -> DatasetInfo:
     modalities = [m for m in BRATS_ORDER if m in seen] + sorted(seen - set(BRATS_ORDER))
     if not modalities:
         raise DataError("no modality files found in the case folders", root)
-    return finish_info(root, "brats", modalities, brats_labelling(seen, root), image_files, label_files, {}, {})
+    return finish_info(root, "brats", modalities, _labels_of(seen, root), image_files, label_files, {}, {})
 
 
-def brats_labelling(names: set[str], root: Path) -> dict[str, int]:
+def _labels_of(names: set[str], root: Path) -> dict[str, int]:
     """The label convention the file names tell: BraTS 2018-2021 (enhancing tumour 4) or 2023 and
     later (3). One dataset holds one convention: a mix would give one value two meanings."""
     old, new = sorted(names & BRATS_2018_NAMES), sorted(names & BRATS_2023_NAMES)

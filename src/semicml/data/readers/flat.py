@@ -16,10 +16,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from semicml.data.readers.common import MODALITY_ALIASES, match_modality, strip_nifti
+from semicml.data.readers.common import MODALITY_ALIASES, match_modality, strip_nifti, visible
 from semicml.errors import DataError
 
-__all__ = ["FlatFolder", "read_flat_folder"]
+__all__ = ["FlatFolder", "nifti_files", "read_flat_folder"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,11 @@ class FlatFolder:
 
     def suffixes(self) -> list[str]:
         return sorted({s for _, s, _ in self.named})
+
+
+def nifti_files(root: Path) -> list[Path]:
+    """The visible NIfTI files directly in ``root``, sorted."""
+    return [f for f in visible(list(root.iterdir())) if f.is_file() and strip_nifti(f.name)]
 
 
 def read_flat_folder(root: Path, files: list[Path], modalities: list[str]) -> FlatFolder:

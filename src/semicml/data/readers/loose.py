@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 from semicml.data.readers.brats import BRATS_LABEL_SUFFIX, brats_case_folders, brats_files
-from semicml.data.readers.common import pick_modality, strip_nifti, visible
-from semicml.data.readers.flat import read_flat_folder
+from semicml.data.readers.common import pick_modality, strip_nifti
+from semicml.data.readers.flat import nifti_files, read_flat_folder
 from semicml.data.readers.nifti import CaseLoader, single_loader
 from semicml.errors import DataError
 
@@ -43,7 +43,7 @@ def read_loose(root: Path, modality: str) -> list[tuple[str, CaseLoader]]:
             out.append((d.name, single_loader(d.name, files[hit], modality)))
         return out
 
-    files = [f for f in visible(list(root.iterdir())) if f.is_file() and strip_nifti(f.name)]
+    files = nifti_files(root)
     if not files:
         raise DataError("empty folder: no NIfTI files or cases found", root)
     return _flat_folder(root, files, modality)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from semicml.data.readers.brats import BRATS_LABEL_SUFFIX, brats_case_folders, brats_files
-from semicml.data.readers.common import match_modality, pick_modality, strip_nifti, visible
-from semicml.data.readers.flat import read_flat_folder
+from semicml.data.readers.common import match_modality, pick_modality
+from semicml.data.readers.flat import nifti_files, read_flat_folder
 from semicml.data.readers.nifti import CaseLoader, single_loader
 from semicml.errors import DataError
 
@@ -121,8 +121,7 @@ def _from_case_folders(folders: list[Path], modalities: list[str]) -> tuple[Case
 def _from_flat_folder(root: Path, modalities: list[str]) -> tuple[CaseInputs, list[MissingInput]]:
     # <case>_<modality>.nii.gz, every spelling of a modality (case1_t2, case2_T2, case3_t2w), read
     # by the same rule as single-modality prediction
-    nifti = [f for f in visible(list(root.iterdir())) if f.is_file() and strip_nifti(f.name)]
-    folder = read_flat_folder(root, nifti, modalities)
+    folder = read_flat_folder(root, nifti_files(root), modalities)
     files = {m: folder.files_of(m) for m in modalities}
     if not any(files.values()):
         raise DataError(f"no files named <case>_<modality>.nii.gz for {', '.join(modalities)}", root)
