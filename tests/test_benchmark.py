@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,9 @@ def test_result_files_and_columns(grid):
         assert (out / r["run_dir"] / "eval" / "evaluation" / r["modality"] / "summary.json").is_file()
         assert float(r["seconds"]) > 0
         assert int(r["n_labeled_slices"]) > 0  # the real count, read back from the run's run.json
+        compute = json.loads((out / r["run_dir"] / "run.json").read_text())["compute"]
+        assert r["train_threads"] == str(compute["threads"]) and r["train_precision"] == compute["precision"] == "fp32"
+        assert 0.0 <= float(r["precision"]) <= 1.0  # the metric, not the arithmetic
     data = json.loads((out / "results.json").read_text())
     assert len(data["rows"]) == len(rows) == 6 and data["benchmark"]["seeds"] == [0]
 
@@ -91,6 +95,7 @@ def test_result_files_and_columns(grid):
     assert "## T2 alone" in md and "## T1ce alone" in md
     assert "Δ Dice vs sup-30%" in md and " ± " in md and "**" in md
     assert "semicml-all seed 0" in md  # listed under failed runs
+    assert f"Runs trained with {ok[0]['train_threads']} CPU thread(s) each, precision fp32" in md
     n_sup = {r["n_labeled_slices"] for r in ok if r["method"] == "supervised"}
     assert len(n_sup) == 1 and f"| supervised | 30% ({n_sup.pop()} sl.) |" in md
     for name in ("dice.png", "val_curves.png"):
@@ -323,8 +328,8 @@ def test_cross_validation_and_fixed_splits_are_exclusive(tmp_path):
 
 def test_parallel_jobs_give_the_serial_results(grid, tmp_path):
     """--jobs 2 (spawned processes) trains the same runs as the serial grid: same labelled subset,
-    same metrics up to float reduction order (the workers use fewer threads), rows in grid order,
-    the failed run still isolated, and a rerun skips everything."""
+    same metrics up to float reduction order (the workers use fewer threads, recorded in each
+    run.json), rows in grid order, the failed run still isolated, and a rerun skips everything."""
     spec = yaml.safe_load(grid["config"].read_text())
     spec.update(store=str(grid["root"] / "store"), dataset=str(grid["root"] / "data"), out=str(tmp_path / "par"))
     (tmp_path / "par.yaml").write_text(yaml.safe_dump(spec))
@@ -340,10 +345,14 @@ def test_parallel_jobs_give_the_serial_results(grid, tmp_path):
             subset = "labeled_subset.json"
             assert (tmp_path / "par" / got["run_dir"] / subset).read_text() == \
                 (grid["out"] / want["run_dir"] / subset).read_text()
+            compute = json.loads((tmp_path / "par" / got["run_dir"] / "run.json").read_text())["compute"]
+            assert compute["threads"] == max(1, (os.cpu_count() or 1) // 2)
     assert {r["action"] for r in run_benchmark(cfg, progress=False, echo=lambda line: None, jobs=2)
             if r["status"] == "ok"} == {"skipped"}
     with pytest.raises(ConfigError, match="--jobs"):
         run_benchmark(cfg, progress=False, jobs=0)
+    with pytest.raises(ConfigError, match="--threads"):
+        run_benchmark(cfg, progress=False, threads=0)
 
 
 def test_a_run_recorded_before_a_setting_existed_stands_but_a_real_change_does_not():

@@ -89,3 +89,50 @@ def test_new_semicml_version_is_refused(run, store, monkeypatch):
 def test_cli_resume_refuses_options_that_change_the_run(run, store, monkeypatch, capsys):
     rc, _, err = run_cli(["train", store, "--out", run, "--resume", "--labeled-fraction", "0.5"], monkeypatch, capsys)
     assert rc == 2 and "--labeled-fraction" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def threads_restored():
+    import torch
+
+    before = torch.get_num_threads()
+    yield before
+    torch.set_num_threads(before)
+
+
+def test_run_records_where_it_computed_and_a_resume_on_other_threads_says_so(finished, run, store, capsys,
+                                                                             threads_restored):
+    """Float sums depend on the thread count (1 vs 2 threads diverge at iteration ~10 on BraTS), so a
+    run records its threads, CPU kind and precision, and a resume that changes them goes on but says
+    so once and keeps the change in run.json; an unchanged resume says nothing."""
+    import torch
+
+    _, info = finished
+    assert info["compute"]["threads"] == threads_restored
+    assert info["compute"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["compute"]["precision"] == info["precision"] and info["compute_changes"] == []
+    resume(run, store).fit()
+    assert "note:" not in capsys.readouterr().err
+    other = 1 if threads_restored != 1 else 2
+    torch.set_num_threads(other)
+    again = resume(run, store).fit()
+    err = capsys.readouterr().err
+    assert f"resumed with threads {threads_restored} -> {other}" in err and len(err.strip().splitlines()) == 1
+    assert again["compute"]["threads"] == other
+    assert again["compute_changes"] == [f"iteration 2: threads {threads_restored} -> {other}"]
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["compute_changes"] == again["compute_changes"]
+
+
+def test_cli_train_threads_sets_the_run_threads_and_may_change_on_resume(store, tmp_path, monkeypatch, capsys,
+                                                                         threads_restored):
+    out = tmp_path / "cli_run"
+    args = ["train", store, "--out", out, "--profile", "tiny", "--iterations", "2", "--val-every", "2",
+            "--method", "supervised", "--num-workers", "0", "--labeled-fraction", "0.3"]
+    rc, _, err = run_cli([*args, "--threads", "1"], monkeypatch, capsys)
+    assert rc == 0, err
+    assert json.loads((out / "run.json").read_text())["compute"]["threads"] == 1
+    rc, _, err = run_cli(["train", store, "--out", out, "--resume", "--threads", "2"], monkeypatch, capsys)
+    assert rc == 0, err
+    assert "threads 1 -> 2" in err
+    assert json.loads((out / "run.json").read_text())["compute"]["threads"] == 2

@@ -150,6 +150,8 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
           device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
           val_every: Optional[int] = typer.Option(None, help="validate every N iterations"),
           num_workers: Optional[int] = typer.Option(None, help="DataLoader workers"),
+          threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (default: torch's; a run repeats "
+                                                "bit for bit only with the same threads, see run.json compute)"),
           augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="paired augmentation"),
           low_resolution: Optional[float] = typer.Option(None, help="probability of a simulated coarser acquisition "
                                                          "per modality and slice (robustness to coarse scans; default 0.25, 0 = off)"),
@@ -184,7 +186,7 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
             raise ConfigError(f"--resume continues the run with its saved settings ({saved.name}); {flags} would "
-                              "change them (only --device and --num-workers may be given)", out)
+                              "change them (only --device, --num-workers and --threads may be given)", out)
         cfg = build_config(saved, None, {"device": device, "num_workers": num_workers})
     else:
         overrides = {k: v for k, v in overrides.items() if k not in ("config", "profile", "width", "teacher", "context")}
@@ -195,6 +197,10 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
             overrides["prel"] = ({"teacher_per_region": True} if teacher.lower() == "per-region" else
                                  {"teacher": teacher})
         cfg = build_config(config, profile, overrides)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     trainer = Trainer(cfg, store, out, resume=resume)
     info = trainer.fit()
     if not trainer.dist.is_main:  # under torchrun rank 0 reports
@@ -310,6 +316,8 @@ def benchmark(config: Path = typer.Argument(..., help="benchmark YAML (relative 
               only: Optional[str] = typer.Option(None, help="run only these method names (comma-separated)"),
               jobs: int = typer.Option(1, "--jobs", "-j", min=1,
                                        help="runs trained at once, each in its own process (a GPU or many cores)"),
+              threads: Optional[int] = typer.Option(None, min=1, help="CPU threads per run (default: the cores / "
+                                                    "--jobs); the same threads repeat a grid's numbers bit for bit"),
               report_only: bool = typer.Option(False, "--report-only",
                                                 help="train nothing: tables and plots of the runs finished so far"),
               progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars")) -> None:
@@ -318,10 +326,10 @@ def benchmark(config: Path = typer.Argument(..., help="benchmark YAML (relative 
     from .benchmark.runner import report_benchmark
 
     cfg = load_benchmark_config(config, out=out)
-    if report_only and only:
-        raise ConfigError("--report-only trains nothing; it cannot be combined with --only")
+    if report_only and (only or threads):
+        raise ConfigError("--report-only trains nothing; it cannot be combined with --only or --threads")
     rows = (report_benchmark(cfg) if report_only else
-            run_benchmark(cfg, progress=progress, only=_split_list(only), jobs=jobs))
+            run_benchmark(cfg, progress=progress, only=_split_list(only), jobs=jobs, threads=threads))
     failed = sorted({(r["method"], r["seed"]) for r in rows if r["status"] != "ok"})
     skipped = len({(r["method"], r["seed"]) for r in rows if r["action"] == "skipped"})
     typer.echo((Path(cfg.out) / "results.md").read_text())

@@ -8,7 +8,10 @@ is emulated and measured ~10x SLOWER than fp32 here, so "auto" falls back to fp3
 from __future__ import annotations
 
 import contextlib
+import platform
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,3 +65,41 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     if requested == "bf16":
         return Precision("bf16", device.type)
     return Precision("bf16" if fast else "fp32", device.type)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+# What decides a run's numbers beyond its config and seed. Float sums are split over the threads
+# and oneDNN / ATen pick kernels by instruction set, so another thread count, CPU kind or precision
+# gives results that differ in the last bits, and training amplifies them (measured here: 1 vs 2
+# threads, same seed, diverge at iteration 10; the same thread count reproduces bit for bit).
+COMPUTE_KEYS = ("threads", "cpu_capability", "precision", "gpu")
+
+
+def compute_record(device: torch.device, precision: str) -> dict[str, Any]:
+    """Where a run computed: recorded in run.json and checkpoints, compared on resume."""
+    return {
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the ATen kernels in use (AVX2, AVX512, ...)
+        "precision": precision,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+
+
+def compute_difference(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    """'threads 1 -> 2, ...' for the settings that change the numbers; '' when none changed (or
+    the record predates this check)."""
+    if not before:
+        return ""
+    return ", ".join(f"{k.replace('_', ' ')} {before.get(k)} -> {now.get(k)}" for k in COMPUTE_KEYS
+                     if k in before and before[k] != now.get(k))

@@ -219,7 +219,8 @@ def _train_and_evaluate(tcfg, store, dataset: Path, run_dir: Path, progress: boo
 
 
 def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[str] | None = None,
-                  echo: Callable[[str], None] | None = None, jobs: int = 1) -> list[dict[str, Any]]:
+                  echo: Callable[[str], None] | None = None, jobs: int = 1,
+                  threads: int | None = None) -> list[dict[str, Any]]:
     """Run the grid (resuming), write the result files into ``cfg.out``; return the result rows.
 
     ``only``: entry names to run; other entries are not trained, but their finished runs still
@@ -228,8 +229,13 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[st
     Raises :class:`ConfigError` / :class:`DataError` for problems of the whole grid (bad names in
     ``only``, missing store or dataset, bad splits file); problems of one run become failed rows.
     ``jobs`` > 1 trains that many runs at once, each in its own process (one GPU or many cores
-    shared); every run is still seeded, so the results do not depend on ``jobs``.
+    shared), with ``threads`` CPU threads each (default: the cores / ``jobs``; serial: torch's
+    default). Every run is seeded, but float sums depend on the thread count: the same ``threads``
+    (and CPU kind and precision, see run.json ``compute``) repeat a grid bit for bit, other threads
+    give other last bits, which training amplifies into differences as large as a reseed's.
     """
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1 (got {threads})")
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1 (got {jobs})")
     if cfg.out is None:
@@ -243,7 +249,7 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, only: Sequence[st
     selected = set(names if only is None else only)
 
     with exclusive(out, "benchmark output folder"):  # two benchmarks into one folder would race
-        return _run_grid(cfg, out, progress, selected, echo, jobs)
+        return _run_grid(cfg, out, progress, selected, echo, jobs, threads)
 
 
 def _grid_runs(cfg: BenchmarkConfig) -> list[tuple[MethodEntry, int, int | None, str, str]]:
@@ -289,7 +295,8 @@ def report_benchmark(cfg: BenchmarkConfig, echo: Callable[[str], None] | None = 
 
 
 def _run_grid(cfg: BenchmarkConfig, out: Path, progress: bool, selected: set[str],
-              echo: Callable[[str], None] | None, jobs: int = 1) -> list[dict[str, Any]]:
+              echo: Callable[[str], None] | None, jobs: int = 1, threads: int | None = None) -> list[dict[str, Any]]:
+    import torch
     from tqdm.auto import tqdm
 
     bar = None
@@ -332,15 +339,18 @@ def _run_grid(cfg: BenchmarkConfig, out: Path, progress: bool, selected: set[str
             # after every run, in grid order: an interrupted grid keeps its table
             write_tables([r for j in sorted(done) for r in done[j]], out)
 
+    serial_threads = torch.get_num_threads()
     try:
         if jobs == 1:
+            torch.set_num_threads(threads or serial_threads)
             for k, (entry, seed, fold, run_rel, where, run_splits) in enumerate(tasks):
                 bar.set_postfix_str(f"{entry.name} {where}")
                 record(k, _run_one(cfg, entry, seed, store, dataset, out / run_rel, run_rel, run_splits, progress,
                                    entry.name in selected, fold))
         else:
-            _run_parallel(cfg, tasks, store, dataset, out, selected, jobs, record)
+            _run_parallel(cfg, tasks, store, dataset, out, selected, jobs, record, threads)
     finally:
+        torch.set_num_threads(serial_threads)
         bar.close()
     rows = [r for k in sorted(done) for r in done[k]]
     write_results(rows, out, labeled_fraction=cfg.labeled_fraction, benchmark=cfg)
@@ -361,7 +371,7 @@ def _run_in_worker(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store_pa
 
 
 def _run_parallel(cfg: BenchmarkConfig, tasks: list, store, dataset: Path, out: Path, selected: set[str],
-                  jobs: int, record: Callable[[int, list[dict[str, Any]]], None]) -> None:
+                  jobs: int, record: Callable[[int, list[dict[str, Any]]], None], threads: int | None = None) -> None:
     """Finished and unselected runs are answered here; the rest go to ``jobs`` spawned processes
     (spawn, not fork: CUDA cannot be used in a forked child)."""
     import multiprocessing
@@ -380,7 +390,7 @@ def _run_parallel(cfg: BenchmarkConfig, tasks: list, store, dataset: Path, out: 
     pending.sort(key=lambda k: (tasks[k][1], order[tasks[k][0].name], -1 if tasks[k][2] is None else tasks[k][2]))
     if not pending:
         return
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init, initargs=(threads,)) as pool:
         futures = {}
@@ -454,7 +464,9 @@ def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset
                        best_val_dice=best.get("dice"),
                        best_val_iteration=best.get("iteration"),
                        teacher=(info.get("teacher") or {}).get("modality"), iterations=info.get("iterations"),
-                       status="ok", action=action, seconds=seconds)
+                       status="ok", action=action, seconds=seconds,
+                       train_threads=(info.get("compute") or {}).get("threads"),
+                       train_precision=info.get("precision"))
             rows.append(row)
         atomic_write_json(marker, {"name": entry.name, "method": entry.method, "seed": seed, "fold": fold,
                                    "labeled_fraction": cfg.fraction(entry), "seconds": seconds,

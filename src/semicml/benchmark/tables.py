@@ -22,7 +22,8 @@ __all__ = ["RESULT_COLUMNS", "TABLE_METRICS", "combine_folds", "results_csv", "s
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "method", "method_id", "modality", "seed", "fold", "labeled_fraction", *METRICS, "n_test_cases", "n_labeled_slices",
-    "best_val_dice", "best_val_iteration", "teacher", "iterations", "status", "action", "seconds", "run_dir",
+    "best_val_dice", "best_val_iteration", "teacher", "iterations", "status", "action", "seconds",
+    "train_threads", "train_precision", "run_dir",
 )
 TABLE_METRICS: tuple[tuple[str, str, bool], ...] = (  # (key, label, higher is better)
     ("dice", "Dice", True), ("jaccard", "Jaccard", True), ("hd95", "HD95 (mm)", False), ("asd", "ASD (mm)", False),
@@ -138,7 +139,7 @@ def _markdown(rows: Sequence[dict[str, Any]], labeled_fraction: float | None, ti
              "Δ Dice: mean ± std over seeds of the paired per-seed difference (same seed = same split and same "
              "labelled subset) to supervised training on the same slices; positive = better.",
              "Labelled: the nominal fraction of the training slices and, in brackets, the number of labelled slices "
-             "actually used (a `min_labeled` floor can raise it).", ""]
+             "actually used (a `min_labeled` floor can raise it).", "", *_compute_line(rows)]
     for mod, per_method in summary.items():
         ref_lo = _reference(per_method, labeled_fraction)
         ref_hi = _reference(per_method, 1.0) if labeled_fraction < 1.0 else None
@@ -219,9 +220,24 @@ def combine_folds(rows: Sequence[dict[str, Any]], n_folds: int) -> list[dict[str
                 row[key] = None if any(v is None for v in vals) else float(np.average(vals, weights=weights))
             row.update(n_test_cases=int(weights.sum()), seconds=float(sum(p["seconds"] or 0 for p in ok)),
                        best_val_dice=float(np.mean([p["best_val_dice"] or 0 for p in ok])),
-                       teacher=",".join(dict.fromkeys(p["teacher"] for p in ok if p.get("teacher"))) or None)
+                       teacher=",".join(dict.fromkeys(p["teacher"] for p in ok if p.get("teacher"))) or None,
+                       **{k: _joined(p.get(k) for p in ok) for k in ("train_threads", "train_precision")})
         combined.append(row)
     return combined
+
+
+def _joined(values) -> str | None:
+    """The distinct values, in order, as one cell ('1', or '1,2' when the folds differed)."""
+    return ",".join(dict.fromkeys(str(v) for v in values if v is not None)) or None
+
+
+def _compute_line(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Threads and precision the runs trained with: a grid repeats bit for bit only with the same."""
+    threads, precision = (_joined(r.get(k) for r in rows) for k in ("train_threads", "train_precision"))
+    if not threads and not precision:  # runs recorded before this was kept
+        return []
+    return [f"Runs trained with {threads or '?'} CPU thread(s) each, precision {precision or '?'} "
+            "(run.json `compute`; the same threads, CPU kind and precision repeat a run bit for bit).", ""]
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

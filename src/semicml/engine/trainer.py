@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ from ..data.sampler import AugmentOptions, PairedSliceDataset, TwoStreamBatchSam
 from ..data.splits import Splits, load_or_make_subset, load_splits, make_splits, check_splits
 from ..data.store import SliceStore
 from ..errors import ConfigError, DataError
-from ..hardware import resolve_precision
+from ..hardware import compute_difference, compute_record, resolve_precision
 from ..inference.weights import load_weights
 from ..io_utils import atomic_save_torch, atomic_write_json, atomic_write_text
 from ..locking import ensure_free, exclusive
@@ -114,6 +115,8 @@ class Trainer:
         check_shardable(cfg.labeled_batch, self.unlabeled_batch, launched_world_size())  # before joining a group
         self.dist, self.device = setup_distributed(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
+        self.compute = compute_record(self.device, self.precision.name)
+        self.compute_changes: list[str] = []  # resumes on other threads / CPU kind / precision
         self.modalities = [self.store.modalities[self.store.modality_index(m)] for m in (cfg.modalities or
                                                                                           self.store.modalities)]
         self.augment = augment_options(cfg, self.modalities)  # a bad modality name fails before any work
@@ -215,6 +218,8 @@ class Trainer:
             "schedule_offset": self.schedule_offset,
             "seconds_trained": self.seconds_before + (time.time() - self.session_start if self.session_start else 0.0),
             "provenance": self.provenance,
+            "compute": self.compute,
+            "compute_changes": self.compute_changes,
             "averaged": None if self.averaged is None else self.averaged.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -225,6 +230,12 @@ class Trainer:
         if state.get("method") != self.cfg.method:
             raise ConfigError(f"checkpoint was written by method {state.get('method')!r}, not {self.cfg.method!r}")
         check_provenance(state.get("provenance"), self.provenance, self.run_dir)
+        changed = compute_difference(state.get("compute"), self.compute)  # allowed: a run may change machine
+        self.compute_changes = list(state.get("compute_changes", [])) + ([f"iteration {state['iteration']}: "
+                                                                         f"{changed}"] if changed else [])
+        if changed and self.dist.is_main:
+            print(f"note: {self.run_dir}: resumed with {changed}; from here its numbers differ from an uninterrupted "
+                  "run's (the same threads, CPU kind and precision repeat a run bit for bit)", file=sys.stderr)
         self.method.load_state_dict(state["networks"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_extra_state(state["method_state"])
@@ -472,6 +483,8 @@ class Trainer:
             "precision": self.precision.name,
             "channels_last": self.cfg.channels_last,
             "platform": platform.platform(),
+            "compute": self.compute,  # this session's; earlier sessions' differences below
+            "compute_changes": self.compute_changes,
             "torch": torch.__version__,
             "seconds_last_session": round(seconds, 1),
             "seconds_trained": round(self.seconds_before + seconds, 1),  # every session of this run
