@@ -460,3 +460,42 @@ def test_report_only_without_runs_is_one_line(tmp_path):
                                                      "seeds": [0], "methods": ["supervised"]}))
     result = CliRunner().invoke(app, ["benchmark", str(tmp_path / "b.yaml"), "--report-only"])
     assert result.exit_code != 0 and "no run to report (no runs/ folder)" in str(result.exception)
+
+
+def test_serial_grid_trains_with_the_given_threads_and_gives_the_callers_back(grid, tmp_path):
+    import torch
+
+    spec = yaml.safe_load(grid["config"].read_text())
+    spec.update(store=str(grid["root"] / "store"), dataset=str(grid["root"] / "data"), out=str(tmp_path / "t1"),
+                methods=["supervised"])
+    (tmp_path / "t1.yaml").write_text(yaml.safe_dump(spec))
+    before = torch.get_num_threads()
+    caller = 2 if before == 1 else 1  # not the 3 the grid is given
+    torch.set_num_threads(caller)
+    try:
+        rows = run_benchmark(load_benchmark_config(tmp_path / "t1.yaml"), progress=False, echo=lambda line: None,
+                             threads=3)
+        assert torch.get_num_threads() == caller
+    finally:
+        torch.set_num_threads(before)
+    info = json.loads((tmp_path / "t1" / rows[0]["run_dir"] / "run.json").read_text())
+    assert info["compute"]["threads"] == 3 and {r["train_threads"] for r in rows} == {3}
+    result = CliRunner().invoke(app, ["benchmark", str(tmp_path / "t1.yaml"), "--report-only", "--threads", "1"])
+    assert result.exit_code != 0 and "--threads" in str(result.exception)
+
+
+def test_cross_validated_rows_name_each_thread_count_once_and_list_changed_runs():
+    from semicml.benchmark.tables import _compute_line, combine_folds
+
+    def part(seed, fold, threads, changes=None):
+        return {"method": "m", "modality": "T2", "seed": seed, "fold": fold, "status": "ok", "n_test_cases": 2,
+                "seconds": 1.0, "best_val_dice": 0.5, "teacher": None, "run_dir": f"runs/m/seed{seed}/fold{fold}",
+                "train_threads": threads, "train_precision": "bf16", "compute_changes": changes,
+                **{k: 0.5 for k in ("dice", "jaccard", "hd95", "asd", "precision", "sensitivity", "components")}}
+
+    rows = combine_folds([part(0, 0, 1), part(0, 1, 2, "iteration 10: threads 1 -> 2"), part(1, 0, 1), part(1, 1, 1)], 2)
+    assert [r["train_threads"] for r in rows] == ["1,2", "1"]
+    line = _compute_line(rows)[0]
+    assert line.startswith("Runs trained with 1,2 CPU thread(s) each, precision bf16")
+    assert "m seed 0" in line and "m seed 1" not in line
+    assert _compute_line([{k: v for k, v in part(0, 0, None).items() if k != "train_precision"}]) == []

@@ -136,3 +136,26 @@ def test_cli_train_threads_sets_the_run_threads_and_may_change_on_resume(store, 
     assert rc == 0, err
     assert "threads 1 -> 2" in err
     assert json.loads((out / "run.json").read_text())["compute"]["threads"] == 2
+
+
+def test_a_checkpoint_from_before_the_record_resumes_silently(run, store, capsys):
+    import torch
+
+    ckpt = run / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["compute"], state["compute_changes"]
+    torch.save(state, ckpt)
+    info = resume(run, store).fit()
+    assert "note:" not in capsys.readouterr().err and info["compute_changes"] == []
+
+
+def test_compute_difference_names_what_changed_and_ignores_the_cpu_side_on_a_gpu():
+    from semicml.hardware import compute_difference
+
+    cpu = {"threads": 1, "processes": 1, "cpu": "A", "cpu_capability": "AVX2", "precision": "fp32", "gpu": None}
+    assert compute_difference(cpu, dict(cpu)) == "" and compute_difference(None, cpu) == ""
+    assert compute_difference(cpu, {**cpu, "threads": 2, "cpu": "B"}) == "threads 1 -> 2, cpu A -> B"
+    assert compute_difference({k: v for k, v in cpu.items() if k != "processes"}, {**cpu, "processes": 2}) == ""
+    gpu = {**cpu, "gpu": "H100"}
+    assert compute_difference(gpu, {**gpu, "threads": 8, "cpu_capability": "AVX512"}) == ""
+    assert compute_difference(gpu, {**gpu, "precision": "bf16"}) == "precision fp32 -> bf16"

@@ -316,8 +316,9 @@ def benchmark(config: Path = typer.Argument(..., help="benchmark YAML (relative 
               only: Optional[str] = typer.Option(None, help="run only these method names (comma-separated)"),
               jobs: int = typer.Option(1, "--jobs", "-j", min=1,
                                        help="runs trained at once, each in its own process (a GPU or many cores)"),
-              threads: Optional[int] = typer.Option(None, min=1, help="CPU threads per run (default: the cores / "
-                                                    "--jobs); the same threads repeat a grid's numbers bit for bit"),
+              threads: Optional[int] = typer.Option(None, min=1, help="CPU threads per run (default: the logical "
+                                                    "CPUs / --jobs with --jobs > 1, else torch's default); on a CPU "
+                                                    "the same threads repeat a grid's numbers bit for bit"),
               report_only: bool = typer.Option(False, "--report-only",
                                                 help="train nothing: tables and plots of the runs finished so far"),
               progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bars")) -> None:

@@ -79,16 +79,20 @@ def cpu_name() -> str:
 
 
 # What decides a run's numbers beyond its config and seed. Float sums are split over the threads
-# and oneDNN / ATen pick kernels by instruction set, so another thread count, CPU kind or precision
-# gives results that differ in the last bits, and training amplifies them (measured here: 1 vs 2
-# threads, same seed, diverge at iteration 10; the same thread count reproduces bit for bit).
-COMPUTE_KEYS = ("threads", "cpu_capability", "precision", "gpu")
+# (and the processes of a distributed run), and oneDNN / ATen / MKL pick kernels by CPU vendor and
+# instruction set, so another thread count, process count, CPU or precision gives results that
+# differ in the last bits, and training amplifies them (measured here: 1 vs 2 threads, same seed,
+# diverge at iteration 10; the same thread count reproduces bit for bit). On a GPU, whose own
+# kernels are not bit-reproducible, the CPU side is not compared.
+COMPUTE_KEYS = ("threads", "processes", "cpu", "cpu_capability", "precision", "gpu")
+_CPU_SIDE = ("threads", "cpu", "cpu_capability")
 
 
-def compute_record(device: torch.device, precision: str) -> dict[str, Any]:
+def compute_record(device: torch.device, precision: str, processes: int = 1) -> dict[str, Any]:
     """Where a run computed: recorded in run.json and checkpoints, compared on resume."""
     return {
         "threads": torch.get_num_threads(),
+        "processes": processes,
         "cpu": cpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the ATen kernels in use (AVX2, AVX512, ...)
         "precision": precision,
@@ -101,5 +105,6 @@ def compute_difference(before: dict[str, Any] | None, now: dict[str, Any]) -> st
     the record predates this check)."""
     if not before:
         return ""
-    return ", ".join(f"{k.replace('_', ' ')} {before.get(k)} -> {now.get(k)}" for k in COMPUTE_KEYS
+    keys = [k for k in COMPUTE_KEYS if not (now.get("gpu") and before.get("gpu") and k in _CPU_SIDE)]
+    return ", ".join(f"{k.replace('_', ' ')} {before.get(k)} -> {now.get(k)}" for k in keys
                      if k in before and before[k] != now.get(k))

@@ -466,7 +466,8 @@ def _run_one(cfg: BenchmarkConfig, entry: MethodEntry, seed: int, store, dataset
                        teacher=(info.get("teacher") or {}).get("modality"), iterations=info.get("iterations"),
                        status="ok", action=action, seconds=seconds,
                        train_threads=(info.get("compute") or {}).get("threads"),
-                       train_precision=info.get("precision"))
+                       train_precision=info.get("precision"),
+                       compute_changes="; ".join(info.get("compute_changes") or []) or None)
             rows.append(row)
         atomic_write_json(marker, {"name": entry.name, "method": entry.method, "seed": seed, "fold": fold,
                                    "labeled_fraction": cfg.fraction(entry), "seconds": seconds,

@@ -23,7 +23,7 @@ __all__ = ["RESULT_COLUMNS", "TABLE_METRICS", "combine_folds", "results_csv", "s
 RESULT_COLUMNS: tuple[str, ...] = (
     "method", "method_id", "modality", "seed", "fold", "labeled_fraction", *METRICS, "n_test_cases", "n_labeled_slices",
     "best_val_dice", "best_val_iteration", "teacher", "iterations", "status", "action", "seconds",
-    "train_threads", "train_precision", "run_dir",
+    "train_threads", "train_precision", "compute_changes", "run_dir",
 )
 TABLE_METRICS: tuple[tuple[str, str, bool], ...] = (  # (key, label, higher is better)
     ("dice", "Dice", True), ("jaccard", "Jaccard", True), ("hd95", "HD95 (mm)", False), ("asd", "ASD (mm)", False),
@@ -221,23 +221,30 @@ def combine_folds(rows: Sequence[dict[str, Any]], n_folds: int) -> list[dict[str
             row.update(n_test_cases=int(weights.sum()), seconds=float(sum(p["seconds"] or 0 for p in ok)),
                        best_val_dice=float(np.mean([p["best_val_dice"] or 0 for p in ok])),
                        teacher=",".join(dict.fromkeys(p["teacher"] for p in ok if p.get("teacher"))) or None,
-                       **{k: _joined(p.get(k) for p in ok) for k in ("train_threads", "train_precision")})
+                       **{k: _joined(p.get(k) for p in ok) for k in ("train_threads", "train_precision")},
+                       compute_changes="; ".join(p["compute_changes"] for p in ok if p.get("compute_changes")) or None)
         combined.append(row)
     return combined
 
 
 def _joined(values) -> str | None:
-    """The distinct values, in order, as one cell ('1', or '1,2' when the folds differed)."""
-    return ",".join(dict.fromkeys(str(v) for v in values if v is not None)) or None
+    """The distinct values, in order, as one cell ('1', or '1,2' when the folds differed); cells
+    already joined (a cross-validated row) are split first."""
+    parts = (p for v in values if v is not None for p in str(v).split(","))
+    return ",".join(dict.fromkeys(parts)) or None
 
 
 def _compute_line(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Threads and precision the runs trained with: a grid repeats bit for bit only with the same."""
+    """Threads and precision the runs trained with: a CPU grid repeats bit for bit only with the same."""
     threads, precision = (_joined(r.get(k) for r in rows) for k in ("train_threads", "train_precision"))
     if not threads and not precision:  # runs recorded before this was kept
         return []
+    changed = list(dict.fromkeys(f"{r['method']} seed {r['seed']}" for r in rows if r.get("compute_changes")))
+    moved = (f" Changed threads, processes, CPU or precision on a resume (column `compute_changes`): "
+             f"{', '.join(changed)}." if changed else "")
     return [f"Runs trained with {threads or '?'} CPU thread(s) each, precision {precision or '?'} "
-            "(run.json `compute`; the same threads, CPU kind and precision repeat a run bit for bit).", ""]
+            "(run.json `compute`; on a CPU the same threads, CPU and precision repeat a run bit for bit)." + moved,
+            ""]
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

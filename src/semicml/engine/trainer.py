@@ -115,7 +115,7 @@ class Trainer:
         check_shardable(cfg.labeled_batch, self.unlabeled_batch, launched_world_size())  # before joining a group
         self.dist, self.device = setup_distributed(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
-        self.compute = compute_record(self.device, self.precision.name)
+        self.compute = compute_record(self.device, self.precision.name, self.dist.world_size)
         self.compute_changes: list[str] = []  # resumes on other threads / CPU kind / precision
         self.modalities = [self.store.modalities[self.store.modality_index(m)] for m in (cfg.modalities or
                                                                                           self.store.modalities)]
