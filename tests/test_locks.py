@@ -132,3 +132,21 @@ def test_lock_in_the_same_process_is_exclusive_too(tmp_path):
         with pytest.raises(BusyError, match=f"PID {os.getpid()}"):
             with exclusive(tmp_path / "x", "run"):
                 pass
+
+
+def test_a_grid_step_never_deletes_a_run_another_process_is_training(tmp_path):
+    """A run folder without a checkpoint is a run that died early, and the grid's step starts it
+    afresh; but if another process holds it (its first checkpoint not written yet), deleting it
+    pulled the folder from under that process (seen with two seed reruns on one folder)."""
+    from semicml.benchmark.runner import _train_and_evaluate
+
+    run = tmp_path / "runs" / "fold3"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("x: 1\n")
+    proc = hold(run)
+    try:
+        with pytest.raises(BusyError, match="in use by another semicml process"):
+            _train_and_evaluate(None, None, tmp_path, run, progress=False)
+        assert (run / "config.yaml").is_file()
+    finally:
+        kill(proc)

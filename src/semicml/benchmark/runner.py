@@ -210,7 +210,10 @@ def _train_and_evaluate(tcfg, store, dataset: Path, run_dir: Path, progress: boo
             raise ConfigError(f"holds a run with a different configuration ({why}); delete it or use another out",
                               run_dir)
     elif run_dir.exists():
-        shutil.rmtree(run_dir)  # died before its first checkpoint: nothing worth keeping
+        # died before its first checkpoint: nothing worth keeping, unless another process is
+        # training it right now (a second grid or script on the same folder): then fail, delete nothing
+        with exclusive(run_dir, "training run"):
+            shutil.rmtree(run_dir)
     info = Trainer(tcfg, store, run_dir, resume=resume, progress=progress).fit()
     eval_dir = run_dir / "eval"
     shutil.rmtree(eval_dir, ignore_errors=True)  # an interrupted evaluation is redone in full
