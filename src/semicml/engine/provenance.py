@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..errors import ConfigError
+from ..hardware import compute_difference
 
-__all__ = ["check_provenance", "provenance"]
+__all__ = ["check_provenance", "compute_changes", "provenance"]
 
 
 def _sha256(obj: Any) -> str:
@@ -73,3 +75,15 @@ def check_provenance(saved: dict[str, Any] | None, current: dict[str, Any], run_
             detail = f"{saved[key]!r} -> {current.get(key)!r}"
         raise ConfigError(f"cannot resume: the {what} changed since this run started ({detail}); "
                           "restore it or start a new run with another --out", run_dir)
+
+
+def compute_changes(state: dict[str, Any], compute: dict[str, Any], run_dir: str | Path, say: bool = True) -> list[str]:
+    """The run's record of resumes on other threads, processes, CPU or precision, this one's
+    appended. Allowed (a run may change machines), but said once: the numbers will not repeat."""
+    changed = compute_difference(state.get("compute"), compute)
+    if not changed:
+        return list(state.get("compute_changes", []))
+    if say:
+        print(f"note: {run_dir}: resumed with {changed}; from here its numbers differ from an uninterrupted "
+              "run's (on a CPU the same threads, CPU and precision repeat a run bit for bit)", file=sys.stderr)
+    return [*state.get("compute_changes", []), f"iteration {state['iteration']}: {changed}"]

@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import random
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +42,7 @@ from ..data.sampler import AugmentOptions, PairedSliceDataset, TwoStreamBatchSam
 from ..data.splits import Splits, load_or_make_subset, load_splits, make_splits, check_splits
 from ..data.store import SliceStore
 from ..errors import ConfigError, DataError
-from ..hardware import compute_difference, compute_record, resolve_precision
+from ..hardware import compute_record, resolve_precision
 from ..inference.weights import load_weights
 from ..io_utils import atomic_save_torch, atomic_write_json, atomic_write_text
 from ..locking import ensure_free, exclusive
@@ -54,7 +53,7 @@ from ..parallel import all_gather_objects, barrier, mean_over_ranks, sharded_bat
 from .distributed import (active_backend, check_shardable, launched_world_size, setup_distributed, shutdown,
                           step_seed, wrap_ddp)
 from .averaging import WeightAverage
-from .provenance import check_provenance, provenance
+from .provenance import check_provenance, compute_changes, provenance
 from .run_log import append_record, log_until, open_tensorboard
 from .validation import case_channel_dice, choose_postprocessing, region_means
 from .schedule import lr_factor
@@ -230,12 +229,7 @@ class Trainer:
         if state.get("method") != self.cfg.method:
             raise ConfigError(f"checkpoint was written by method {state.get('method')!r}, not {self.cfg.method!r}")
         check_provenance(state.get("provenance"), self.provenance, self.run_dir)
-        changed = compute_difference(state.get("compute"), self.compute)  # allowed: a run may change machine
-        self.compute_changes = list(state.get("compute_changes", [])) + ([f"iteration {state['iteration']}: "
-                                                                         f"{changed}"] if changed else [])
-        if changed and self.dist.is_main:
-            print(f"note: {self.run_dir}: resumed with {changed}; from here its numbers differ from an uninterrupted "
-                  "run's (the same threads, CPU kind and precision repeat a run bit for bit)", file=sys.stderr)
+        self.compute_changes = compute_changes(state, self.compute, self.run_dir, say=self.dist.is_main)
         self.method.load_state_dict(state["networks"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_extra_state(state["method_state"])
