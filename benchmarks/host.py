@@ -2,19 +2,14 @@
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 
 
 def cpu_model() -> str:
-    """The CPU's model name ("AMD EPYC ..."), or what ``platform`` knows where /proc/cpuinfo is absent."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name ("AMD EPYC ..."): the one run.json records (``compute.cpu``)."""
+    from semicml.hardware import cpu_name
+
+    return cpu_name()
 
 
 def cpu_info() -> dict:

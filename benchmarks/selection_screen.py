@@ -43,28 +43,20 @@ from fit_check import COPIED  # noqa: E402
 from rerun_seeds import rerun  # noqa: E402
 
 import semicml.engine.trainer as trainer_module  # noqa: E402
-from semicml.io_utils import atomic_save_torch  # noqa: E402
 
 RULES = ("max", "ema0.7", "ema0.9", "mean3", "late-max", "final")
 METRICS = ("dice", "jaccard", "hd95", "asd", "precision", "sensitivity", "components")
 
 
 class SnapshotTrainer(trainer_module.Trainer):
-    """The engine's trainer, also keeping every validated network (what ``_save_weights`` keeps)."""
+    """The engine's trainer, also keeping every validated network (as ``_save_weights`` keeps the best)."""
 
     def _update_best(self, val: dict[str, float]) -> None:
         super()._update_best(val)
-        if not self.dist.is_main:
-            return
-        folder = self.run_dir / "snapshots"
-        folder.mkdir(exist_ok=True)
-        nets = self._predictors()
-        for m in val:
-            payload = {"format": "semicml-weights-v1", "modality": m, "network": self.network_spec,
-                       "state_dict": {k: v.detach().cpu() for k, v in nets[m].state_dict().items()},
-                       "preprocessing": self._preprocessing(), "target": self.store.target,
-                       "iteration": self.iteration}
-            atomic_save_torch(payload, folder / f"{m}@{self.iteration:05d}.pt")
+        if self.dist.is_main:
+            nets = self._predictors()
+            for m in val:
+                self._save_weights(m, nets[m], self.run_dir / "snapshots" / f"{m}@{self.iteration:05d}.pt")
 
 
 def validation_curve(run: Path, modality: str) -> list[tuple[int, float]]:

@@ -404,7 +404,7 @@ class Trainer:
                 if self.dist.is_main:
                     self._save_weights(m, nets[m])
 
-    def _save_weights(self, modality: str, net: torch.nn.Module) -> None:
+    def _save_weights(self, modality: str, net: torch.nn.Module, path: Path | None = None) -> None:
         payload = {
             "format": "semicml-weights-v1",
             "modality": modality,
@@ -414,8 +414,9 @@ class Trainer:
             "target": self.store.target,
             "iteration": self.iteration,
         }
-        (self.run_dir / "weights").mkdir(exist_ok=True)
-        atomic_save_torch(payload, self.run_dir / "weights" / f"{modality}.pt")
+        path = path or self.run_dir / "weights" / f"{modality}.pt"
+        path.parent.mkdir(exist_ok=True)
+        atomic_save_torch(payload, path)
 
     def _preprocessing(self) -> dict[str, Any]:
         return self.store.preprocessing()  # what predict repeats: spacing, normalisation per modality, box
