@@ -150,3 +150,25 @@ def test_a_grid_step_never_deletes_a_run_another_process_is_training(tmp_path):
         assert (run / "config.yaml").is_file()
     finally:
         kill(proc)
+
+
+def test_only_rank_zero_probes_a_run_lock(tmp_path, monkeypatch):
+    """Every rank of a torchrun job checks the run folder before the group exists; if each also
+    probed its lock, two ranks probing at the same moment found each other busy ("PID unknown",
+    seen once in CI on a DDP resume). Rank 0 probes for the job; the others do not."""
+    from semicml.engine.trainer import Trainer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"x")
+    check = Trainer.__new__(Trainer)
+    check.run_dir, check.resume = run, True
+    proc = hold(run)
+    try:
+        monkeypatch.setenv("RANK", "1")
+        check._check_run_dir()  # rank 1: no probe, the folder itself is fine
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(BusyError, match="in use by another semicml process"):
+            check._check_run_dir()
+    finally:
+        kill(proc)

@@ -35,8 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ..errors import ConfigError
 from ..hardware import resolve_device
 
-__all__ = ["DistContext", "active_backend", "check_shardable", "launched_world_size", "setup_distributed", "shutdown",
-           "step_seed", "wrap_ddp"]
+__all__ = ["DistContext", "active_backend", "check_shardable", "launched_rank", "launched_world_size",
+           "setup_distributed", "shutdown", "step_seed", "wrap_ddp"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,13 @@ def launched_world_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return max(1, _env_int("WORLD_SIZE", 1))
+
+
+def launched_rank() -> int:
+    """Rank in an existing process group, else the one torchrun announced, else 0."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return _env_int("RANK", 0)
 
 
 def check_shardable(labeled_batch: int, unlabeled_batch: int, world_size: int) -> None:

@@ -50,8 +50,8 @@ from ..methods.base import Method, MethodContext, get_method
 from ..models import build_network, network_spec
 from ..models.syncbn import convert_sync_batchnorm
 from ..parallel import all_gather_objects, barrier, mean_over_ranks, sharded_batch
-from .distributed import (active_backend, check_shardable, launched_world_size, setup_distributed, shutdown,
-                          step_seed, wrap_ddp)
+from .distributed import (active_backend, check_shardable, launched_rank, launched_world_size, setup_distributed,
+                          shutdown, step_seed, wrap_ddp)
 from .averaging import WeightAverage
 from .provenance import check_provenance, compute_changes, provenance
 from .run_log import append_record, log_until, open_tensorboard
@@ -187,7 +187,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_run_dir(self) -> None:
-        ensure_free(self.run_dir, "training run")  # a run another process is training: name its PID
+        if launched_rank() == 0:  # one probe per job: ranks probing at once would find each other
+            ensure_free(self.run_dir, "training run")  # a run another process is training: name its PID
         ckpt = self.run_dir / "checkpoint.pt"
         if self.resume:
             if not ckpt.is_file():
