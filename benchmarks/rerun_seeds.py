@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def rerun(run: Path, seed: int, store: Path, data: Path, out: Path, overrides: dict | None = None) -> dict:
     from semicml.benchmark.runner import _train_and_evaluate
-    from semicml.config import build_config
+    from semicml.config import build_config, deep_merge
 
     # <out>/<row>/seed<S>/<fold>: the grid's own layout, so tables can be rebuilt from it
     run_dir = out / run.parent.parent.name / f"seed{seed}" / run.name
@@ -35,7 +35,8 @@ def rerun(run: Path, seed: int, store: Path, data: Path, out: Path, overrides: d
     if marker.is_file():
         return json.loads(marker.read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg.update(overrides or {}, seed=seed)
+    # nested overrides ({"semicml": {"bce_pos_weight": 3}}) change one setting, not the whole section
+    cfg = deep_merge(cfg, {**(overrides or {}), "seed": seed})
     # the grid's own step: resume only a run of the same configuration, redo an interrupted test
     _, _, metrics = _train_and_evaluate(build_config(overrides=cfg), store, data, run_dir, progress=False)
     row = {"run": str(run), "seed": seed, "dice": {m: v.get("dice") for m, v in metrics.items()}}

@@ -12,6 +12,8 @@ metrics.csv``), comparing the rows on each patient's mean over both seeds halves
         --others "cps+aug (seeds 0+1)"
 
 Rows without a second seed for every fold are refused (a mean over unequal seed sets would not pair).
+``--seed-check`` may be given several times (a variant's runs kept apart from the grid's seed
+check); ``--seeds 0,1`` averages only those seeds, so two rows compare on the same seeds.
 """
 
 from __future__ import annotations
@@ -38,15 +40,20 @@ def seed_rows(seed_check: Path, row: str) -> list[dict[str, str]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cases", type=Path, help="the grid's cases.csv (seed 0 of every row)")
-    ap.add_argument("--seed-check", type=Path, required=True)
+    ap.add_argument("--seed-check", type=Path, action="append", required=True,
+                    help="a folder of retrained seeds (ROW/seedS/foldF/...); repeat to read several")
     ap.add_argument("--rows", required=True, help="comma-separated grid rows")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds to average (default: every seed found)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     rows = args.rows.split(",")
+    wanted = None if args.seeds is None else set(args.seeds.split(","))
     grid = [r for r in csv.DictReader(args.cases.open()) if r["method"] in rows]
+    retrained = [r for folder in args.seed_check for row in rows for r in seed_rows(folder, row)]
     groups: dict[tuple[str, str, str], list[dict[str, str]]] = defaultdict(list)
-    for r in grid + [r for row in rows for r in seed_rows(args.seed_check, row)]:
-        groups[(r["method"], r["modality"], r["case"])].append(r)
+    for r in grid + retrained:
+        if wanted is None or r["seed"] in wanted:
+            groups[(r["method"], r["modality"], r["case"])].append(r)
     seeds = {row: sorted({r["seed"] for (m, _, _), rs in groups.items() if m == row for r in rs}) for row in rows}
     out = []
     for (method, modality, case), members in sorted(groups.items()):

@@ -166,15 +166,19 @@ def test_prel_loss_uses_the_configured_weights_similarity_temperature_and_reduct
     m = stub_prel(0, refine_teacher_from=0.0, **cfg)
     m.cfg.semicml.bce_weight, m.cfg.semicml.dice_weight = 2.0, 5.0
     m.cfg.semicml.similarity, m.cfg.semicml.temperature, m.cfg.semicml.dice_reduction = "cosine", 0.5, "slice"
+    m.cfg.semicml.bce_pos_weight = 3.0
     batch = make_batch()
     losses = m.prel_losses(batch, 9)
     x = torch.cat([batch["images_l"], batch["images_u"]])
     soft = torch.sigmoid(3.0 * x[:, 0:1])
     logits = -2.0 * x[:, 1:2] + 0.5
     expected = prel_loss(logits, soft, alpha=0.3, bce_weight=2.0, dice_weight=5.0, similarity="cosine",
-                         temperature=0.5, dice_reduction="slice")
+                         temperature=0.5, dice_reduction="slice", pos_weight=3.0)
     assert losses["prel/T1ce"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert expected.item() != pytest.approx(prel_loss(logits, soft).item(), rel=1e-3)
+    no_pos_weight = prel_loss(logits, soft, alpha=0.3, bce_weight=2.0, dice_weight=5.0, similarity="cosine",
+                              temperature=0.5, dice_reduction="slice")
+    assert expected.item() != pytest.approx(no_pos_weight.item(), rel=1e-3)
 
 
 @pytest.mark.parametrize("n_lab", [0, 1, 3])
@@ -257,18 +261,31 @@ def test_without_from_best_prel_continues_from_the_last_weights_and_keeps_no_cop
 
 def test_semicml_reads_its_settings_from_the_config():
     m = make(SemiCML, prel={"max_alpha": 0.9, "pool_size": 3},
-             semicml={"temperature": 0.5, "bce_weight": 2.0, "dice_weight": 5.0, "dice_reduction": "slice"})
+             semicml={"temperature": 0.5, "bce_weight": 2.0, "dice_weight": 5.0, "dice_reduction": "slice",
+                      "bce_pos_weight": 2.5})
     assert all(b.max_alpha == 0.9 and b.pool_size == 3 for b in m.bma.values())
     batch = make_batch(n_lab=3)
     logits, n_lab = m.forward_all(batch)
     assert n_lab == 3 and logits[0].shape == (6, 1, 32, 32)
     losses = m.semicml_losses(batch, 0)
     y = (batch["label_l"] > 0).float().unsqueeze(1)
-    sup = supervised_loss(logits[0][:3], y, bce_weight=2.0, dice_weight=5.0, dice_reduction="slice")
+    sup = supervised_loss(logits[0][:3], y, bce_weight=2.0, dice_weight=5.0, dice_reduction="slice",
+                          pos_weight=2.5)
+    assert sup.item() != pytest.approx(supervised_loss(logits[0][:3], y, bce_weight=2.0, dice_weight=5.0,
+                                                       dice_reduction="slice").item(), rel=1e-3)
     assert losses["sup/T2"].item() == pytest.approx(sup.item(), rel=1e-5)
     assert m.supervised(logits[0][:3], y).item() == pytest.approx(sup.item(), rel=1e-5)
     probs = [torch.sigmoid(lg[3:]) for lg in logits]
     assert losses["asc"].item() == pytest.approx(multi_asc_loss(probs, temperature=0.5).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0.0, -2.0])
+def test_bce_pos_weight_must_be_positive_and_defaults_to_the_plain_bce(bad):
+    from pydantic import ValidationError
+
+    assert TrainConfig().semicml.bce_pos_weight == 1.0
+    with pytest.raises(ValidationError, match="bce_pos_weight"):
+        TrainConfig(semicml={"bce_pos_weight": bad})
 
 
 @pytest.mark.parametrize("asc, mse, keys", [(0.0, 1.0, {"mse"}), (1.0, 0.0, {"asc"}), (1.0, 1.0, {"asc", "mse"})])

@@ -134,6 +134,36 @@ def test_supervised_loss_hand(logits, target, wb, wd, expected):
     assert supervised_loss(z, y, bce_weight=wb, dice_weight=wd).item() == pytest.approx(expected, abs=1e-5)
 
 
+def test_supervised_loss_pos_weight_scales_only_the_foreground_bce_term():
+    # logits (0, 2, -1), y (1, 0, 1), w = 3: BCE = (3 log 2 + log(1 + e^2) + 3 log(1 + e)) / 3
+    z, y = t([0.0, 2.0, -1.0], (1, 1, 1, 3)), t([1.0, 0.0, 1.0], (1, 1, 1, 3))
+    expected = (3 * math.log(2) + math.log(1 + math.e**2) + 3 * math.log(1 + math.e)) / 3
+    assert supervised_loss(z, y, bce_weight=1.0, dice_weight=0.0, pos_weight=3.0).item() == pytest.approx(
+        expected, abs=1e-5)
+    # the Dice term is untouched
+    dice_only = supervised_loss(z, y, bce_weight=0.0, dice_weight=1.0)
+    assert supervised_loss(z, y, bce_weight=0.0, dice_weight=1.0, pos_weight=3.0).item() == dice_only.item()
+    # soft target 0.4: the foreground part 0.4 * log(p) is scaled, the background part 0.6 * log(1 - p) not
+    soft = supervised_loss(t([0.5], (1, 1, 1, 1)), t([0.4], (1, 1, 1, 1)), bce_weight=1.0, dice_weight=0.0,
+                           pos_weight=2.0)
+    assert soft.item() == pytest.approx(-(2 * 0.4 * math.log(sig(0.5)) + 0.6 * math.log(1 - sig(0.5))), abs=1e-5)
+
+
+def test_supervised_loss_pos_weight_one_is_the_plain_loss_bit_for_bit_and_nonpositive_is_refused():
+    g = torch.Generator().manual_seed(3)
+    z, y = torch.randn(2, 1, 8, 8, generator=g), (torch.rand(2, 1, 8, 8, generator=g) > 0.7).float()
+    assert torch.equal(supervised_loss(z, y, pos_weight=1.0), supervised_loss(z, y))
+    # a missed foreground pixel pulls harder: the gradient on its logit is -w (1 - p) / n
+    z1 = z.clone().requires_grad_()
+    supervised_loss(z1, y, bce_weight=1.0, dice_weight=0.0, pos_weight=4.0).backward()
+    fg = y.bool()
+    expected = -4.0 * (1 - torch.sigmoid(z[fg])) / z.numel()
+    assert torch.allclose(z1.grad[fg], expected, atol=1e-6)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="pos_weight"):
+            supervised_loss(z, y, pos_weight=bad)
+
+
 def test_supervised_loss_large_logits_stable():
     z = t([100.0, -100.0], (1, 1, 1, 2))
     y = t([1.0, 0.0], (1, 1, 1, 2))

@@ -80,6 +80,10 @@ class SemiCMLConfig(_TrainModel):
     temperature: float = Field(1.0, gt=0)
     bce_weight: float = Field(10.0, ge=0)
     dice_weight: float = Field(7.0, ge=0)
+    # Every network trained here ends conservative on unseen patients (precision ~0.9, sensitivity
+    # ~0.6; benchmarks/results/brats18-cv-2mm/selection-screen): > 1 makes a missed tumour pixel
+    # cost more than a false one in the BCE (the labelled and the PReL soft-label loss).
+    bce_pos_weight: float = Field(1.0, gt=0, description="weight of the foreground term of the BCE (1: plain BCE)")
     # "batch": one Dice over all pixels of the batch (the reference). "slice": mean of per-slice
     # Dice, which lets tiny-lesion and tumour-free slices dominate and teaches under-segmentation.
     dice_reduction: Literal["batch", "slice"] = "batch"

@@ -26,6 +26,7 @@ def prel_loss(
     temperature: float = 1.0,
     dice_reduction: str = "batch",
     asc_channels: str = "joint",
+    pos_weight: float = 1.0,
 ) -> Tensor:
     """PReL re-learning loss ``(1 - alpha) * Lsup(logits_weak, y_soft) + alpha * ASC(y_soft, sigmoid(logits_weak))``.
 
@@ -39,7 +40,7 @@ def prel_loss(
         raise ValueError(f"prel_loss: alpha must be in [0, 1], got {alpha}")
     y_soft = soft_labels.detach()
     sup = supervised_loss(logits_weak, y_soft, bce_weight=bce_weight, dice_weight=dice_weight,
-                          dice_reduction=dice_reduction)
+                          dice_reduction=dice_reduction, pos_weight=pos_weight)
     with fp32_region(logits_weak):
         p_weak = torch.sigmoid(logits_weak.float())
     asc = asc_loss(y_soft, p_weak, similarity=similarity, temperature=temperature, channels=asc_channels)

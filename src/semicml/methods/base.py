@@ -99,7 +99,7 @@ class Method(nn.Module):
         """The configured supervised loss (10 BCE + 7 Dice by default), shared by every method."""
         sc = self.cfg.semicml
         return supervised_loss(logits, target, bce_weight=sc.bce_weight, dice_weight=sc.dice_weight,
-                               dice_reduction=sc.dice_reduction)
+                               dice_reduction=sc.dice_reduction, pos_weight=sc.bce_pos_weight)
 
     def train(self, mode: bool = True) -> "Method":
         """Train mode, with the students' dropout off unless ``model.student_dropout`` (reference).

@@ -146,7 +146,7 @@ class SemiCMLPReL(SemiCML):
             losses[f"prel/{m}"] = prel_loss(mine, target, alpha=pc.alpha, bce_weight=sc.bce_weight,
                                             dice_weight=sc.dice_weight, similarity=sc.similarity,
                                             temperature=sc.temperature, dice_reduction=sc.dice_reduction,
-                                            asc_channels=sc.asc_channels)
+                                            asc_channels=sc.asc_channels, pos_weight=sc.bce_pos_weight)
             if pc.keep_supervised and batch["images_l"].shape[0] > 0:
                 n_lab = batch["images_l"].shape[0]
                 losses[f"sup/{m}"] = self.supervised(logits[:n_lab], self.target(batch["label_l"]))
