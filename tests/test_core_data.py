@@ -322,7 +322,7 @@ def test_intensity_changes_for_listed_modalities_only_keep_the_paired_draws():
 
 def test_augment_intensity_list_maps_run_modalities_and_rejects_unknown_names():
     from semicml.config import build_config
-    from semicml.engine.trainer import augment_options
+    from semicml.engine.augmentation import augment_options
     from semicml.errors import ConfigError
 
     cfg = build_config(overrides={"augment": True, "augment_intensity": ["T1ce"]})
@@ -339,7 +339,7 @@ def test_augment_intensity_list_maps_run_modalities_and_rejects_unknown_names():
 
 def test_training_config_reaches_the_sampler_augmentation():
     from semicml.config import build_config
-    from semicml.engine.trainer import augment_options
+    from semicml.engine.augmentation import augment_options
 
     default = augment_options(build_config())
     assert (default.enabled, default.intensity, default.low_resolution) == (False, True, 0.25)

@@ -155,6 +155,8 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
           augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="paired augmentation"),
           low_resolution: Optional[float] = typer.Option(None, help="probability of a simulated coarser acquisition "
                                                          "per modality and slice (robustness to coarse scans; default 0.25, 0 = off)"),
+          lesion_paste: Optional[float] = typer.Option(None, help="probability per labelled slice of receiving "
+                                                       "another labelled slice's lesion (copy-paste; default 0 = off)"),
           sync_batchnorm: Optional[bool] = typer.Option(None, "--sync-batchnorm/--no-sync-batchnorm",
                                                         help="under torchrun: BatchNorm statistics over the global "
                                                         "batch (default: on with more than one process)"),
@@ -173,7 +175,7 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
                  "label_level": label_level, "splits": str(splits) if splits else None,
                  "modalities": _split_list(modalities), "seed": seed, "precision": precision, "device": device,
                  "val_every": val_every, "num_workers": num_workers, "augment": augment,
-                 "low_resolution": low_resolution, "sync_batchnorm": sync_batchnorm,
+                 "low_resolution": low_resolution, "lesion_paste": lesion_paste, "sync_batchnorm": sync_batchnorm,
                  "init": str(init) if init else None, "slice_filter": slice_filter,
                  "postprocess": postprocess, "config": config, "profile": profile, "width": width, "teacher": teacher,
                  "context": context}

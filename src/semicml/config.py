@@ -187,6 +187,9 @@ class TrainConfig(_TrainModel):
     low_resolution: float = Field(0.25, ge=0, le=1, description="probability per modality and slice of a simulated "
                                   "coarser acquisition (down- and up-sampled, zoom 0.5-1; nnU-Net's augmentation): "
                                   "robustness to scans resampled from a coarser grid; 0 = off")
+    lesion_paste: float = Field(0.0, ge=0, le=1, description="probability per labelled slice of receiving the "
+                                "lesion (with a rim of its surroundings) of another labelled tumour slice, in every "
+                                "modality and the label (TumorCP / CarveMix-style copy-paste); 0 = off")
     postprocess: str = Field("auto", pattern=r"^(auto|none|largest|(min-size|near):\d+(\.\d+)?)$",
                              description="connected-component post-processing: auto (chosen on validation), none, "
                              "largest, min-size:<mm^3>, near:<mm> (keep what lies within that distance of the "

@@ -16,6 +16,7 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .context import context_stack, group_size
+from .lesion_paste import PasteOptions, paste_lesion
 from .splits import SliceKey
 from .store import SliceStore
 
@@ -118,6 +119,9 @@ class AugmentOptions:
     # just as blurred; a network that never saw such an image over-segments it (issue 10).
     low_resolution: float = 0.0
     low_resolution_zoom: tuple[float, float] = (0.5, 1.0)
+    # Lesion copy-paste (independent of ``enabled``; data/lesion_paste.py): each labelled slice, with
+    # ``paste.probability``, receives the lesion of another labelled tumour slice.
+    paste: PasteOptions = PasteOptions()
 
 
 def simulate_low_resolution(images: np.ndarray, rng: np.random.Generator, prob: float,
@@ -187,11 +191,13 @@ class PairedSliceDataset(Dataset):
     (index, iteration, position) triples from :class:`TwoStreamBatchSampler`, or plain ints.
     ``context`` k: each modality comes with its k neighbouring slices on either side, modality-major
     ``(M * (2k + 1), H, W)`` (:mod:`semicml.data.context`); the label is slice z's.
+    ``paste_donors``: positions in the labelled pool of the slices whose lesions may be pasted
+    (``augment.paste``); the tumour slices, the sampler's ``labeled_foreground``.
     """
 
     def __init__(self, store: SliceStore, labeled: Sequence[SliceKey], unlabeled: Sequence[SliceKey],
                  modalities: Sequence[str] | None = None, augment: AugmentOptions = AugmentOptions(), seed: int = 0,
-                 context: int = 0):
+                 context: int = 0, paste_donors: Sequence[int] = ()):
         self.store = store
         self.context = int(context)
         self.keys = list(labeled) + list(unlabeled)
@@ -200,20 +206,39 @@ class PairedSliceDataset(Dataset):
         self.channels = [store.modality_index(m) for m in names]
         self.augment = augment
         self.seed = seed
+        if any(not 0 <= i < self.n_labeled for i in paste_donors):
+            raise ValueError("paste_donors must address the labelled pool")
+        self.paste_donors = [int(i) for i in paste_donors]
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, item) -> dict:
-        index, iteration, position = item if isinstance(item, tuple) else (item, 0, 0)
+    def _slice(self, index: int) -> np.ndarray:
+        """(M * (2k + 1), H, W) float32, modality-major."""
         case, z = self.keys[index]
         stack = context_stack(self.store.images(case), z, self.context)[:, self.channels]  # (2k+1, M, H, W)
-        images = np.asarray(stack, dtype=np.float32).transpose(1, 0, 2, 3).reshape(-1, *stack.shape[2:])  # modality-major
+        return np.asarray(stack, dtype=np.float32).transpose(1, 0, 2, 3).reshape(-1, *stack.shape[2:])
+
+    def _label(self, index: int) -> np.ndarray:
+        case, z = self.keys[index]
+        return np.asarray(self.store.label(case)[z])
+
+    def __getitem__(self, item) -> dict:
+        index, iteration, position = item if isinstance(item, tuple) else (item, 0, 0)
+        images = self._slice(index)
         group = group_size(self.context)
         is_labeled = index < self.n_labeled
         label = None
         if is_labeled:
-            label = np.asarray(self.store.label(case)[z])
+            label = self._label(index)
+            if self.augment.paste.probability > 0 and self.paste_donors:
+                # its own stream: switching it on leaves the other draws unchanged
+                rng = np.random.default_rng([self.seed, 13, iteration, position])
+                if rng.random() < self.augment.paste.probability:
+                    donor = self.paste_donors[int(rng.integers(len(self.paste_donors)))]
+                    if donor != index:
+                        images, label, _ = paste_lesion(images, label, self._slice(donor), self._label(donor), rng,
+                                                        self.augment.paste)
         if self.augment.enabled:
             rng = np.random.default_rng([self.seed, 7, iteration, position])
             images, label = augment_pair(images, label, rng, self.augment, group)

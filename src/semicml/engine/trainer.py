@@ -27,7 +27,6 @@ import os
 import platform
 import random
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig, dump_config
-from ..data.sampler import AugmentOptions, PairedSliceDataset, TwoStreamBatchSampler, make_loader
+from ..data.sampler import PairedSliceDataset, TwoStreamBatchSampler, make_loader
 from ..data.splits import Splits, load_or_make_subset, load_splits, make_splits, check_splits
 from ..data.store import SliceStore
 from ..errors import ConfigError, DataError
@@ -52,6 +51,7 @@ from ..models.syncbn import convert_sync_batchnorm
 from ..parallel import all_gather_objects, barrier, mean_over_ranks, sharded_batch
 from .distributed import (active_backend, check_shardable, launched_rank, launched_world_size, setup_distributed,
                           shutdown, step_seed, wrap_ddp)
+from .augmentation import augment_options
 from .averaging import WeightAverage
 from .provenance import check_provenance, compute_changes, provenance
 from .run_log import append_record, log_until, open_tensorboard
@@ -77,23 +77,6 @@ def restore_rng_states(state: dict[str, Any]) -> None:
     if state.get("cuda_rng") and torch.cuda.is_available():
         for index, rng in enumerate(state["cuda_rng"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(rng.cpu(), index)
-
-
-def augment_options(cfg: TrainConfig, modalities: Sequence[str] = ()) -> AugmentOptions:
-    """The sampler's augmentation as the training config asks for it; ``modalities``: the run's,
-    in the sampler's order (needed when ``augment_intensity`` lists modalities)."""
-    intensity: bool | tuple[bool, ...]
-    if isinstance(cfg.augment_intensity, bool):
-        intensity = cfg.augment_intensity
-    else:
-        run = [m.lower() for m in modalities]
-        unknown = [m for m in cfg.augment_intensity if m.lower() not in run]
-        if unknown:
-            raise ConfigError(f"augment_intensity names {', '.join(unknown)}, not a modality of this run "
-                              f"(trains: {', '.join(modalities) or 'none given'})")
-        listed = {m.lower() for m in cfg.augment_intensity}
-        intensity = tuple(m in listed for m in run)
-    return AugmentOptions(enabled=cfg.augment, intensity=intensity, low_resolution=cfg.low_resolution)
 
 
 class Trainer:
@@ -299,12 +282,13 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_static_files()
         cfg = self.cfg
+        foreground = self._labeled_foreground()
         dataset = PairedSliceDataset(self.store, self.subset.labeled, self.subset.unlabeled, self.modalities,
-                                     self.augment, seed=cfg.seed,
-                                     context=cfg.model.context)
+                                     self.augment, seed=cfg.seed, context=cfg.model.context,
+                                     paste_donors=foreground)
         sampler = TwoStreamBatchSampler(len(self.subset.labeled), len(self.subset.unlabeled), cfg.labeled_batch,
                                         self.unlabeled_batch, cfg.seed, self.iteration, self.total,
-                                        labeled_foreground=self._labeled_foreground(),
+                                        labeled_foreground=foreground,
                                         foreground_fraction=cfg.foreground_fraction, rank=self.dist.rank,
                                         world_size=self.dist.world_size)
         loader = make_loader(dataset, sampler, cfg.num_workers, pin_memory=self.device.type == "cuda")
