@@ -168,12 +168,17 @@ def test_the_paste_comes_before_the_other_augmentation_whose_draws_it_leaves_unc
 
 
 def test_training_config_passes_the_paste_probability_and_refuses_out_of_range():
-    from semicml.config import build_config
+    from semicml.config import TrainConfig, build_config, with_absent_settings
     from semicml.engine.augmentation import augment_options
     from semicml.errors import ConfigError
 
-    assert augment_options(build_config()).paste.probability == 0.0
-    assert augment_options(build_config(overrides={"lesion_paste": 0.5})).paste.probability == 0.5
+    assert augment_options(build_config()).paste.probability == 0.5  # on by default (issue 9, screen 7)
+    assert augment_options(build_config(overrides={"lesion_paste": 0})).paste.probability == 0.0
+    assert augment_options(build_config(overrides={"lesion_paste": 0.25})).paste.probability == 0.25
+    # a run recorded before the default changed trained without the paste, and is read so
+    recorded = build_config().model_dump(mode="json")
+    del recorded["lesion_paste"]
+    assert TrainConfig.model_validate(with_absent_settings(recorded)).lesion_paste == 0.0
     with pytest.raises(ConfigError, match="lesion_paste"):
         build_config(overrides={"lesion_paste": 1.5})
 

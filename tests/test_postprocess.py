@@ -44,6 +44,22 @@ def test_near_keeps_what_lies_within_the_distance_of_the_largest_component_in_wo
     assert apply_postprocess(big, "near:20", (1, 1, 1)).sum() == 1800
 
 
+def test_near_and_min_size_together_keep_only_what_both_keep():
+    m = _mask()
+    m[2:4, 10:12, 2:4] = 1  # 8 voxels, 3 mm from the tumour: a fragment beside it
+    # near:13 keeps the speck and the fragment (the island is 13.86 mm away); min-size:5 keeps the
+    # fragment and the island; together: the tumour and the fragment only, whichever part comes first
+    assert apply_postprocess(m, "near:13", (1, 1, 1)).sum() == 216 + 1 + 8
+    assert apply_postprocess(m, "min-size:5", (1, 1, 1)).sum() == 216 + 8 + 8
+    for spec in ("near:13+min-size:5", "min-size:5+near:13"):
+        out = apply_postprocess(m, spec, (1, 1, 1))
+        assert out.sum() == 216 + 8 and out[2:4, 10:12, 2:4].all() and out[15:17, 15:17, 15:17].sum() == 0
+    # the largest component survives every part, however small the volume's largest is
+    tiny = np.zeros((10, 10, 10), np.uint8)
+    tiny[1, 1, 1] = tiny[8, 8, 8] = tiny[8, 8, 7] = 1
+    assert apply_postprocess(tiny, "near:1+min-size:1000", (1, 1, 1)).sum() == 2
+
+
 def test_size_threshold_never_empties_a_prediction():
     small = np.zeros((10, 10, 10), np.uint8)
     small[4:6, 4:6, 4:6] = 1  # a small tumour, the only thing found: 8 mm^3
@@ -53,7 +69,8 @@ def test_size_threshold_never_empties_a_prediction():
 
 
 def test_bad_spec_is_refused():
-    for bad in ("biggest", "min-size:", "min-size:-3", "min-size:x", "near:", "near:-1", "near:x", "near"):
+    for bad in ("biggest", "min-size:", "min-size:-3", "min-size:x", "near:", "near:-1", "near:x", "near",
+                "near:20+largest", "none+near:20", "near:20+", "+near:20", "near:20++min-size:5"):
         with pytest.raises(ValueError, match="post-processing"):
             check_spec(bad)
 

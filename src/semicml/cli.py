@@ -156,7 +156,7 @@ def train(store: Path = typer.Argument(..., help="slice store made by `semicml p
           low_resolution: Optional[float] = typer.Option(None, help="probability of a simulated coarser acquisition "
                                                          "per modality and slice (robustness to coarse scans; default 0.25, 0 = off)"),
           lesion_paste: Optional[float] = typer.Option(None, help="probability per labelled slice of receiving "
-                                                       "another labelled slice's lesion (copy-paste; default 0 = off)"),
+                                                       "another labelled slice's lesion (copy-paste; default 0.5, 0 = off)"),
           sync_batchnorm: Optional[bool] = typer.Option(None, "--sync-batchnorm/--no-sync-batchnorm",
                                                         help="under torchrun: BatchNorm statistics over the global "
                                                         "batch (default: on with more than one process)"),
