@@ -113,7 +113,7 @@ def test_region_record_and_a_bad_postprocess_before_anything_is_written(tmp_path
     out = tmp_path / "fused"
     with pytest.raises(DataError) as err:
         predict_fused(run, ["T2", "T1ce"], dataset, out, device="cpu", progress=False, postprocess="biggest")
-    assert str(err.value) == "unknown post-processing 'biggest' (none, largest, min-size:<mm^3> or near:<mm>)"
+    assert str(err.value) == "unknown post-processing 'biggest' (none, largest, min-size:<mm^3>, near:<mm>, or near:<mm>+min-size:<mm^3>)"
     assert not out.exists()
     predict_fused(run, ["T2", "T1ce"], dataset, out, device="cpu", progress=False, regions_as_files=True,
                   cases=["b"], postprocess="min-size:5")
@@ -280,7 +280,7 @@ def test_post_processing_from_run_json_and_the_weights_by_the_runs_spelling(tmp_
     (run / "run.json").write_text(json.dumps(info))
     with pytest.raises(DataError) as err:
         predict_fused(run, ["t2", "t1ce"], dataset, tmp_path / "f3", device="cpu", progress=False, cases=["a"])
-    assert str(err.value) == "unknown post-processing 'biggest' (none, largest, min-size:<mm^3> or near:<mm>)"
+    assert str(err.value) == "unknown post-processing 'biggest' (none, largest, min-size:<mm^3>, near:<mm>, or near:<mm>+min-size:<mm^3>)"
 
 
 def test_fused_postprocess_fallbacks_and_their_reasons():

@@ -241,7 +241,7 @@ def test_postprocessing_choice_and_voxel_size(tmp_path, cases, copynet, stored, 
 @pytest.mark.parametrize("kw, problem", [
     ({"cases": ["a", "zz"]}, "{input}: case 'zz' with modality 'T2' not found"),
     ({"cases": []}, "{input}: no case with modality 'T2' found"),
-    ({"postprocess": "biggest"}, "unknown post-processing 'biggest' (none, largest, min-size:<mm^3> or near:<mm>)"),
+    ({"postprocess": "biggest"}, "unknown post-processing 'biggest' (none, largest, min-size:<mm^3>, near:<mm>, or near:<mm>+min-size:<mm^3>)"),
 ])
 def test_predict_errors(tmp_path, cases, copynet, kw, problem):
     with pytest.raises(DataError) as info:
