@@ -93,12 +93,12 @@ def apply_postprocess(mask: np.ndarray, spec: str, spacing: Sequence[float]) -> 
         keep[largest] = True
     else:
         keep[1:] = True
+        volumes_mm3 = sizes * float(np.prod(spacing))
         for part in spec.split("+"):  # every part keeps the largest, so the order does not matter
             if part.startswith(NEAR_PREFIX):
                 keep &= _near_largest(labels, n, largest, float(part[len(NEAR_PREFIX):]), spacing)
             else:
-                voxel_mm3 = float(np.prod(spacing))
-                keep[1:] &= sizes * voxel_mm3 >= float(part[len(MIN_SIZE_PREFIX):])
+                keep[1:] &= volumes_mm3 >= float(part[len(MIN_SIZE_PREFIX):])
         keep[largest] = True
     return np.where(keep[labels], mask, np.zeros_like(mask))
 
