@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semicml.inference.postprocess import apply_postprocess, check_spec, choose_postprocess
+from semicml.inference.postprocess import CANDIDATES, apply_postprocess, check_spec, choose_postprocess
 
 
 def _mask() -> np.ndarray:
@@ -73,6 +73,37 @@ def test_bad_spec_is_refused():
                 "near:20+largest", "none+near:20", "near:20+", "+near:20", "near:20++min-size:5"):
         with pytest.raises(ValueError, match="post-processing"):
             check_spec(bad)
+
+
+def test_config_and_inference_accept_exactly_the_same_strings():
+    """One grammar: a value the config accepts is one inference can apply, and the reverse (they
+    once differed: `near:inf` passed inference, not the config)."""
+    from semicml.config import build_config
+    from semicml.errors import ConfigError
+
+    specs = (*CANDIDATES, "min-size:2.5", "near:7+near:3", "near:inf", "near:1e3", " near:10", "near:10 ",
+             "min-size:nan", "NONE", "largest+near:3", "near:+5", "auto")
+    for spec in specs:
+        try:
+            check_spec(spec)
+            inference_ok = True
+        except ValueError:
+            inference_ok = False
+        try:
+            build_config(overrides={"postprocess": spec})
+            config_ok = True
+        except ConfigError:
+            config_ok = False
+        assert config_ok == (inference_ok or spec == "auto"), spec
+    assert not any(_accepted(s) for s in ("near:inf", "near:1e3", " near:10", "min-size:nan", "NONE"))
+
+
+def _accepted(spec: str) -> bool:
+    try:
+        check_spec(spec)
+        return True
+    except ValueError:
+        return False
 
 
 def test_choice_prefers_dice_then_lower_hd95():

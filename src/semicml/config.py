@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .postprocess_spec import check_spec
 
 
 # The strings pydantic reads as booleans (lax mode)
@@ -192,7 +193,7 @@ class TrainConfig(_TrainModel):
     lesion_paste: float = Field(0.5, ge=0, le=1, description="probability per labelled slice of receiving the "
                                 "lesion (with a rim of its surroundings) of another labelled tumour slice, in every "
                                 "modality and the label (TumorCP / CarveMix-style copy-paste); 0 = off")
-    postprocess: str = Field("auto", pattern=r"^(auto|none|largest|(min-size|near):\d+(\.\d+)?(\+(min-size|near):\d+(\.\d+)?)*)$",
+    postprocess: str = Field("auto",
                              description="connected-component post-processing: auto (chosen on validation), none, "
                              "largest, min-size:<mm^3>, near:<mm> (keep what lies within that distance of the "
                              "largest component), or near:<mm>+min-size:<mm^3> (both)")
@@ -211,6 +212,12 @@ class TrainConfig(_TrainModel):
         if isinstance(v, str) and v.strip().lower() not in BOOLEAN_WORDS:
             return [m.strip() for m in v.split(",")]
         return v
+
+    @field_validator("postprocess")
+    @classmethod
+    def _postprocess_candidate(cls, v: str) -> str:
+        # the one grammar that inference applies (postprocess_spec.py); "auto" = chosen on validation
+        return v if v == "auto" else check_spec(v)
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

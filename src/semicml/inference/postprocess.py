@@ -26,11 +26,11 @@ import numpy as np
 from scipy import ndimage
 
 from ..evaluation.metrics import case_metrics, count_components
+# The grammar (which strings are candidates) is shared with the config; re-exported here.
+from ..postprocess_spec import LARGEST, NEAR_PREFIX, NONE, check_spec, spec_parts
 
-NONE = "none"
-LARGEST = "largest"
-MIN_SIZE_PREFIX = "min-size:"
-NEAR_PREFIX = "near:"
+__all__ = ["CANDIDATES", "LARGEST", "NONE", "apply_postprocess", "check_spec", "choose_postprocess", "components"]
+
 # Sizes in mm^3 (about voxels at 1 mm): a small enhancing focus is ~100 mm^3, islands seen on
 # unseen BraTS scans ranged from a few voxels to a few thousand.
 # Mildest first (a tie goes to the earliest): near:D keeps more the larger D, and everything it
@@ -57,30 +57,9 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return ndimage.label(mask > 0, structure=np.ones((3, 3, 3), dtype=bool))
 
 
-def check_spec(spec: str) -> str:
-    """``spec`` if it names a candidate: none, largest, min-size:<mm^3>, near:<mm>, or a
-    combination of the last two joined by ``+`` (a component is kept when every part keeps it)."""
-    if spec in (NONE, LARGEST):
-        return spec
-    if all(_valid_part(part) for part in spec.split("+")):
-        return spec
-    raise ValueError(f"unknown post-processing {spec!r} (none, largest, min-size:<mm^3>, near:<mm>, "
-                     "or near:<mm>+min-size:<mm^3>)")
-
-
-def _valid_part(part: str) -> bool:
-    for prefix in (MIN_SIZE_PREFIX, NEAR_PREFIX):
-        if part.startswith(prefix):
-            try:
-                return float(part[len(prefix):]) >= 0
-            except ValueError:
-                return False
-    return False
-
-
 def apply_postprocess(mask: np.ndarray, spec: str, spacing: Sequence[float]) -> np.ndarray:
     """``mask`` (3D, nonzero = foreground) after ``spec``; the dtype and shape are kept."""
-    spec = check_spec(spec)
+    parts = spec_parts(spec)  # validates too
     if spec == NONE or not mask.any():
         return mask
     labels, n = components(mask)
@@ -94,11 +73,11 @@ def apply_postprocess(mask: np.ndarray, spec: str, spacing: Sequence[float]) -> 
     else:
         keep[1:] = True
         volumes_mm3 = sizes * float(np.prod(spacing))
-        for part in spec.split("+"):  # every part keeps the largest, so the order does not matter
-            if part.startswith(NEAR_PREFIX):
-                keep &= _near_largest(labels, n, largest, float(part[len(NEAR_PREFIX):]), spacing)
+        for prefix, value in parts:  # every part keeps the largest, so the order does not matter
+            if prefix == NEAR_PREFIX:
+                keep &= _near_largest(labels, n, largest, value, spacing)
             else:
-                keep[1:] &= volumes_mm3 >= float(part[len(MIN_SIZE_PREFIX):])
+                keep[1:] &= volumes_mm3 >= value
         keep[largest] = True
     return np.where(keep[labels], mask, np.zeros_like(mask))
 
