@@ -54,6 +54,25 @@ def test_paste_without_rim_takes_exactly_the_lesion_in_every_modality_and_the_la
     assert out.dtype == np.float32 and out_label.dtype == np.uint8
 
 
+def test_a_region_label_is_pasted_bit_for_bit_with_its_nested_regions():
+    """Region targets store bit masks (data/targets.py: bit k = region k). The paste must carry
+    the donor's values whole: a core (wt+tc+et = 7) inside oedema (wt = 1) stays nested; a paste
+    that binarised the label (label > 0) would turn every region into the first."""
+    from semicml.data.targets import region_masks
+
+    images, label, donor, _ = pair()
+    donor_label = np.zeros((12, 12), np.uint8)
+    donor_label[4:7, 5:8] = 1  # oedema: whole tumour only
+    donor_label[5, 6] = 7  # enhancing core: all three regions
+    donor_label[4, 5] = 3  # non-enhancing core: wt and tc
+    _, out_label, pasted = paste_lesion(images, label, donor, donor_label, Draws(rim=0), PasteOptions(margin=4))
+    assert pasted
+    lesion = donor_label > 0
+    assert np.array_equal(out_label[lesion], donor_label[lesion])
+    masks = region_masks(out_label[None], 3)  # (3 regions, 1, H, W)
+    assert [int(m.sum()) for m in masks] == [9 + 1, 2, 1]  # the recipient's own lesion (label 1) adds to wt
+
+
 def test_the_rim_is_the_donors_tissue_within_that_many_pixels_of_its_lesion():
     images, label, donor, donor_label = pair()
     out, out_label, _ = paste_lesion(images, label, donor, donor_label, Draws(rim=2), PasteOptions(margin=4))
