@@ -81,7 +81,7 @@ def test_config_and_inference_accept_exactly_the_same_strings():
     from semicml.config import build_config
     from semicml.errors import ConfigError
 
-    specs = (*CANDIDATES, "min-size:2.5", "near:7+near:3", "near:inf", "near:1e3", " near:10", "near:10 ",
+    specs = (*CANDIDATES, "min-size:2.5", "near:7+near:3", "near:inf", "near:1e3", " near:10", "near:10 ", "near:10\n",
              "min-size:nan", "NONE", "largest+near:3", "near:+5", "auto")
     for spec in specs:
         try:
@@ -95,7 +95,7 @@ def test_config_and_inference_accept_exactly_the_same_strings():
         except ConfigError:
             config_ok = False
         assert config_ok == (inference_ok or spec == "auto"), spec
-    assert not any(_accepted(s) for s in ("near:inf", "near:1e3", " near:10", "min-size:nan", "NONE"))
+    assert not any(_accepted(s) for s in ("near:inf", "near:1e3", " near:10", "near:10\n", "min-size:nan", "NONE"))
 
 
 def _accepted(spec: str) -> bool:

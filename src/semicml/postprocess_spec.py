@@ -17,14 +17,14 @@ MIN_SIZE_PREFIX = "min-size:"
 NEAR_PREFIX = "near:"
 # A plain decimal (no sign, exponent, inf or blank): a recorded choice reads back the same string.
 _PART = r"(min-size|near):\d+(\.\d+)?"
-SPEC_PATTERN = re.compile(rf"^({NONE}|{LARGEST}|{_PART}(\+{_PART})*)$")
+SPEC_PATTERN = re.compile(rf"({NONE}|{LARGEST}|{_PART}(\+{_PART})*)")
 SPEC_HELP = "none, largest, min-size:<mm^3>, near:<mm>, or near:<mm>+min-size:<mm^3>"
 
 
 def check_spec(spec: str) -> str:
     """``spec`` if it names a candidate: none, largest, min-size:<mm^3>, near:<mm>, or a
     combination of the last two joined by ``+`` (a component is kept when every part keeps it)."""
-    if isinstance(spec, str) and SPEC_PATTERN.match(spec):
+    if isinstance(spec, str) and SPEC_PATTERN.fullmatch(spec):  # fullmatch: "$" would let a "\n" through
         return spec
     raise ValueError(f"unknown post-processing {spec!r} ({SPEC_HELP})")
 
